@@ -1,0 +1,272 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spf13/cobra"
+
+	readerapp "github.com/oneway-sync/oneway/services/reader/app"
+	writerapp "github.com/oneway-sync/oneway/services/writer/app"
+	"github.com/oneway-sync/oneway/shared/bus"
+	"github.com/oneway-sync/oneway/shared/cli"
+	"github.com/oneway-sync/oneway/shared/config"
+	"github.com/oneway-sync/oneway/shared/natsbus"
+	"github.com/oneway-sync/oneway/shared/natsbus/natsembed"
+	"github.com/oneway-sync/oneway/shared/runner"
+	"github.com/oneway-sync/oneway/shared/telemetry"
+)
+
+type upOptions struct {
+	cli.Flags
+	dataDir        string
+	adminAddr      string
+	natsPort       int
+	exitWhenSynced bool
+	stopTimeout    time.Duration
+}
+
+func upCommand() *cobra.Command {
+	var o upOptions
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Run every service of a pipeline in one process",
+		Long: `up runs the reader and one writer per target in this process. When the
+config names no NATS URL it starts an embedded NATS JetStream server that
+stores under --data-dir; a restart with the same directory resumes.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := o.Load()
+			if err != nil {
+				return err
+			}
+			log, err := o.Logger("oneway")
+			if err != nil {
+				return err
+			}
+			return runUp(cmd.Context(), cfg, o, log)
+		},
+	}
+	o.Bind(cmd)
+	cmd.Flags().StringVar(&o.dataDir, "data-dir", "./data", "where the embedded NATS server stores its streams")
+	cmd.Flags().StringVar(&o.adminAddr, "admin-addr", "", "serve /healthz, /readyz and /metrics here (default: the config's admin.addr)")
+	cmd.Flags().IntVar(&o.natsPort, "nats-port", -1, "port of the embedded NATS server (-1: any free port)")
+	cmd.Flags().BoolVar(&o.exitWhenSynced, "exit-when-synced", false, "exit 0 once every target has applied everything the reader found up to then")
+	cmd.Flags().DurationVar(&o.stopTimeout, "stop-timeout", 30*time.Second, "how long shutdown may take")
+	return cmd
+}
+
+func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.Logger) error {
+	ctx, stop := runner.SignalContext(parent)
+	defer stop()
+	log = log.With("pipeline", cfg.Pipeline)
+
+	natsURL := cfg.NATS.URL.Value()
+	if natsURL == "" {
+		dir := filepath.Join(o.dataDir, "nats")
+		ns, err := natsembed.Start(natsembed.Options{StoreDir: dir, Port: o.natsPort})
+		if err != nil {
+			return err
+		}
+		defer func() {
+			ns.Shutdown()
+			ns.WaitForShutdown()
+		}()
+		natsURL = ns.ClientURL()
+		log.Info("embedded NATS JetStream started", "url", natsURL, "store_dir", dir)
+	}
+	b, err := natsbus.Connect(ctx, natsURL, "oneway-up", log)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+
+	metrics := telemetry.NewMetrics(cli.Version, cli.Commit())
+	health := telemetry.NewHealth()
+	var components []runner.Component
+	addr := o.adminAddr
+	if addr == "" {
+		addr = cfg.Admin.Addr
+	}
+	if addr != "" {
+		srv := telemetry.NewServer(addr, metrics, health, log)
+		if err := srv.Start(); err != nil {
+			return cli.Exit(cli.ExitUsage, err)
+		}
+		log.Info("admin endpoints serving", "addr", srv.Addr())
+		components = append(components, srv)
+	}
+
+	runCtx, cancelRun := context.WithCancel(ctx)
+	defer cancelRun()
+
+	rd := readerapp.New(cfg, b, log, metrics)
+	readerReady, _ := health.Register("reader")
+	var caught caughtUp
+	rd.OnCaughtUp = func(seq uint64) {
+		readerReady()
+		caught.set(seq)
+	}
+	for _, t := range cfg.Targets {
+		w, err := writerapp.New(cfg, t.Name, b, log, metrics)
+		if err != nil {
+			return err
+		}
+		ready, _ := health.Register("writer-" + t.Name)
+		w.OnReady = ready
+		components = append(components, w)
+	}
+	components = append(components, rd)
+	components = append(components, runner.Func("progress", func(ctx context.Context) error {
+		return reportProgress(ctx, b, cfg, log)
+	}))
+	var synced bool
+	if o.exitWhenSynced {
+		components = append(components, runner.Func("sync-watch", func(ctx context.Context) error {
+			ok, err := waitSynced(ctx, b, cfg, &caught, log)
+			if err != nil {
+				return err
+			}
+			synced = ok
+			if ok {
+				cancelRun()
+			}
+			<-ctx.Done()
+			return nil
+		}))
+	}
+	err = runner.Run(runCtx, log, o.stopTimeout, components...)
+	if err != nil {
+		return err
+	}
+	if o.exitWhenSynced {
+		if !synced {
+			return cli.Exit(cli.ExitFailure, errors.New("stopped before every target was in sync"))
+		}
+		return checkDeadLetters(parent, b, cfg, log)
+	}
+	return nil
+}
+
+// caughtUp records the reader's latest caught-up point.
+type caughtUp struct {
+	mu   sync.Mutex
+	seen bool
+	seq  uint64
+	at   time.Time
+}
+
+func (c *caughtUp) set(seq uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seen, c.seq, c.at = true, seq, time.Now()
+}
+
+func (c *caughtUp) get() (bool, uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.seen, c.seq
+}
+
+// waitSynced waits until the reader has caught up once and then every
+// target's consumer has nothing pending or unacknowledged.
+func waitSynced(ctx context.Context, b *natsbus.Bus, cfg *config.Pipeline, c *caughtUp, log *slog.Logger) (bool, error) {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false, nil
+		case <-tick.C:
+		}
+		seen, seq := c.get()
+		if !seen {
+			continue
+		}
+		all := true
+		for _, t := range cfg.Targets {
+			cons, err := b.JS.Consumer(ctx, bus.StreamName(cfg.Pipeline), bus.WriterConsumer(cfg.Pipeline, t.Name))
+			if err != nil {
+				all = false
+				break
+			}
+			info, err := cons.Info(ctx)
+			if err != nil || info.NumPending > 0 || info.NumAckPending > 0 || info.Delivered.Stream < seq {
+				all = false
+				break
+			}
+		}
+		if all {
+			log.Info("every target is in sync", "stream_seq", seq)
+			return true, nil
+		}
+	}
+}
+
+// checkDeadLetters fails the run when changes were dead-lettered: synced,
+// but not everything arrived.
+func checkDeadLetters(ctx context.Context, b *natsbus.Bus, cfg *config.Pipeline, log *slog.Logger) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	st, err := b.JS.Stream(ctx, bus.StreamName(cfg.Pipeline))
+	if err != nil {
+		return fmt.Errorf("count dead letters: %w", err)
+	}
+	var total uint64
+	for _, t := range cfg.Targets {
+		info, err := st.Info(ctx, jetstream.WithSubjectFilter(bus.DLQSubject(cfg.Pipeline, t.Name)))
+		if err != nil {
+			return fmt.Errorf("count dead letters: %w", err)
+		}
+		n := info.State.Subjects[bus.DLQSubject(cfg.Pipeline, t.Name)]
+		if n > 0 {
+			log.Error("target has dead letters", "target", t.Name, "subject", bus.DLQSubject(cfg.Pipeline, t.Name), "count", n)
+		}
+		total += n
+	}
+	if total > 0 {
+		return cli.Exit(cli.ExitFailure, fmt.Errorf("in sync except %d dead-lettered change batch(es); see the log", total))
+	}
+	return nil
+}
+
+// reportProgress logs what was published and what each target still has
+// pending, every 5 seconds.
+func reportProgress(ctx context.Context, b *natsbus.Bus, cfg *config.Pipeline, log *slog.Logger) error {
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		st, err := b.JS.Stream(ctx, bus.StreamName(cfg.Pipeline))
+		if err != nil {
+			continue
+		}
+		info, err := st.Info(ctx)
+		if err != nil {
+			continue
+		}
+		attrs := []any{"stream_messages", info.State.Msgs, "stream_bytes", info.State.Bytes}
+		for _, t := range cfg.Targets {
+			cons, err := b.JS.Consumer(ctx, bus.StreamName(cfg.Pipeline), bus.WriterConsumer(cfg.Pipeline, t.Name))
+			if err != nil {
+				continue
+			}
+			ci, err := cons.Info(ctx)
+			if err != nil {
+				continue
+			}
+			attrs = append(attrs, "pending_"+t.Name, ci.NumPending+uint64(ci.NumAckPending))
+		}
+		log.Info("progress", attrs...)
+	}
+}

@@ -1,0 +1,371 @@
+// Package app is the reader service: it reads the System of Record and
+// publishes change batches to oneway.<pipeline>.source. integration/ and
+// `oneway up` run it in-process through New and Run.
+package app
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
+	"github.com/oneway-sync/oneway/services/reader/internal/pgsource"
+	"github.com/oneway-sync/oneway/shared/bus"
+	"github.com/oneway-sync/oneway/shared/config"
+	"github.com/oneway-sync/oneway/shared/errs"
+	"github.com/oneway-sync/oneway/shared/event"
+	"github.com/oneway-sync/oneway/shared/natsbus"
+	"github.com/oneway-sync/oneway/shared/pgconn"
+	"github.com/oneway-sync/oneway/shared/retry"
+	"github.com/oneway-sync/oneway/shared/telemetry"
+)
+
+// Position is where the reader is, stored as JSON in the state bucket. It
+// only ever names data that JetStream has acknowledged.
+type Position struct {
+	// Phase is "snapshot" or "watermark".
+	Phase string `json:"phase"`
+	// SnapshotBound is the watermark bound when the snapshot began; the
+	// watermark phase starts there.
+	SnapshotBound string `json:"snapshot_bound,omitempty"`
+	// SnapshotKey is the last key published by the snapshot.
+	SnapshotKey []string `json:"snapshot_key,omitempty"`
+	// Watermark and WatermarkKey are the last (watermark, key) published.
+	Watermark    string   `json:"watermark,omitempty"`
+	WatermarkKey []string `json:"watermark_key,omitempty"`
+}
+
+const (
+	phaseSnapshot  = "snapshot"
+	phaseWatermark = "watermark"
+)
+
+// Reader runs one pipeline's source side.
+type Reader struct {
+	cfg     *config.Pipeline
+	bus     *natsbus.Bus
+	log     *slog.Logger
+	metrics *telemetry.Metrics
+
+	// OnCaughtUp, when set before Run, is called each time the reader has
+	// published everything below the current watermark bound, with the
+	// stream sequence of its last publish (0 if none yet).
+	OnCaughtUp func(lastSeq uint64)
+
+	lastSeq atomic.Uint64
+}
+
+// New returns a reader for cfg's source. metrics may be nil.
+func New(cfg *config.Pipeline, b *natsbus.Bus, log *slog.Logger, metrics *telemetry.Metrics) *Reader {
+	return &Reader{cfg: cfg, bus: b, log: log.With("service", "reader", "pipeline", cfg.Pipeline), metrics: metrics}
+}
+
+// Name implements runner.Component.
+func (r *Reader) Name() string { return "reader" }
+
+// item is one unit of work from the producer to the publisher.
+type item struct {
+	batch    *onewayv1.Batch
+	msgID    string
+	next     Position // the position once this batch is acknowledged
+	rows     int
+	caughtUp bool // a marker: everything before it is below the bound
+}
+
+// Run reads until ctx ends. It returns nil after a clean stop.
+func (r *Reader) Run(ctx context.Context) error {
+	src := r.cfg.Source
+	schema, table, err := config.SplitTable(src.Table)
+	if err != nil {
+		return errs.Permanent(fmt.Errorf("source table: %w", err))
+	}
+	pool, err := pgconn.Open(ctx, src.URL.Value(), "oneway-reader-"+r.cfg.Pipeline, 4)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+
+	var source *pgsource.Source
+	err = retry.Do(ctx, r.retryPolicy(), func(ctx context.Context) error {
+		var err error
+		source, err = pgsource.Open(ctx, pool, pgsource.Spec{
+			Table: pgconn.Table{Schema: schema, Name: table}, Key: src.Key,
+			Columns: src.Columns, WatermarkColumn: src.Capture.Column,
+		}, r.log)
+		return pgconn.Classify(err)
+	})
+	if err != nil {
+		return fmt.Errorf("open source: %w", err)
+	}
+	if _, err := r.bus.EnsureStream(ctx, natsbus.PipelineStream(r.cfg)); err != nil {
+		return err
+	}
+	kv, err := r.bus.StateKV(ctx, r.cfg.NATS.Replicas)
+	if err != nil {
+		return err
+	}
+	pos, err := loadPosition(ctx, kv, r.cfg.Pipeline)
+	if err != nil {
+		return err
+	}
+	r.log.Info("reader starting", "table", src.Table, "phase", pos.Phase, "watermark", pos.Watermark)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	items := make(chan item, 4)
+	var wg sync.WaitGroup
+	var prodErr error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer close(items)
+		prodErr = r.produce(ctx, source, pos, items)
+		if prodErr != nil {
+			cancel()
+		}
+	}()
+	pubErr := r.publish(ctx, kv, pos, items)
+	cancel()
+	wg.Wait()
+	// Drain whatever the producer left; it is not acknowledged, so the
+	// saved position does not cover it and a restart reads it again.
+	for range items {
+	}
+	if err := errors.Join(prodErr, pubErr); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+func (r *Reader) retryPolicy() retry.Policy {
+	return retry.Policy{Initial: 200 * time.Millisecond, Max: 10 * time.Second, Attempts: 10,
+		OnRetry: func(err error, wait time.Duration) {
+			r.log.Warn("source read failed; retrying", "error", err, "wait", wait)
+		}}
+}
+
+// produce reads pages from the source and sends them in source order.
+func (r *Reader) produce(ctx context.Context, src *pgsource.Source, pos Position, out chan<- item) error {
+	capt := r.cfg.Source.Capture
+	limit := capt.BatchSize
+	lookback := capt.Lookback.Seconds()
+	send := func(it item) error {
+		select {
+		case out <- it:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	read := func(f func(ctx context.Context) error) error { return retry.Do(ctx, r.retryPolicy(), f) }
+
+	if pos.Phase == "" {
+		var bound string
+		if err := read(func(ctx context.Context) (err error) { bound, err = src.SafeBound(ctx, lookback); return }); err != nil {
+			return err
+		}
+		pos = Position{Phase: phaseSnapshot, SnapshotBound: bound}
+		r.log.Info("snapshot starting", "bound", bound)
+	}
+	for pos.Phase == phaseSnapshot {
+		var rows []pgsource.Row
+		if err := read(func(ctx context.Context) (err error) { rows, err = src.SnapshotPage(ctx, pos.SnapshotKey, limit); return }); err != nil {
+			return err
+		}
+		if len(rows) == 0 {
+			next := Position{Phase: phaseWatermark, Watermark: pos.SnapshotBound}
+			r.log.Info("snapshot done; watermark phase starting", "watermark", next.Watermark)
+			if err := send(item{next: next}); err != nil {
+				return err
+			}
+			pos = next
+			break
+		}
+		next := pos
+		next.SnapshotKey = src.KeyOf(rows[len(rows)-1])
+		if err := send(r.item(src, onewayv1.CapturePattern_CAPTURE_PATTERN_SNAPSHOT, pos, next, rows)); err != nil {
+			return err
+		}
+		pos = next
+	}
+	for {
+		var bound string
+		if err := read(func(ctx context.Context) (err error) { bound, err = src.SafeBound(ctx, lookback); return }); err != nil {
+			return err
+		}
+		for {
+			var rows []pgsource.Row
+			if err := read(func(ctx context.Context) (err error) {
+				rows, err = src.WatermarkPage(ctx, pos.Watermark, pos.WatermarkKey, bound, limit)
+				return
+			}); err != nil {
+				return err
+			}
+			if len(rows) > 0 {
+				last := rows[len(rows)-1]
+				next := Position{Phase: phaseWatermark, Watermark: src.WatermarkOf(last), WatermarkKey: src.KeyOf(last)}
+				if err := send(r.item(src, onewayv1.CapturePattern_CAPTURE_PATTERN_WATERMARK, pos, next, rows)); err != nil {
+					return err
+				}
+				pos = next
+			}
+			if len(rows) < limit {
+				break
+			}
+		}
+		if err := send(item{caughtUp: true, next: pos}); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(capt.PollInterval.Duration):
+		}
+	}
+}
+
+func (r *Reader) item(src *pgsource.Source, pattern onewayv1.CapturePattern, from, next Position, rows []pgsource.Row) item {
+	now := time.Now().UnixNano()
+	b := &onewayv1.Batch{
+		SchemaVersion: event.SchemaVersion, Pipeline: r.cfg.Pipeline, Origin: "source",
+		Pattern: pattern, Table: r.cfg.Source.Table, Columns: src.Columns(),
+		Changes: make([]*onewayv1.Change, len(rows)),
+	}
+	content := sha256.New()
+	for i, row := range rows {
+		vals := make([]*onewayv1.Value, len(row))
+		for j, v := range row {
+			if v == nil {
+				vals[j] = event.Null()
+			} else {
+				vals[j] = event.Text(string(v))
+			}
+		}
+		h := event.HashTexts(row)
+		content.Write(h)
+		b.Changes[i] = &onewayv1.Change{Op: onewayv1.Op_OP_UPSERT, Values: vals, Hash: h, CapturedAtUnixNano: now}
+	}
+	// The Msg-Id names the page by where it starts and what it holds: a
+	// republish of the same page after a crash is a duplicate, a page whose
+	// content changed meanwhile is a new message (harmless: writers fence).
+	fromJSON, _ := json.Marshal(from)
+	content.Write(fromJSON)
+	id := r.cfg.Pipeline + ":source:" + hex.EncodeToString(content.Sum(nil)[:16])
+	return item{batch: b, msgID: id, next: next, rows: len(rows)}
+}
+
+// publish sends items in order, one at a time, each retried with its Msg-Id
+// until JetStream acknowledges it, so stream order is source order (the
+// stream sequence is the version writers fence on). The position is saved
+// only after the ack, at most every 250 ms and at the end.
+func (r *Reader) publish(ctx context.Context, kv jetstream.KeyValue, pos Position, items <-chan item) error {
+	subject := bus.SourceSubject(r.cfg.Pipeline)
+	saved := pos
+	lastSave := time.Now()
+	save := func(ctx context.Context) error {
+		if equalPos(saved, pos) {
+			return nil
+		}
+		if err := savePosition(ctx, kv, r.cfg.Pipeline, pos); err != nil {
+			return err
+		}
+		saved, lastSave = pos, time.Now()
+		return nil
+	}
+	defer func() {
+		// Save what is acknowledged even when stopping.
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := save(sctx); err != nil {
+			r.log.Warn("final position save failed; a restart republishes (deduplicated)", "error", err)
+		}
+	}()
+	for it := range items {
+		if it.batch != nil {
+			data, err := event.Encode(it.batch)
+			if err != nil {
+				return errs.Permanent(err)
+			}
+			var ack *jetstream.PubAck
+			err = retry.Do(ctx, retry.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second,
+				OnRetry: func(err error, wait time.Duration) {
+					r.log.Warn("publish failed; retrying with the same Msg-Id", "error", err, "wait", wait)
+				}}, func(ctx context.Context) error {
+				pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				defer cancel()
+				var err error
+				ack, err = r.bus.JS.Publish(pctx, subject, data, jetstream.WithMsgID(it.msgID))
+				if err != nil {
+					// Refused (stream full, no quorum) or lost: never advance.
+					return errs.Unavailable(err)
+				}
+				return nil
+			})
+			if err != nil {
+				return fmt.Errorf("publish batch to %s: %w", subject, err)
+			}
+			r.lastSeq.Store(ack.Sequence)
+			if r.metrics != nil {
+				r.metrics.EventsProcessed.WithLabelValues("reader", r.cfg.Pipeline, "published").Add(float64(it.rows))
+			}
+		}
+		pos = it.next
+		if it.caughtUp {
+			if err := save(ctx); err != nil {
+				return err
+			}
+			if r.OnCaughtUp != nil {
+				r.OnCaughtUp(r.lastSeq.Load())
+			}
+			continue
+		}
+		if time.Since(lastSave) > 250*time.Millisecond {
+			if err := save(ctx); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func equalPos(a, b Position) bool {
+	ja, _ := json.Marshal(a)
+	jb, _ := json.Marshal(b)
+	return string(ja) == string(jb)
+}
+
+func loadPosition(ctx context.Context, kv jetstream.KeyValue, pipeline string) (Position, error) {
+	var pos Position
+	e, err := kv.Get(ctx, bus.ReaderPositionKey(pipeline, "source"))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return pos, nil
+	}
+	if err != nil {
+		return pos, fmt.Errorf("load reader position: %w", err)
+	}
+	if err := json.Unmarshal(e.Value(), &pos); err != nil {
+		return pos, errs.Permanentf("reader position in %s is corrupt (%v); delete key %s to start over",
+			bus.StateBucket, err, bus.ReaderPositionKey(pipeline, "source"))
+	}
+	return pos, nil
+}
+
+func savePosition(ctx context.Context, kv jetstream.KeyValue, pipeline string, pos Position) error {
+	data, err := json.Marshal(pos)
+	if err != nil {
+		return err
+	}
+	if _, err := kv.Put(ctx, bus.ReaderPositionKey(pipeline, "source"), data); err != nil {
+		return fmt.Errorf("save reader position: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,187 @@
+// Package app is the writer service: N workers share one durable consumer
+// per target and apply change batches to the target, effect-once.
+// integration/ and `oneway up` run it in-process through New and Run.
+package app
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
+	"github.com/oneway-sync/oneway/services/writer/internal/pgtarget"
+	"github.com/oneway-sync/oneway/shared/bus"
+	"github.com/oneway-sync/oneway/shared/config"
+	"github.com/oneway-sync/oneway/shared/errs"
+	"github.com/oneway-sync/oneway/shared/event"
+	"github.com/oneway-sync/oneway/shared/natsbus"
+	"github.com/oneway-sync/oneway/shared/pgconn"
+	"github.com/oneway-sync/oneway/shared/retry"
+	"github.com/oneway-sync/oneway/shared/telemetry"
+)
+
+// Writer applies one target's changes.
+type Writer struct {
+	cfg     *config.Pipeline
+	target  config.Target
+	bus     *natsbus.Bus
+	log     *slog.Logger
+	metrics *telemetry.Metrics
+
+	// OnReady, when set before Run, is called once the consumer is bound.
+	OnReady func()
+}
+
+// New returns a writer for the named target of cfg. metrics may be nil.
+func New(cfg *config.Pipeline, target string, b *natsbus.Bus, log *slog.Logger, metrics *telemetry.Metrics) (*Writer, error) {
+	t, ok := cfg.Target(target)
+	if !ok {
+		return nil, fmt.Errorf("pipeline %s has no target %q", cfg.Pipeline, target)
+	}
+	return &Writer{cfg: cfg, target: *t, bus: b, metrics: metrics,
+		log: log.With("service", "writer", "pipeline", cfg.Pipeline, "target", t.Name)}, nil
+}
+
+// Name implements runner.Component.
+func (w *Writer) Name() string { return "writer-" + w.target.Name }
+
+// ConsumerSpec is the durable consumer the writers of a target share.
+func ConsumerSpec(cfg *config.Pipeline, t config.Target) natsbus.ConsumerSpec {
+	return natsbus.ConsumerSpec{
+		Stream:        bus.StreamName(cfg.Pipeline),
+		Durable:       bus.WriterConsumer(cfg.Pipeline, t.Name),
+		FilterSubject: bus.SourceSubject(cfg.Pipeline),
+		AckWait:       t.Writer.AckWait.Duration,
+		MaxAckPending: max(t.Writer.Workers*t.Writer.FetchBatch*2, 64),
+	}
+}
+
+// Run consumes until ctx ends, then finishes in-flight batches and returns.
+func (w *Writer) Run(ctx context.Context) error {
+	schema, table, err := config.SplitTable(w.target.Table)
+	if err != nil {
+		return errs.Permanent(fmt.Errorf("target %s table: %w", w.target.Name, err))
+	}
+	pool, err := pgconn.Open(ctx, w.target.URL.Value(), "oneway-writer-"+w.cfg.Pipeline+"-"+w.target.Name, int32(w.target.Writer.Workers+1))
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	var tgt *pgtarget.Target
+	err = retry.Do(ctx, retry.Policy{Initial: 200 * time.Millisecond, Max: 10 * time.Second, Attempts: 10,
+		OnRetry: func(err error, wait time.Duration) { w.log.Warn("target not ready; retrying", "error", err, "wait", wait) }},
+		func(ctx context.Context) error {
+			var err error
+			tgt, err = pgtarget.Open(ctx, pool, pgtarget.Spec{
+				Pipeline: w.cfg.Pipeline, Target: w.target.Name,
+				Table: pgconn.Table{Schema: schema, Name: table}, CreateTable: w.target.CreatesTable(),
+				Delete: pgtarget.DeletePolicy(w.target.Delete), SoftDeleteColumn: w.target.SoftDeleteColumn,
+				LedgerSchema: w.target.LedgerSchema,
+			}, w.log)
+			return err
+		})
+	if err != nil {
+		return fmt.Errorf("open target %s: %w", w.target.Name, err)
+	}
+	if _, err := w.bus.EnsureStream(ctx, natsbus.PipelineStream(w.cfg)); err != nil {
+		return err
+	}
+	cons, err := w.bus.EnsureConsumer(ctx, ConsumerSpec(w.cfg, w.target))
+	if err != nil {
+		return err
+	}
+	if w.OnReady != nil {
+		w.OnReady()
+	}
+	w.log.Info("writer consuming", "consumer", bus.WriterConsumer(w.cfg.Pipeline, w.target.Name), "workers", w.target.Writer.Workers)
+	h := &handler{w: w, tgt: tgt}
+	return w.bus.Consume(ctx, cons, h.handle, natsbus.ConsumeOptions{
+		Workers: w.target.Writer.Workers, FetchBatch: w.target.Writer.FetchBatch,
+		MaxAttempts: w.target.Writer.MaxAttempts, AckWait: w.target.Writer.AckWait.Duration,
+		DeadLetterSubject: bus.DLQSubject(w.cfg.Pipeline, w.target.Name),
+		Headers:           map[string]string{bus.HeaderPipeline: w.cfg.Pipeline, bus.HeaderTarget: w.target.Name},
+		Log:               w.log,
+		OnOutcome: func(o natsbus.Outcome) {
+			if o == natsbus.OutcomeDeadLetter && w.metrics != nil {
+				w.metrics.DeadLetters.WithLabelValues(w.cfg.Pipeline, w.target.Name).Inc()
+			}
+		},
+	})
+}
+
+type handler struct {
+	w   *Writer
+	tgt *pgtarget.Target
+}
+
+// handle applies one message. An outage of the target is waited out here,
+// with backoff, while the consume loop keeps the message in progress: it
+// does not spend the message's delivery budget.
+func (h *handler) handle(ctx context.Context, msg jetstream.Msg) error {
+	w := h.w
+	meta, err := msg.Metadata()
+	if err != nil {
+		return errs.Permanent(err)
+	}
+	b, err := event.Decode(msg.Data())
+	if err != nil {
+		return fmt.Errorf("pipeline %s stream seq %d: %w", w.cfg.Pipeline, meta.Sequence.Stream, err)
+	}
+	if b.GetPipeline() != w.cfg.Pipeline {
+		return errs.Permanentf("stream seq %d: batch of pipeline %q on pipeline %q's subject", meta.Sequence.Stream, b.GetPipeline(), w.cfg.Pipeline)
+	}
+	start := time.Now()
+	var res pgtarget.Result
+	err = retry.Do(ctx, retry.Policy{Initial: 100 * time.Millisecond, Max: 10 * time.Second, Attempts: 3,
+		OnRetry: func(err error, wait time.Duration) {
+			w.log.Warn("apply failed; retrying", "stream_seq", meta.Sequence.Stream, "error", err, "wait", wait)
+		}}, func(ctx context.Context) error {
+		var err error
+		res, err = h.tgt.Apply(ctx, meta.Sequence.Stream, b)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	for _, f := range res.Failed {
+		if err := h.deadLetter(ctx, meta, b, f); err != nil {
+			return err // redelivered; the applied part is fenced by the ledger
+		}
+	}
+	if m := w.metrics; m != nil {
+		m.EventsProcessed.WithLabelValues("writer", w.cfg.Pipeline, "applied").Add(float64(res.Written + res.Deleted))
+		m.EventsProcessed.WithLabelValues("writer", w.cfg.Pipeline, "skipped").Add(float64(res.Changes - res.Written - res.Deleted - len(res.Failed)))
+		m.OperationDuration.WithLabelValues("writer_apply_batch").Observe(time.Since(start).Seconds())
+		if n := len(b.GetChanges()); n > 0 {
+			lag := time.Since(time.Unix(0, b.GetChanges()[n-1].GetCapturedAtUnixNano())).Seconds()
+			m.EndToEndLag.WithLabelValues(w.cfg.Pipeline, w.target.Name).Set(lag)
+		}
+	}
+	return nil
+}
+
+// deadLetter publishes one rejected change as a batch of its own, with
+// headers naming pipeline, target, key and cause.
+func (h *handler) deadLetter(ctx context.Context, meta *jetstream.MsgMetadata, b *onewayv1.Batch, f pgtarget.Failure) error {
+	w := h.w
+	one := &onewayv1.Batch{SchemaVersion: b.GetSchemaVersion(), Pipeline: b.GetPipeline(), Origin: b.GetOrigin(),
+		Pattern: b.GetPattern(), Table: b.GetTable(), Columns: b.GetColumns(), Changes: []*onewayv1.Change{b.GetChanges()[f.Index]}}
+	data, err := event.Encode(one)
+	if err != nil {
+		return err
+	}
+	w.log.Error("change rejected by the target; dead-lettered", "table", b.GetTable(), "key", f.Key, "stream_seq", meta.Sequence.Stream, "error", f.Err)
+	if w.metrics != nil {
+		w.metrics.DeadLetters.WithLabelValues(w.cfg.Pipeline, w.target.Name).Inc()
+		w.metrics.EventsProcessed.WithLabelValues("writer", w.cfg.Pipeline, "dead_lettered").Inc()
+	}
+	return w.bus.DeadLetter(ctx, bus.DLQSubject(w.cfg.Pipeline, w.target.Name), data, f.Err, map[string]string{
+		bus.HeaderPipeline: w.cfg.Pipeline, bus.HeaderTarget: w.target.Name, bus.HeaderKey: f.Key,
+		bus.HeaderAttempts: strconv.FormatUint(meta.NumDelivered, 10),
+		bus.HeaderSubject:  bus.SourceSubject(w.cfg.Pipeline), bus.HeaderSequence: strconv.FormatUint(meta.Sequence.Stream, 10),
+	})
+}

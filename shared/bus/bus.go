@@ -1,0 +1,43 @@
+// Package bus names what oneway services exchange on NATS JetStream:
+// subjects, streams, durable consumers, state buckets and message headers.
+// Every service derives names here, so they cannot drift apart.
+package bus
+
+import "strings"
+
+// Subjects of one pipeline. All live in the pipeline's stream.
+func SourceSubject(pipeline string) string { return "oneway." + pipeline + ".source" }
+
+// DLQSubject is where a target's dead letters go.
+func DLQSubject(pipeline, target string) string { return "oneway." + pipeline + ".dlq." + target }
+
+// AppliedSubject is where a writer reports what it applied.
+func AppliedSubject(pipeline, target string) string {
+	return "oneway." + pipeline + ".applied." + target
+}
+
+// StreamSubjects is the subject filter of a pipeline's stream.
+func StreamSubjects(pipeline string) []string { return []string{"oneway." + pipeline + ".>"} }
+
+// StreamName is the name of a pipeline's stream: ONEWAY_<PIPELINE>.
+func StreamName(pipeline string) string { return "ONEWAY_" + strings.ToUpper(pipeline) }
+
+// WriterConsumer is the durable consumer that the writers of one target share.
+func WriterConsumer(pipeline, target string) string { return "writer-" + pipeline + "-" + target }
+
+// StateBucket is the KV bucket holding reader positions and leases.
+const StateBucket = "ONEWAY_STATE"
+
+// ReaderPositionKey is the state key of a reader's position.
+func ReaderPositionKey(pipeline, side string) string { return pipeline + ".reader." + side + ".position" }
+
+// Headers set on dead letters and used by tools that read them.
+const (
+	HeaderError    = "Oneway-Error"
+	HeaderPipeline = "Oneway-Pipeline"
+	HeaderTarget   = "Oneway-Target"
+	HeaderKey      = "Oneway-Key"
+	HeaderAttempts = "Oneway-Attempts"
+	HeaderSubject  = "Oneway-Original-Subject"
+	HeaderSequence = "Oneway-Original-Sequence"
+)

@@ -1,0 +1,259 @@
+// Package config loads, expands and validates a oneway pipeline file.
+//
+// A pipeline file describes exactly one pipeline: one System of Record (the
+// source), the NATS JetStream stream that carries its changes, and one or more
+// targets that the changes are written to. Loading a file happens in four
+// steps:
+//
+//  1. the YAML is parsed into a node tree;
+//  2. environment variables are expanded in every scalar value (${VAR},
+//     ${VAR:-default}, $$ for a literal $);
+//  3. the tree is decoded strictly: unknown fields and values of the wrong
+//     type are errors that name the file, the line and the field;
+//  4. defaults are applied and the result is validated; every problem found
+//     is reported, not only the first one.
+//
+// All errors produced while loading are *FieldError values joined with
+// errors.Join, so callers can use errors.As to inspect them.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"strconv"
+
+	"gopkg.in/yaml.v3"
+)
+
+// Pipeline is one pipeline file.
+type Pipeline struct {
+	// Pipeline is the pipeline's name. It is used in NATS subjects, stream
+	// names and SQL identifiers, so it must match ^[a-z][a-z0-9_]{0,39}$.
+	Pipeline string `yaml:"pipeline"`
+	// NATS configures the JetStream stream that carries the changes.
+	NATS NATS `yaml:"nats"`
+	// Source is the System of Record.
+	Source Source `yaml:"source"`
+	// Targets receive the changes; at least one, with unique names.
+	Targets []Target `yaml:"targets"`
+	// Admin configures the admin HTTP endpoint.
+	Admin Admin `yaml:"admin"`
+	// File is the path the pipeline was loaded from (the name given to Parse).
+	File string `yaml:"-"`
+}
+
+// NATS configures the connection to NATS and the JetStream stream.
+type NATS struct {
+	// URL of the NATS server(s). Empty means an embedded server, which only
+	// `oneway up` supports.
+	URL Secret `yaml:"url"`
+	// MaxBytes limits the stream's size in bytes. Default 1 GiB; must be > 0.
+	MaxBytes int64 `yaml:"max_bytes"`
+	// MaxAge is the stream's retention. Default 168h; 0 means unlimited.
+	MaxAge Duration `yaml:"max_age"`
+	// Replicas is the stream's replica count. Default 1; 1..5.
+	Replicas int `yaml:"replicas"`
+	// DuplicateWindow is the stream's de-duplication window. Default 2m.
+	DuplicateWindow Duration `yaml:"duplicate_window"`
+}
+
+// Admin configures the admin HTTP endpoint.
+type Admin struct {
+	// Addr is the host:port serving /healthz, /readyz and /metrics.
+	// Default "" disables the endpoint.
+	Addr string `yaml:"addr"`
+}
+
+// Source is the System of Record a pipeline reads from.
+type Source struct {
+	// Kind of the source; only "postgres" is supported.
+	Kind string `yaml:"kind"`
+	// URL is the connection string of the source database.
+	URL Secret `yaml:"url"`
+	// Table is "schema.table", or "table" for a table in schema "public".
+	Table string `yaml:"table"`
+	// Key lists the columns identifying a row; at least one, no duplicates.
+	Key []string `yaml:"key"`
+	// Columns lists the columns the pipeline owns. Empty means all columns
+	// of the table; when given it must include every key column.
+	Columns []string `yaml:"columns"`
+	// Capture says how changes are detected.
+	Capture Capture `yaml:"capture"`
+}
+
+// Capture says how a source's changes are detected.
+type Capture struct {
+	// Pattern is the capture pattern. Default "watermark", the only one
+	// implemented so far.
+	Pattern string `yaml:"pattern"`
+	// Column is the watermark column, required for the watermark pattern.
+	Column string `yaml:"column"`
+	// BatchSize is the number of rows per message. Default 1000; 1..100000.
+	BatchSize int `yaml:"batch_size"`
+	// PollInterval is the time between polls. Default 1s; must be > 0.
+	PollInterval Duration `yaml:"poll_interval"`
+	// Lookback re-reads rows this far behind the watermark. Default 0.
+	Lookback Duration `yaml:"lookback"`
+}
+
+// Target is a database the changes are written to.
+type Target struct {
+	// Name of the target: ^[a-z][a-z0-9_]{0,39}$, unique in the pipeline.
+	Name string `yaml:"name"`
+	// Kind of the target; only "postgres" is supported.
+	Kind string `yaml:"kind"`
+	// URL is the connection string of the target database.
+	URL Secret `yaml:"url"`
+	// Table is the target table. Default: the source table.
+	Table string `yaml:"table"`
+	// CreateTable creates the target table when missing. Default true; use
+	// CreatesTable to read it.
+	CreateTable *bool `yaml:"create_table"`
+	// Delete is what happens to rows deleted at the source: "hard"
+	// (default), "soft" or "none".
+	Delete string `yaml:"delete"`
+	// SoftDeleteColumn is the column marking soft-deleted rows; required if
+	// and only if Delete is "soft".
+	SoftDeleteColumn string `yaml:"soft_delete_column"`
+	// Orphans is what happens to target rows missing at the source:
+	// "keep" (default), "delete" or "report".
+	Orphans string `yaml:"orphans"`
+	// LedgerSchema is the schema of the writer's bookkeeping tables.
+	// Default "oneway".
+	LedgerSchema string `yaml:"ledger_schema"`
+	// Writer tunes the writer.
+	Writer WriterOptions `yaml:"writer"`
+}
+
+// WriterOptions tune how a target's writer consumes the stream.
+type WriterOptions struct {
+	// Workers is the number of concurrent writers. Default 2; 1..64.
+	Workers int `yaml:"workers"`
+	// MaxAttempts is how often a message is tried. Default 5; >= 1.
+	MaxAttempts int `yaml:"max_attempts"`
+	// AckWait is how long a message may be in flight. Default 30s; >= 1s.
+	AckWait Duration `yaml:"ack_wait"`
+	// FetchBatch is the number of messages per fetch. Default 8; 1..1000.
+	FetchBatch int `yaml:"fetch_batch"`
+}
+
+// CreatesTable reports whether the target table is created when missing
+// (CreateTable, default true).
+func (t *Target) CreatesTable() bool {
+	return t.CreateTable == nil || *t.CreateTable
+}
+
+// Target returns the target with the given name.
+func (p *Pipeline) Target(name string) (*Target, bool) {
+	for i := range p.Targets {
+		if p.Targets[i].Name == name {
+			return &p.Targets[i], true
+		}
+	}
+	return nil, false
+}
+
+// Print writes the effective configuration (defaults applied, secrets
+// redacted) as YAML.
+func (p *Pipeline) Print(w io.Writer) error {
+	enc := yaml.NewEncoder(w)
+	enc.SetIndent(2)
+	if err := enc.Encode(p); err != nil {
+		return fmt.Errorf("print pipeline: %w", err)
+	}
+	if err := enc.Close(); err != nil {
+		return fmt.Errorf("print pipeline: %w", err)
+	}
+	return nil
+}
+
+// Load reads, expands and validates a pipeline file, taking environment
+// variables from the process environment. Errors name file, line and field.
+func Load(path string) (*Pipeline, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load pipeline: %w", err)
+	}
+	return Parse(path, data, os.LookupEnv)
+}
+
+// Parse is Load on bytes. name is used as the file name in error messages
+// and stored in Pipeline.File. env looks up environment variables; nil
+// means os.LookupEnv.
+func Parse(name string, data []byte, env func(string) (string, bool)) (*Pipeline, error) {
+	if env == nil {
+		env = os.LookupEnv
+	}
+	root, err := parseYAML(name, data)
+	if err != nil {
+		return nil, err
+	}
+
+	failed, errs := expandEnv(name, root, env)
+	pos := newPositions()
+	p := &Pipeline{}
+	d := &decoder{file: name, pos: pos, skip: failed}
+	d.decode(root, reflectValue(p), "")
+	errs = append(errs, d.errs...)
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	p.File = name
+
+	p.applyDefaults(pos)
+	if err := p.validate(pos); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// yamlLineRe matches the position prefix of yaml.v3 syntax errors.
+var yamlLineRe = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+// parseYAML parses data into a node tree and returns the single document's
+// root node.
+func parseYAML(name string, data []byte) (root *yaml.Node, err error) {
+	// yaml.v3 reports its own errors by panicking and recovering; this is a
+	// safety net against malformed input tripping a panic it does not catch.
+	defer func() {
+		if r := recover(); r != nil {
+			root, err = nil, &FieldError{File: name, Msg: fmt.Sprintf("invalid YAML: %v", r)}
+		}
+	}()
+
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, &FieldError{File: name, Msg: "file is empty"}
+		}
+		return nil, syntaxError(name, err)
+	}
+	var extra yaml.Node
+	switch err := dec.Decode(&extra); {
+	case err == nil:
+		return nil, &FieldError{File: name, Line: extra.Line, Msg: "a pipeline file must contain exactly one YAML document"}
+	case !errors.Is(err, io.EOF):
+		return nil, syntaxError(name, err)
+	}
+
+	if doc.Kind != yaml.DocumentNode || len(doc.Content) != 1 || isNull(doc.Content[0]) {
+		return nil, &FieldError{File: name, Line: doc.Line, Msg: "file is empty"}
+	}
+	return doc.Content[0], nil
+}
+
+// syntaxError turns a yaml.v3 parse error into a *FieldError carrying the
+// line number when the message has one.
+func syntaxError(name string, err error) error {
+	if m := yamlLineRe.FindStringSubmatch(err.Error()); m != nil {
+		if line, convErr := strconv.Atoi(m[1]); convErr == nil {
+			return &FieldError{File: name, Line: line, Msg: "invalid YAML: " + m[2]}
+		}
+	}
+	return &FieldError{File: name, Msg: fmt.Sprintf("invalid YAML: %v", err)}
+}

@@ -1,0 +1,374 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Defaults applied to fields that are absent (or null) in a pipeline file.
+const (
+	defaultMaxBytes        = 1 << 30
+	defaultMaxAge          = 168 * time.Hour
+	defaultReplicas        = 1
+	defaultDuplicateWindow = 2 * time.Minute
+	defaultPattern         = PatternWatermark
+	defaultBatchSize       = 1000
+	defaultPollInterval    = time.Second
+	defaultDelete          = "hard"
+	defaultOrphans         = "keep"
+	defaultLedgerSchema    = "oneway"
+	defaultWorkers         = 2
+	defaultMaxAttempts     = 5
+	defaultAckWait         = 30 * time.Second
+	defaultFetchBatch      = 8
+)
+
+// Capture patterns. Only PatternWatermark is implemented.
+const (
+	PatternWatermark    = "watermark"
+	PatternCDC          = "cdc"
+	PatternSynthetic    = "synthetic"
+	PatternWindow       = "window"
+	PatternWatermarkCDC = "watermark+cdc"
+)
+
+// KindPostgres is the only source and target kind supported so far.
+const KindPostgres = "postgres"
+
+// nameRe is the shape of pipeline and target names, which end up in NATS
+// subjects, stream names and SQL identifiers.
+var nameRe = regexp.MustCompile(`^[a-z][a-z0-9_]{0,39}$`)
+
+// FieldError is one problem found in a pipeline file.
+type FieldError struct {
+	File  string // file name as given to Load or Parse
+	Line  int    // 1-based line; 0 when unknown
+	Field string // dotted path with indexes, e.g. "targets[1].delete"; "" for the whole file
+	Msg   string
+}
+
+// Error formats the problem as "file:line: field: msg", leaving out the
+// parts that are unknown.
+func (e *FieldError) Error() string {
+	var b strings.Builder
+	if e.File != "" {
+		b.WriteString(e.File)
+		if e.Line > 0 {
+			b.WriteString(":")
+			b.WriteString(strconv.Itoa(e.Line))
+		}
+		b.WriteString(": ")
+	} else if e.Line > 0 {
+		fmt.Fprintf(&b, "line %d: ", e.Line)
+	}
+	if e.Field != "" {
+		b.WriteString(e.Field)
+		b.WriteString(": ")
+	}
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+// applyDefaults fills in every field that pos says is absent or null.
+func (p *Pipeline) applyDefaults(pos *positions) {
+	unset := func(path string) bool { return !pos.isSet(path) }
+
+	if unset("nats.max_bytes") {
+		p.NATS.MaxBytes = defaultMaxBytes
+	}
+	if unset("nats.max_age") {
+		p.NATS.MaxAge = Duration{defaultMaxAge}
+	}
+	if unset("nats.replicas") {
+		p.NATS.Replicas = defaultReplicas
+	}
+	if unset("nats.duplicate_window") {
+		p.NATS.DuplicateWindow = Duration{defaultDuplicateWindow}
+	}
+
+	c := &p.Source.Capture
+	if unset("source.capture.pattern") {
+		c.Pattern = defaultPattern
+	}
+	if unset("source.capture.batch_size") {
+		c.BatchSize = defaultBatchSize
+	}
+	if unset("source.capture.poll_interval") {
+		c.PollInterval = Duration{defaultPollInterval}
+	}
+
+	for i := range p.Targets {
+		t := &p.Targets[i]
+		prefix := indexPath("targets", i) + "."
+		if unset(prefix + "table") {
+			t.Table = p.Source.Table
+		}
+		if t.CreateTable == nil {
+			yes := true
+			t.CreateTable = &yes
+		}
+		if unset(prefix + "delete") {
+			t.Delete = defaultDelete
+		}
+		if unset(prefix + "orphans") {
+			t.Orphans = defaultOrphans
+		}
+		if unset(prefix + "ledger_schema") {
+			t.LedgerSchema = defaultLedgerSchema
+		}
+		w := &t.Writer
+		if unset(prefix + "writer.workers") {
+			w.Workers = defaultWorkers
+		}
+		if unset(prefix + "writer.max_attempts") {
+			w.MaxAttempts = defaultMaxAttempts
+		}
+		if unset(prefix + "writer.ack_wait") {
+			w.AckWait = Duration{defaultAckWait}
+		}
+		if unset(prefix + "writer.fetch_batch") {
+			w.FetchBatch = defaultFetchBatch
+		}
+	}
+}
+
+// Validate checks a pipeline whose defaults have been applied (as Load and
+// Parse do) and returns every problem found, as *FieldError values joined
+// with errors.Join. Errors from Validate carry no line numbers; those from
+// Load and Parse do.
+func (p *Pipeline) Validate() error {
+	return p.validate(nil)
+}
+
+// checker collects validation problems.
+type checker struct {
+	file string
+	pos  *positions
+	errs []error
+}
+
+func (c *checker) add(field, format string, args ...any) {
+	c.errs = append(c.errs, &FieldError{File: c.file, Line: c.pos.line(field), Field: field, Msg: fmt.Sprintf(format, args...)})
+}
+
+// validate checks p; pos, which may be nil, supplies line numbers.
+func (p *Pipeline) validate(pos *positions) error {
+	c := &checker{file: p.File, pos: pos}
+
+	switch {
+	case p.Pipeline == "":
+		c.add("pipeline", "required")
+	case !nameRe.MatchString(p.Pipeline):
+		c.add("pipeline", "%q is not a valid name: it must match %s", p.Pipeline, nameRe)
+	}
+	p.NATS.validate(c)
+	p.Source.validate(c)
+
+	if len(p.Targets) == 0 {
+		c.add("targets", "at least one target is required")
+	}
+	names := map[string]int{}
+	for i := range p.Targets {
+		t := &p.Targets[i]
+		path := indexPath("targets", i)
+		t.validate(c, path, &p.Source)
+		if t.Name == "" {
+			continue
+		}
+		if j, dup := names[t.Name]; dup {
+			c.add(path+".name", "duplicate target name %q (also used by targets[%d])", t.Name, j)
+			continue
+		}
+		names[t.Name] = i
+	}
+
+	if p.Admin.Addr != "" {
+		if err := validAddr(p.Admin.Addr); err != nil {
+			c.add("admin.addr", "%v", err)
+		}
+	}
+	return errors.Join(c.errs...)
+}
+
+func (n *NATS) validate(c *checker) {
+	if n.MaxBytes <= 0 {
+		c.add("nats.max_bytes", "must be > 0, got %d", n.MaxBytes)
+	}
+	if n.MaxAge.Duration < 0 {
+		c.add("nats.max_age", "must be >= 0 (0 means unlimited), got %s", n.MaxAge)
+	}
+	if n.Replicas < 1 || n.Replicas > 5 {
+		c.add("nats.replicas", "must be between 1 and 5, got %d", n.Replicas)
+	}
+	switch {
+	case n.DuplicateWindow.Duration <= 0:
+		c.add("nats.duplicate_window", "must be > 0, got %s", n.DuplicateWindow)
+	case n.MaxAge.Duration > 0 && n.DuplicateWindow.Duration > n.MaxAge.Duration:
+		c.add("nats.duplicate_window", "must not be longer than nats.max_age (%s), got %s", n.MaxAge, n.DuplicateWindow)
+	}
+}
+
+func (s *Source) validate(c *checker) {
+	switch s.Kind {
+	case "":
+		c.add("source.kind", "required")
+	case KindPostgres:
+	default:
+		c.add("source.kind", "unsupported kind %q (supported: %s)", s.Kind, KindPostgres)
+	}
+	if s.URL == "" {
+		c.add("source.url", "required")
+	}
+	if s.Table == "" {
+		c.add("source.table", "required")
+	} else if _, _, err := SplitTable(s.Table); err != nil {
+		c.add("source.table", "%v", err)
+	}
+
+	if len(s.Key) == 0 {
+		c.add("source.key", "at least one key column is required")
+	}
+	checkColumns(c, "source.key", s.Key)
+	checkColumns(c, "source.columns", s.Columns)
+	if len(s.Columns) > 0 {
+		for i, k := range s.Key {
+			if k != "" && !slices.Contains(s.Columns, k) {
+				c.add(indexPath("source.key", i), "key column %q is not in source.columns", k)
+			}
+		}
+	}
+	s.Capture.validate(c, s)
+}
+
+// checkColumns checks that every column in cols is a valid identifier and
+// that none appears twice.
+func checkColumns(c *checker, path string, cols []string) {
+	seen := map[string]int{}
+	for i, col := range cols {
+		p := indexPath(path, i)
+		if err := ValidIdentifier(col); err != nil {
+			c.add(p, "%v", err)
+			continue
+		}
+		if j, dup := seen[col]; dup {
+			c.add(p, "duplicate column %q (also %s)", col, indexPath(path, j))
+			continue
+		}
+		seen[col] = i
+	}
+}
+
+func (cp *Capture) validate(c *checker, s *Source) {
+	switch cp.Pattern {
+	case PatternWatermark:
+		switch {
+		case cp.Column == "":
+			c.add("source.capture.column", "required for the %s pattern", PatternWatermark)
+		case ValidIdentifier(cp.Column) != nil:
+			c.add("source.capture.column", "%v", ValidIdentifier(cp.Column))
+		case len(s.Columns) > 0 && !slices.Contains(s.Columns, cp.Column):
+			c.add("source.capture.column", "watermark column %q is not in source.columns", cp.Column)
+		}
+	case PatternCDC, PatternSynthetic, PatternWindow, PatternWatermarkCDC:
+		c.add("source.capture.pattern", "capture pattern %q is not implemented yet", cp.Pattern)
+	default:
+		c.add("source.capture.pattern", "unknown capture pattern %q (supported: %s)", cp.Pattern, PatternWatermark)
+	}
+	if cp.BatchSize < 1 || cp.BatchSize > 100_000 {
+		c.add("source.capture.batch_size", "must be between 1 and 100000, got %d", cp.BatchSize)
+	}
+	if cp.PollInterval.Duration <= 0 {
+		c.add("source.capture.poll_interval", "must be > 0, got %s", cp.PollInterval)
+	}
+	if cp.Lookback.Duration < 0 {
+		c.add("source.capture.lookback", "must be >= 0, got %s", cp.Lookback)
+	}
+}
+
+func (t *Target) validate(c *checker, path string, src *Source) {
+	field := func(name string) string { return path + "." + name }
+
+	switch {
+	case t.Name == "":
+		c.add(field("name"), "required")
+	case !nameRe.MatchString(t.Name):
+		c.add(field("name"), "%q is not a valid name: it must match %s", t.Name, nameRe)
+	}
+	switch t.Kind {
+	case "":
+		c.add(field("kind"), "required")
+	case KindPostgres:
+	default:
+		c.add(field("kind"), "unsupported kind %q (supported: %s)", t.Kind, KindPostgres)
+	}
+	if t.URL == "" {
+		c.add(field("url"), "required")
+	}
+	// A table inherited from the source was checked there already.
+	if t.Table == "" && src.Table != "" {
+		c.add(field("table"), "must not be empty (leave it out to use the source table)")
+	} else if t.Table != "" && t.Table != src.Table {
+		if _, _, err := SplitTable(t.Table); err != nil {
+			c.add(field("table"), "%v", err)
+		}
+	}
+
+	switch t.Delete {
+	case "hard", "none":
+		if t.SoftDeleteColumn != "" {
+			c.add(field("soft_delete_column"), "only allowed when delete is \"soft\" (delete is %q)", t.Delete)
+		}
+	case "soft":
+		switch {
+		case t.SoftDeleteColumn == "":
+			c.add(field("soft_delete_column"), "required when delete is \"soft\"")
+		case ValidIdentifier(t.SoftDeleteColumn) != nil:
+			c.add(field("soft_delete_column"), "%v", ValidIdentifier(t.SoftDeleteColumn))
+		case slices.Contains(src.Key, t.SoftDeleteColumn) || slices.Contains(src.Columns, t.SoftDeleteColumn):
+			c.add(field("soft_delete_column"), "%q is a source column; the soft delete marker needs a column of its own", t.SoftDeleteColumn)
+		}
+	default:
+		c.add(field("delete"), "must be one of hard, soft, none; got %q", t.Delete)
+	}
+
+	switch t.Orphans {
+	case "keep", "delete", "report":
+	default:
+		c.add(field("orphans"), "must be one of keep, delete, report; got %q", t.Orphans)
+	}
+	if err := ValidIdentifier(t.LedgerSchema); err != nil {
+		c.add(field("ledger_schema"), "%v", err)
+	}
+
+	w := &t.Writer
+	if w.Workers < 1 || w.Workers > 64 {
+		c.add(field("writer.workers"), "must be between 1 and 64, got %d", w.Workers)
+	}
+	if w.MaxAttempts < 1 {
+		c.add(field("writer.max_attempts"), "must be >= 1, got %d", w.MaxAttempts)
+	}
+	if w.AckWait.Duration < time.Second {
+		c.add(field("writer.ack_wait"), "must be >= 1s, got %s", w.AckWait)
+	}
+	if w.FetchBatch < 1 || w.FetchBatch > 1000 {
+		c.add(field("writer.fetch_batch"), "must be between 1 and 1000, got %d", w.FetchBatch)
+	}
+}
+
+// validAddr checks that addr is host:port with a numeric port.
+func validAddr(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("must be host:port: %w", err)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("must be host:port with a numeric port, got port %q", port)
+	}
+	return nil
+}

@@ -1,0 +1,223 @@
+// Package natsbus is oneway's NATS JetStream plumbing: connection, stream and
+// consumer bootstrap, idempotent publishing that waits out stalls, and the
+// durable pull-consumer loop that every consuming service runs.
+package natsbus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/oneway-sync/oneway/shared/bus"
+	"github.com/oneway-sync/oneway/shared/config"
+)
+
+// MaxPendingAsync is the async-publish window. JetStream stalls publishers
+// past about 4,000 pending acks; Publish waits and retries instead of
+// failing or dropping.
+const MaxPendingAsync = 4000
+
+// Bus is a connection to NATS with its JetStream context. It is safe for
+// concurrent use. Close it when done.
+type Bus struct {
+	NC  *nats.Conn
+	JS  jetstream.JetStream
+	log *slog.Logger
+}
+
+// Connect dials url and sets up JetStream. The connection reconnects
+// forever; disconnects and reconnects are logged. name identifies the client
+// to the server (use the service name).
+func Connect(ctx context.Context, url, name string, log *slog.Logger) (*Bus, error) {
+	if url == "" {
+		return nil, errors.New("connect to NATS: no URL configured")
+	}
+	opts := []nats.Option{
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.RetryOnFailedConnect(true),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("nats disconnected", "error", err)
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "server", c.ConnectedUrlRedacted()) }),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { log.Warn("nats async error", "error", err) }),
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS: %w", err)
+	}
+	// RetryOnFailedConnect returns at once; wait for the first connection.
+	deadline := time.Now().Add(30 * time.Second)
+	for !nc.IsConnected() {
+		if time.Now().After(deadline) {
+			nc.Close()
+			return nil, errors.New("connect to NATS: no server answered within 30s")
+		}
+		select {
+		case <-ctx.Done():
+			nc.Close()
+			return nil, fmt.Errorf("connect to NATS: %w", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return New(nc, log)
+}
+
+// New wraps an open connection.
+func New(nc *nats.Conn, log *slog.Logger) (*Bus, error) {
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(MaxPendingAsync))
+	if err != nil {
+		return nil, fmt.Errorf("open JetStream: %w", err)
+	}
+	return &Bus{NC: nc, JS: js, log: log}, nil
+}
+
+// Close drains the connection: in-flight publishes and subscriptions finish.
+func (b *Bus) Close() {
+	if b == nil || b.NC == nil {
+		return
+	}
+	if err := b.NC.Drain(); err != nil {
+		b.NC.Close()
+	}
+}
+
+// StreamSpec is what a pipeline's stream must look like.
+type StreamSpec struct {
+	Pipeline        string
+	MaxBytes        int64
+	MaxAge          time.Duration
+	Replicas        int
+	DuplicateWindow time.Duration
+}
+
+// PipelineStream is the stream spec every service of a pipeline ensures.
+func PipelineStream(cfg *config.Pipeline) StreamSpec {
+	return StreamSpec{
+		Pipeline: cfg.Pipeline, MaxBytes: cfg.NATS.MaxBytes, MaxAge: cfg.NATS.MaxAge.Duration,
+		Replicas: cfg.NATS.Replicas, DuplicateWindow: cfg.NATS.DuplicateWindow.Duration,
+	}
+}
+
+// EnsureStream creates or updates the pipeline's stream: file storage, limits
+// retention, DiscardNew (a full stream refuses publishes instead of silently
+// dropping unconsumed changes), and the Nats-Msg-Id duplicate window.
+// It is idempotent and safe to call from every service at start.
+func (b *Bus) EnsureStream(ctx context.Context, s StreamSpec) (jetstream.Stream, error) {
+	replicas := max(s.Replicas, 1)
+	cfg := jetstream.StreamConfig{
+		Name:        bus.StreamName(s.Pipeline),
+		Description: "oneway pipeline " + s.Pipeline,
+		Subjects:    bus.StreamSubjects(s.Pipeline),
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardNew,
+		MaxBytes:    s.MaxBytes,
+		MaxAge:      s.MaxAge,
+		Replicas:    replicas,
+		Duplicates:  s.DuplicateWindow,
+	}
+	if cfg.MaxBytes == 0 {
+		cfg.MaxBytes = -1
+	}
+	st, err := b.JS.CreateOrUpdateStream(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("ensure stream %s: %w", cfg.Name, err)
+	}
+	return st, nil
+}
+
+// ConsumerSpec is a durable pull consumer.
+type ConsumerSpec struct {
+	Stream        string
+	Durable       string
+	FilterSubject string
+	AckWait       time.Duration
+	// MaxAckPending bounds the messages handed out and not yet acked.
+	MaxAckPending int
+}
+
+// EnsureConsumer creates or updates a durable pull consumer with explicit
+// acks and unlimited deliveries (the consume loop dead-letters by its own
+// count, so the server never silently gives up on a message).
+func (b *Bus) EnsureConsumer(ctx context.Context, s ConsumerSpec) (jetstream.Consumer, error) {
+	cfg := jetstream.ConsumerConfig{
+		Durable:       s.Durable,
+		FilterSubject: s.FilterSubject,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       s.AckWait,
+		MaxDeliver:    -1,
+		MaxAckPending: s.MaxAckPending,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	}
+	c, err := b.JS.CreateOrUpdateConsumer(ctx, s.Stream, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("ensure consumer %s on %s: %w", s.Durable, s.Stream, err)
+	}
+	return c, nil
+}
+
+// StateKV opens (creating if needed) the bucket of reader positions.
+func (b *Bus) StateKV(ctx context.Context, replicas int) (jetstream.KeyValue, error) {
+	kv, err := b.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      bus.StateBucket,
+		Description: "oneway reader positions and leases",
+		History:     5,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(replicas, 1),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open state bucket %s: %w", bus.StateBucket, err)
+	}
+	return kv, nil
+}
+
+// PublishAsync publishes data with a Nats-Msg-Id so that a retry of the same
+// message is a duplicate, not a second event. When the async window is full
+// it waits for acks to come back and tries again, until ctx ends: it never
+// drops a message. The returned future reports the broker's ack; a caller
+// that sees an error on it must publish again with the same msgID.
+func (b *Bus) PublishAsync(ctx context.Context, subject string, data []byte, msgID string) (jetstream.PubAckFuture, error) {
+	msg := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
+	return b.PublishMsgAsync(ctx, msg, msgID)
+}
+
+// PublishMsgAsync is PublishAsync for a message with headers.
+func (b *Bus) PublishMsgAsync(ctx context.Context, msg *nats.Msg, msgID string) (jetstream.PubAckFuture, error) {
+	for {
+		f, err := b.JS.PublishMsgAsync(msg, jetstream.WithMsgID(msgID), jetstream.WithStallWait(250*time.Millisecond))
+		if err == nil {
+			return f, nil
+		}
+		if !errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+			return nil, fmt.Errorf("publish to %s: %w", msg.Subject, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("publish to %s: %w", msg.Subject, ctx.Err())
+		case <-b.JS.PublishAsyncComplete():
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// PublishMsg publishes synchronously and waits for the broker's ack.
+func (b *Bus) PublishMsg(ctx context.Context, msg *nats.Msg, msgID string) (*jetstream.PubAck, error) {
+	var opts []jetstream.PublishOpt
+	if msgID != "" {
+		opts = append(opts, jetstream.WithMsgID(msgID))
+	}
+	ack, err := b.JS.PublishMsg(ctx, msg, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("publish to %s: %w", msg.Subject, err)
+	}
+	return ack, nil
+}
