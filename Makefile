@@ -25,7 +25,7 @@ test-race: build ## the tests with -race
 	@set -e; for m in $(MODULES); do echo "== $$m"; (cd $$m && go test -race $(GOTEST_FLAGS) ./...); done
 
 bench: build ## initial-load benchmark against a COPY pipe (needs ONEWAY_BENCH_POSTGRES_URL or a local PostgreSQL)
-	go run ./bench/cmd/bench
+	cd integration && go run ./cmd/bench -oneway $(BIN)/oneway -out $(CURDIR)/bench/results.jsonl
 
 $(BIN)/protoc-gen-go:
 	GOBIN=$(BIN) go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)

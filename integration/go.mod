@@ -1,3 +1,19 @@
 module github.com/oneway-sync/oneway/integration
 
 go 1.26.8
+
+replace (
+	github.com/oneway-sync/oneway/proto => ../proto
+	github.com/oneway-sync/oneway/services/oneway => ../services/oneway
+	github.com/oneway-sync/oneway/services/reader => ../services/reader
+	github.com/oneway-sync/oneway/services/writer => ../services/writer
+	github.com/oneway-sync/oneway/shared => ../shared
+)
+
+require github.com/jackc/pgx/v5 v5.13.0
+
+require (
+	github.com/jackc/pgpassfile v1.0.0 // indirect
+	github.com/jackc/pgservicefile v0.0.0-20240606120523-5a60cdf6a761 // indirect
+	golang.org/x/text v0.41.0 // indirect
+)

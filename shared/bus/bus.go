@@ -29,7 +29,9 @@ func WriterConsumer(pipeline, target string) string { return "writer-" + pipelin
 const StateBucket = "ONEWAY_STATE"
 
 // ReaderPositionKey is the state key of a reader's position.
-func ReaderPositionKey(pipeline, side string) string { return pipeline + ".reader." + side + ".position" }
+func ReaderPositionKey(pipeline, side string) string {
+	return pipeline + ".reader." + side + ".position"
+}
 
 // Headers set on dead letters and used by tools that read them.
 const (

@@ -78,4 +78,3 @@ func ServiceCommand(name, short string, build func(d Deps) ([]runner.Component, 
 	root.AddCommand(run, ConfigCommand(), VersionCommand())
 	return root
 }
-

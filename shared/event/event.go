@@ -5,6 +5,7 @@ package event
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -21,61 +22,61 @@ const SchemaVersion = 1
 // HashSize is the length of a content hash in bytes.
 const HashSize = 16
 
-// Hash returns the content hash of a record's owned values: SHA-256 over
-// each value's null flag, length and bytes, truncated to HashSize. Equal
-// owned state means equal hash, whatever produced it.
-func Hash(values []*onewayv1.Value) []byte {
-	h := sha256.New()
-	var buf [9]byte
-	for _, v := range values {
-		if _, ok := v.GetKind().(*onewayv1.Value_Null); ok || v == nil {
-			buf[0] = 0
-			h.Write(buf[:1])
-			continue
-		}
-		s := v.GetText()
-		buf[0] = 1
-		n := uint64(len(s))
-		for i := 0; i < 8; i++ {
-			buf[1+i] = byte(n >> (8 * i))
-		}
-		h.Write(buf[:])
-		h.Write([]byte(s))
+// AppendValue appends one value to a packed row: a varint n, then n-1
+// bytes; v == nil is SQL NULL (n = 0).
+func AppendValue(row, v []byte) []byte {
+	if v == nil {
+		return append(row, 0)
 	}
-	return h.Sum(nil)[:HashSize]
+	row = binary.AppendUvarint(row, uint64(len(v))+1)
+	return append(row, v...)
 }
 
-// HashTexts is Hash for values given as nullable text (nil = NULL).
-func HashTexts(values [][]byte) []byte {
-	h := sha256.New()
-	var buf [9]byte
-	for _, v := range values {
-		if v == nil {
-			buf[0] = 0
-			h.Write(buf[:1])
-			continue
-		}
-		buf[0] = 1
-		n := uint64(len(v))
-		for i := 0; i < 8; i++ {
-			buf[1+i] = byte(n >> (8 * i))
-		}
-		h.Write(buf[:])
-		h.Write(v)
-	}
-	return h.Sum(nil)[:HashSize]
+// AppendString is AppendValue for a non-NULL string.
+func AppendString(row []byte, v string) []byte {
+	row = binary.AppendUvarint(row, uint64(len(v))+1)
+	return append(row, v...)
 }
 
-// Null is the NULL value.
-func Null() *onewayv1.Value { return &onewayv1.Value{Kind: &onewayv1.Value_Null{Null: true}} }
+// PackRow packs values (nil = NULL) into a row.
+func PackRow(values [][]byte) []byte {
+	n := 0
+	for _, v := range values {
+		n += len(v) + 2
+	}
+	row := make([]byte, 0, n)
+	for _, v := range values {
+		row = AppendValue(row, v)
+	}
+	return row
+}
 
-// Text is a non-NULL value.
-func Text(s string) *onewayv1.Value { return &onewayv1.Value{Kind: &onewayv1.Value_Text{Text: s}} }
+// Row unpacks a packed row into dst (reused when large enough). The values
+// alias row: copy them to keep them past row's life. A NULL is nil; an
+// empty string is a non-nil empty slice.
+func Row(row []byte, dst [][]byte) ([][]byte, error) {
+	dst = dst[:0]
+	for len(row) > 0 {
+		n, k := binary.Uvarint(row)
+		if k <= 0 || n > uint64(len(row)-k)+1 {
+			return nil, errs.Permanentf("corrupt row: value %d has a bad length", len(dst))
+		}
+		row = row[k:]
+		if n == 0 {
+			dst = append(dst, nil)
+			continue
+		}
+		dst = append(dst, row[:n-1:n-1])
+		row = row[n-1:]
+	}
+	return dst, nil
+}
 
-// IsNull reports whether v is NULL (a missing value counts as NULL).
-func IsNull(v *onewayv1.Value) bool {
-	_, isText := v.GetKind().(*onewayv1.Value_Text)
-	return !isText
+// RowHash is the content hash of a packed row: equal owned state, equal
+// hash, whoever produced it.
+func RowHash(row []byte) []byte {
+	h := sha256.Sum256(row)
+	return h[:HashSize]
 }
 
 // KeyIndexes returns the positions of the key columns in b.Columns.
@@ -92,13 +93,23 @@ func KeyIndexes(b *onewayv1.Batch) []int {
 // Key renders a change's key as one string: the text of a single-column
 // key, or a JSON array of the texts for a composite key. It is the identity
 // a ledger stores and a dead letter names.
+// The change must have passed Validate.
 func Key(c *onewayv1.Change, keyIdx []int) string {
-	if len(keyIdx) == 1 {
-		return c.GetValues()[keyIdx[0]].GetText()
+	var buf [16][]byte
+	vals, _ := Row(c.GetRow(), buf[:0])
+	return KeyOf(vals, keyIdx)
+}
+
+// KeyOf is Key for unpacked values.
+func KeyOf(vals [][]byte, keyIdx []int) string {
+	if len(keyIdx) == 1 && keyIdx[0] < len(vals) {
+		return string(vals[keyIdx[0]])
 	}
 	parts := make([]string, len(keyIdx))
 	for i, k := range keyIdx {
-		parts[i] = c.GetValues()[k].GetText()
+		if k < len(vals) {
+			parts[i] = string(vals[k])
+		}
 	}
 	b, _ := json.Marshal(parts)
 	return string(b)
@@ -149,9 +160,15 @@ func Validate(b *onewayv1.Batch) error {
 		}
 		seen[c.GetName()] = true
 	}
+	var vals [][]byte
 	for i, c := range b.GetChanges() {
-		if len(c.GetValues()) != len(b.GetColumns()) {
-			return errs.Permanentf("%s: change %d has %d values for %d columns", where, i, len(c.GetValues()), len(b.GetColumns()))
+		var err error
+		vals, err = Row(c.GetRow(), vals)
+		if err != nil {
+			return errs.Permanentf("%s: change %d: %w", where, i, err)
+		}
+		if len(vals) != len(b.GetColumns()) {
+			return errs.Permanentf("%s: change %d has %d values for %d columns", where, i, len(vals), len(b.GetColumns()))
 		}
 		switch c.GetOp() {
 		case onewayv1.Op_OP_UPSERT, onewayv1.Op_OP_INSERT, onewayv1.Op_OP_UPDATE, onewayv1.Op_OP_DELETE:
@@ -159,7 +176,7 @@ func Validate(b *onewayv1.Batch) error {
 			return errs.Permanentf("%s: change %d has unknown op %v", where, i, c.GetOp())
 		}
 		for _, k := range keyIdx {
-			if IsNull(c.GetValues()[k]) {
+			if vals[k] == nil {
 				return errs.Permanentf("%s: change %d has a NULL key column %q", where, i, b.GetColumns()[k].GetName())
 			}
 		}

@@ -29,6 +29,13 @@ import (
 // handler can finish in-flight work.
 type Handler func(ctx context.Context, msg jetstream.Msg) error
 
+// BatchHandler processes several messages at once, all or nothing: nil
+// means the effect of every message is durable. On an error the loop hands
+// each message to the handler again alone, so one bad message is isolated
+// and classified as Handler's contract says. Otherwise the same contract as
+// Handler.
+type BatchHandler func(ctx context.Context, msgs []jetstream.Msg) error
+
 // Outcome is what happened to one message, for metrics.
 type Outcome string
 
@@ -87,6 +94,17 @@ func (o *ConsumeOptions) defaults() {
 // or MaxAttempts deliveries. While a handler runs, InProgress keeps the
 // message's AckWait from expiring.
 func (b *Bus) Consume(ctx context.Context, cons jetstream.Consumer, h Handler, o ConsumeOptions) error {
+	return b.consume(ctx, cons, func(ctx context.Context, msgs []jetstream.Msg) error { return h(ctx, msgs[0]) }, false, o)
+}
+
+// ConsumeBatches is Consume for a handler that takes the messages a fetch
+// brought that are ready at once (up to FetchBatch), so their effects can
+// share one target transaction.
+func (b *Bus) ConsumeBatches(ctx context.Context, cons jetstream.Consumer, h BatchHandler, o ConsumeOptions) error {
+	return b.consume(ctx, cons, h, true, o)
+}
+
+func (b *Bus) consume(ctx context.Context, cons jetstream.Consumer, h BatchHandler, group bool, o ConsumeOptions) error {
 	o.defaults()
 	// Handlers get a context that outlives ctx by Grace.
 	hctx, hcancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -102,34 +120,121 @@ func (b *Bus) Consume(ctx context.Context, cons jetstream.Consumer, h Handler, o
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			b.worker(ctx, hctx, cons, h, &o)
+			b.worker(ctx, hctx, cons, h, group, &o)
 		}()
 	}
 	wg.Wait()
 	return nil
 }
 
-func (b *Bus) worker(ctx, hctx context.Context, cons jetstream.Consumer, h Handler, o *ConsumeOptions) {
+func (b *Bus) worker(ctx, hctx context.Context, cons jetstream.Consumer, h BatchHandler, group bool, o *ConsumeOptions) {
 	for ctx.Err() == nil {
-		batch, err := cons.Fetch(o.FetchBatch, jetstream.FetchMaxWait(time.Second))
+		batch, err := cons.Fetch(o.FetchBatch, jetstream.FetchMaxWait(250*time.Millisecond))
 		if err != nil {
 			o.Log.Warn("fetch failed", "error", err)
 			sleepCtx(ctx, time.Second)
 			continue
 		}
-		for msg := range batch.Messages() {
+		// Messages of a fetch wait here while earlier ones are handled: keep
+		// them in progress until their turn, or they expire and are
+		// redelivered to another worker or replica meanwhile.
+		waiting := newInProgressSet(o.AckWait / 3)
+		msgs := make(chan jetstream.Msg, o.FetchBatch)
+		go func() {
+			defer close(msgs)
+			for msg := range batch.Messages() {
+				waiting.add(msg)
+				msgs <- msg
+			}
+		}()
+		for msg := range msgs {
+			waiting.remove(msg) // handle or handleGroup keeps it in progress from here
 			if ctx.Err() != nil {
 				// Shutting down: hand the rest back at once.
 				_ = msg.Nak()
 				continue
 			}
-			b.handle(hctx, msg, h, o)
+			if !group {
+				b.handle(hctx, msg, single(h), o)
+				continue
+			}
+			b.handleGroup(hctx, collect(msg, msgs, o.FetchBatch, waiting), h, o)
 		}
+		waiting.stop()
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil {
 			o.Log.Warn("fetch batch failed", "error", err)
 			sleepCtx(ctx, 500*time.Millisecond)
 		}
 	}
+}
+
+// single adapts a batch handler to one message.
+func single(h BatchHandler) Handler {
+	return func(ctx context.Context, m jetstream.Msg) error { return h(ctx, []jetstream.Msg{m}) }
+}
+
+// collect groups first with the messages of the same fetch that are ready
+// now (they arrive within microseconds when the consumer has a backlog),
+// without waiting for the fetch to fill.
+func collect(first jetstream.Msg, more <-chan jetstream.Msg, limit int, waiting *inProgressSet) []jetstream.Msg {
+	group := []jetstream.Msg{first}
+	t := time.NewTimer(2 * time.Millisecond)
+	defer t.Stop()
+	for len(group) < limit {
+		select {
+		case m, ok := <-more:
+			if !ok {
+				return group
+			}
+			waiting.remove(m)
+			group = append(group, m)
+		case <-t.C:
+			return group
+		}
+	}
+	return group
+}
+
+// handleGroup runs h on a group; on failure each message is handled alone.
+func (b *Bus) handleGroup(ctx context.Context, group []jetstream.Msg, h BatchHandler, o *ConsumeOptions) {
+	if len(group) == 1 {
+		b.handle(ctx, group[0], single(h), o)
+		return
+	}
+	stops := make([]func(), len(group))
+	for i, m := range group {
+		stops[i] = keepInProgress(m, o.AckWait/3)
+	}
+	err := h(ctx, group)
+	for _, stop := range stops {
+		stop()
+	}
+	if err == nil {
+		for _, m := range group {
+			if err := m.Ack(); err != nil {
+				o.Log.Warn("ack failed; the message will be redelivered and fenced", "error", err)
+			}
+			o.OnOutcome(OutcomeAcked)
+		}
+		return
+	}
+	if ctx.Err() != nil && !errs.IsPermanent(err) {
+		for _, m := range group {
+			_ = m.Nak()
+		}
+		return
+	}
+	o.Log.Debug("group failed; handling its messages one by one", "messages", len(group), "error", err)
+	// The rest of the group waits while each message is handled alone.
+	rest := newInProgressSet(o.AckWait / 3)
+	for _, m := range group[1:] {
+		rest.add(m)
+	}
+	for _, m := range group {
+		rest.remove(m)
+		b.handle(ctx, m, single(h), o)
+	}
+	rest.stop()
 }
 
 func (b *Bus) handle(ctx context.Context, msg jetstream.Msg, h Handler, o *ConsumeOptions) {
@@ -183,7 +288,9 @@ func (b *Bus) DeadLetter(ctx context.Context, subject string, data []byte, cause
 	}
 	id := ""
 	if s := m.Header.Get(bus.HeaderSequence); s != "" {
-		id = "dlq:" + s + ":" + m.Header.Get(bus.HeaderKey)
+		// The targets of a pipeline share its stream and so its duplicate
+		// window: the subject (one per target) keeps their dead letters apart.
+		id = "dlq:" + subject + ":" + s + ":" + m.Header.Get(bus.HeaderKey)
 	}
 	_, err := b.PublishMsg(ctx, m, id)
 	return err
@@ -230,6 +337,59 @@ func keepInProgress(msg jetstream.Msg, every time.Duration) (stop func()) {
 		}
 	}()
 	return func() { close(done); wg.Wait() }
+}
+
+// inProgressSet tells the server every interval that the messages it holds
+// are still being worked on, until stop is called. A message removed gets no
+// InProgress after remove returns.
+type inProgressSet struct {
+	mu   sync.Mutex
+	msgs map[jetstream.Msg]struct{}
+	done chan struct{}
+	wg   sync.WaitGroup
+}
+
+func newInProgressSet(every time.Duration) *inProgressSet {
+	if every <= 0 {
+		every = 10 * time.Second
+	}
+	s := &inProgressSet{msgs: map[jetstream.Msg]struct{}{}, done: make(chan struct{})}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-s.done:
+				return
+			case <-t.C:
+				s.mu.Lock()
+				for m := range s.msgs {
+					_ = m.InProgress()
+				}
+				s.mu.Unlock()
+			}
+		}
+	}()
+	return s
+}
+
+func (s *inProgressSet) add(m jetstream.Msg) {
+	s.mu.Lock()
+	s.msgs[m] = struct{}{}
+	s.mu.Unlock()
+}
+
+func (s *inProgressSet) remove(m jetstream.Msg) {
+	s.mu.Lock()
+	delete(s.msgs, m)
+	s.mu.Unlock()
+}
+
+func (s *inProgressSet) stop() {
+	close(s.done)
+	s.wg.Wait()
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) {

@@ -70,9 +70,11 @@ func TestConsume(t *testing.T) {
 			wantOutcomes: map[natsbus.Outcome]int{natsbus.OutcomeRetried: 2, natsbus.OutcomeAcked: 1},
 		},
 		{
-			name:         "permanent failure dead-letters at once",
-			maxAttempts:  5,
-			result:       func(int) error { return errs.Permanent(errors.New("null value in column \"email\"\nviolates not-null constraint")) },
+			name:        "permanent failure dead-letters at once",
+			maxAttempts: 5,
+			result: func(int) error {
+				return errs.Permanent(errors.New("null value in column \"email\"\nviolates not-null constraint"))
+			},
 			wantCalls:    1,
 			wantOutcomes: map[natsbus.Outcome]int{natsbus.OutcomeDeadLetter: 1},
 			wantDLQ:      true,
@@ -325,61 +327,102 @@ func TestConsumeSlowHandlerNotRedelivered(t *testing.T) {
 // each is handled once.
 func TestConsumeBatchBehindSlowHandlerNotRedelivered(t *testing.T) {
 	t.Parallel()
-	const (
-		p       = "slow"
-		ackWait = time.Second
-	)
-	b := newBus(t)
-	ctx := testCtx(t)
-	pipelineStream(t, b, p)
-	cons := writerConsumer(t, b, p, "pg", ackWait)
-
-	var got calls
-	var deliveries sync.Map
-	h := slowHandler(t, &got, &deliveries, 5*ackWait/2)
-	opts := natsbus.ConsumeOptions{Workers: 1, FetchBatch: 8, AckWait: ackWait, Log: newLogger(t)}
-
-	// Replica one is alone with an open pull request when both messages
-	// arrive, so it fetches both in one batch.
-	first := startConsume(t, b, cons, h, opts)
-	waitFor(t, 5*time.Second, func() error {
-		info, err := cons.Info(ctx)
-		if err != nil {
-			return err
-		}
-		if info.NumWaiting < 1 {
-			return errors.New("no pull request yet")
-		}
-		return nil
-	})
-	s1 := publish(t, b, p, "row-1")
-	s2 := publish(t, b, p, "row-2")
-	waitFor(t, 5*time.Second, func() error {
-		if got.get(s1) == 0 && got.get(s2) == 0 {
-			return errors.New("no message handled yet")
-		}
-		return nil
-	})
-	// Replica two comes up while replica one works on the first message.
-	second := startConsume(t, b, cons, h, opts)
-
-	waitFor(t, 15*time.Second, func() error { return consumerSettled(ctx, cons, s2) })
-	for _, r := range []*consumeRun{first, second} {
-		if err := r.stop(t, 10*time.Second); err != nil {
-			t.Fatal(err)
-		}
+	const ackWait = time.Second
+	type starter func(t testing.TB, b *natsbus.Bus, c jetstream.Consumer, h natsbus.Handler, o natsbus.ConsumeOptions) *consumeRun
+	tests := []struct {
+		name  string
+		start starter
+	}{
+		{name: "Consume", start: startConsume},
+		{
+			// The group fails at once, so its messages are handled one by
+			// one: the later ones wait while the first runs.
+			name: "ConsumeBatches, group failed",
+			start: func(t testing.TB, b *natsbus.Bus, c jetstream.Consumer, h natsbus.Handler, o natsbus.ConsumeOptions) *consumeRun {
+				return startConsumeBatches(t, b, c, func(ctx context.Context, msgs []jetstream.Msg) error {
+					if len(msgs) > 1 {
+						return errors.New("group conflict")
+					}
+					return h(ctx, msgs[0])
+				}, o)
+			},
+		},
 	}
-	for _, s := range []uint64{s1, s2} {
-		if n := got.get(s); n != 1 {
-			t.Errorf("message %d handled %d times, want 1", s, n)
-		}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			const p = "slow"
+			b := newBus(t)
+			ctx := testCtx(t)
+			pipelineStream(t, b, p)
+			cons := writerConsumer(t, b, p, "pg", ackWait)
+
+			var got calls
+			var deliveries sync.Map
+			h := slowHandler(t, &got, &deliveries, 5*ackWait/2)
+			opts := natsbus.ConsumeOptions{Workers: 1, FetchBatch: 8, AckWait: ackWait, Log: newLogger(t)}
+
+			// Replica one is alone with an open pull request when both
+			// messages arrive, so it fetches both in one batch.
+			first := tc.start(t, b, cons, h, opts)
+			waitFor(t, 5*time.Second, func() error {
+				info, err := cons.Info(ctx)
+				if err != nil {
+					return err
+				}
+				if info.NumWaiting < 1 {
+					return errors.New("no pull request yet")
+				}
+				return nil
+			})
+			var futures []jetstream.PubAckFuture
+			for _, data := range []string{"row-1", "row-2"} {
+				f, err := b.PublishAsync(ctx, bus.SourceSubject(p), []byte(data), data)
+				if err != nil {
+					t.Fatal(err)
+				}
+				futures = append(futures, f)
+			}
+			var seqs []uint64
+			for _, f := range futures {
+				select {
+				case ack := <-f.Ok():
+					seqs = append(seqs, ack.Sequence)
+				case err := <-f.Err():
+					t.Fatal(err)
+				case <-ctx.Done():
+					t.Fatal("no publish ack")
+				}
+			}
+			waitFor(t, 5*time.Second, func() error {
+				if got.get(seqs[0]) == 0 && got.get(seqs[1]) == 0 {
+					return errors.New("no message handled yet")
+				}
+				return nil
+			})
+			// Replica two comes up while replica one works on the first
+			// message.
+			second := tc.start(t, b, cons, h, opts)
+
+			waitFor(t, 15*time.Second, func() error { return consumerSettled(ctx, cons, seqs[1]) })
+			for _, r := range []*consumeRun{first, second} {
+				if err := r.stop(t, 10*time.Second); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for _, s := range seqs {
+				if n := got.get(s); n != 1 {
+					t.Errorf("message %d handled %d times, want 1", s, n)
+				}
+			}
+			deliveries.Range(func(k, v any) bool {
+				if v.(uint64) != 1 {
+					t.Errorf("call %v saw delivery %d, want 1", k, v)
+				}
+				return true
+			})
+		})
 	}
-	deliveries.Range(func(k, v any) bool {
-		if v.(uint64) != 1 {
-			t.Errorf("call %v saw delivery %d, want 1", k, v)
-		}
-		return true
-	})
 }
 
 func TestConsumeShutdown(t *testing.T) {

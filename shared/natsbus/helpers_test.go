@@ -153,9 +153,21 @@ type consumeRun struct {
 
 func startConsume(t testing.TB, b *natsbus.Bus, c jetstream.Consumer, h natsbus.Handler, o natsbus.ConsumeOptions) *consumeRun {
 	t.Helper()
+	return startLoop(t, func(ctx context.Context) error { return b.Consume(ctx, c, h, o) })
+}
+
+func startConsumeBatches(t testing.TB, b *natsbus.Bus, c jetstream.Consumer, h natsbus.BatchHandler, o natsbus.ConsumeOptions) *consumeRun {
+	t.Helper()
+	return startLoop(t, func(ctx context.Context) error { return b.ConsumeBatches(ctx, c, h, o) })
+}
+
+// startLoop runs loop in the background until stopped (at the latest when
+// the test ends).
+func startLoop(t testing.TB, loop func(ctx context.Context) error) *consumeRun {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &consumeRun{cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- b.Consume(ctx, c, h, o) }()
+	go func() { r.done <- loop(ctx) }()
 	t.Cleanup(func() { r.stop(t, 20*time.Second) })
 	return r
 }

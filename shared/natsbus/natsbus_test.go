@@ -34,8 +34,10 @@ func TestConnect(t *testing.T) {
 		{
 			name: "no server before ctx ends",
 			// Port 1 on loopback: nothing listens, connects are refused.
-			url:     "nats://127.0.0.1:1",
-			ctx:     func() (context.Context, context.CancelFunc) { return context.WithTimeout(context.Background(), 300*time.Millisecond) },
+			url: "nats://127.0.0.1:1",
+			ctx: func() (context.Context, context.CancelFunc) {
+				return context.WithTimeout(context.Background(), 300*time.Millisecond)
+			},
 			wantErr: context.DeadlineExceeded,
 		},
 	}

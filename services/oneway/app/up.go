@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"sync"
 	"time"
 
@@ -30,6 +32,7 @@ type upOptions struct {
 	natsPort       int
 	exitWhenSynced bool
 	stopTimeout    time.Duration
+	cpuProfile     string
 }
 
 func upCommand() *cobra.Command {
@@ -59,12 +62,25 @@ stores under --data-dir; a restart with the same directory resumes.`,
 	cmd.Flags().IntVar(&o.natsPort, "nats-port", -1, "port of the embedded NATS server (-1: any free port)")
 	cmd.Flags().BoolVar(&o.exitWhenSynced, "exit-when-synced", false, "exit 0 once every target has applied everything the reader found up to then")
 	cmd.Flags().DurationVar(&o.stopTimeout, "stop-timeout", 30*time.Second, "how long shutdown may take")
+	cmd.Flags().StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile of the run to this file")
+	_ = cmd.Flags().MarkHidden("cpu-profile")
 	return cmd
 }
 
 func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.Logger) error {
 	ctx, stop := runner.SignalContext(parent)
 	defer stop()
+	if o.cpuProfile != "" {
+		f, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	log = log.With("pipeline", cfg.Pipeline)
 
 	natsURL := cfg.NATS.URL.Value()

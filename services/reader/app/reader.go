@@ -66,7 +66,7 @@ type Reader struct {
 
 // New returns a reader for cfg's source. metrics may be nil.
 func New(cfg *config.Pipeline, b *natsbus.Bus, log *slog.Logger, metrics *telemetry.Metrics) *Reader {
-	return &Reader{cfg: cfg, bus: b, log: log.With("service", "reader", "pipeline", cfg.Pipeline), metrics: metrics}
+	return &Reader{cfg: cfg, bus: b, log: log.With("component", "reader"), metrics: metrics}
 }
 
 // Name implements runner.Component.
@@ -178,7 +178,10 @@ func (r *Reader) produce(ctx context.Context, src *pgsource.Source, pos Position
 	}
 	for pos.Phase == phaseSnapshot {
 		var rows []pgsource.Row
-		if err := read(func(ctx context.Context) (err error) { rows, err = src.SnapshotPage(ctx, pos.SnapshotKey, limit); return }); err != nil {
+		if err := read(func(ctx context.Context) (err error) {
+			rows, err = src.SnapshotPage(ctx, pos.SnapshotKey, limit)
+			return
+		}); err != nil {
 			return err
 		}
 		if len(rows) == 0 {
@@ -242,17 +245,10 @@ func (r *Reader) item(src *pgsource.Source, pattern onewayv1.CapturePattern, fro
 	}
 	content := sha256.New()
 	for i, row := range rows {
-		vals := make([]*onewayv1.Value, len(row))
-		for j, v := range row {
-			if v == nil {
-				vals[j] = event.Null()
-			} else {
-				vals[j] = event.Text(string(v))
-			}
-		}
-		h := event.HashTexts(row)
+		packed := event.PackRow(row)
+		h := event.RowHash(packed)
 		content.Write(h)
-		b.Changes[i] = &onewayv1.Change{Op: onewayv1.Op_OP_UPSERT, Values: vals, Hash: h, CapturedAtUnixNano: now}
+		b.Changes[i] = &onewayv1.Change{Op: onewayv1.Op_OP_UPSERT, Row: packed, Hash: h, CapturedAtUnixNano: now}
 	}
 	// The Msg-Id names the page by where it starts and what it holds: a
 	// republish of the same page after a crash is a duplicate, a page whose

@@ -43,7 +43,7 @@ func New(cfg *config.Pipeline, target string, b *natsbus.Bus, log *slog.Logger, 
 		return nil, fmt.Errorf("pipeline %s has no target %q", cfg.Pipeline, target)
 	}
 	return &Writer{cfg: cfg, target: *t, bus: b, metrics: metrics,
-		log: log.With("service", "writer", "pipeline", cfg.Pipeline, "target", t.Name)}, nil
+		log: log.With("component", "writer", "target", t.Name)}, nil
 }
 
 // Name implements runner.Component.
@@ -73,7 +73,9 @@ func (w *Writer) Run(ctx context.Context) error {
 	defer pool.Close()
 	var tgt *pgtarget.Target
 	err = retry.Do(ctx, retry.Policy{Initial: 200 * time.Millisecond, Max: 10 * time.Second, Attempts: 10,
-		OnRetry: func(err error, wait time.Duration) { w.log.Warn("target not ready; retrying", "error", err, "wait", wait) }},
+		OnRetry: func(err error, wait time.Duration) {
+			w.log.Warn("target not ready; retrying", "error", err, "wait", wait)
+		}},
 		func(ctx context.Context) error {
 			var err error
 			tgt, err = pgtarget.Open(ctx, pool, pgtarget.Spec{
@@ -99,7 +101,7 @@ func (w *Writer) Run(ctx context.Context) error {
 	}
 	w.log.Info("writer consuming", "consumer", bus.WriterConsumer(w.cfg.Pipeline, w.target.Name), "workers", w.target.Writer.Workers)
 	h := &handler{w: w, tgt: tgt}
-	return w.bus.Consume(ctx, cons, h.handle, natsbus.ConsumeOptions{
+	return w.bus.ConsumeBatches(ctx, cons, h.handle, natsbus.ConsumeOptions{
 		Workers: w.target.Writer.Workers, FetchBatch: w.target.Writer.FetchBatch,
 		MaxAttempts: w.target.Writer.MaxAttempts, AckWait: w.target.Writer.AckWait.Duration,
 		DeadLetterSubject: bus.DLQSubject(w.cfg.Pipeline, w.target.Name),
@@ -118,46 +120,70 @@ type handler struct {
 	tgt *pgtarget.Target
 }
 
-// handle applies one message. An outage of the target is waited out here,
-// with backoff, while the consume loop keeps the message in progress: it
-// does not spend the message's delivery budget.
-func (h *handler) handle(ctx context.Context, msg jetstream.Msg) error {
+// handle applies a group of messages in one target transaction (several
+// when the group mixes column layouts, e.g. across a schema change). An
+// outage of the target is waited out here, with backoff, while the consume
+// loop keeps the messages in progress: it does not spend their delivery
+// budget. Any error makes the loop retry each message alone.
+func (h *handler) handle(ctx context.Context, msgs []jetstream.Msg) error {
 	w := h.w
-	meta, err := msg.Metadata()
-	if err != nil {
-		return errs.Permanent(err)
+	items := make([]pgtarget.Item, 0, len(msgs))
+	metas := make([]*jetstream.MsgMetadata, 0, len(msgs))
+	for _, msg := range msgs {
+		meta, err := msg.Metadata()
+		if err != nil {
+			return errs.Permanent(err)
+		}
+		b, err := event.Decode(msg.Data())
+		if err != nil {
+			return fmt.Errorf("pipeline %s stream seq %d: %w", w.cfg.Pipeline, meta.Sequence.Stream, err)
+		}
+		if b.GetPipeline() != w.cfg.Pipeline {
+			return errs.Permanentf("stream seq %d: batch of pipeline %q on pipeline %q's subject", meta.Sequence.Stream, b.GetPipeline(), w.cfg.Pipeline)
+		}
+		items = append(items, pgtarget.Item{Seq: meta.Sequence.Stream, Batch: b})
+		metas = append(metas, meta)
 	}
-	b, err := event.Decode(msg.Data())
-	if err != nil {
-		return fmt.Errorf("pipeline %s stream seq %d: %w", w.cfg.Pipeline, meta.Sequence.Stream, err)
+	for start := 0; start < len(items); {
+		end := start + 1
+		for end < len(items) && pgtarget.SameLayout(items[start].Batch, items[end].Batch) {
+			end++
+		}
+		if err := h.apply(ctx, items[start:end], metas[start:end]); err != nil {
+			return err
+		}
+		start = end
 	}
-	if b.GetPipeline() != w.cfg.Pipeline {
-		return errs.Permanentf("stream seq %d: batch of pipeline %q on pipeline %q's subject", meta.Sequence.Stream, b.GetPipeline(), w.cfg.Pipeline)
-	}
+	return nil
+}
+
+func (h *handler) apply(ctx context.Context, items []pgtarget.Item, metas []*jetstream.MsgMetadata) error {
+	w := h.w
 	start := time.Now()
 	var res pgtarget.Result
-	err = retry.Do(ctx, retry.Policy{Initial: 100 * time.Millisecond, Max: 10 * time.Second, Attempts: 3,
+	err := retry.Do(ctx, retry.Policy{Initial: 100 * time.Millisecond, Max: 10 * time.Second, Attempts: 3,
 		OnRetry: func(err error, wait time.Duration) {
-			w.log.Warn("apply failed; retrying", "stream_seq", meta.Sequence.Stream, "error", err, "wait", wait)
+			w.log.Warn("apply failed; retrying", "first_stream_seq", items[0].Seq, "messages", len(items), "error", err, "wait", wait)
 		}}, func(ctx context.Context) error {
 		var err error
-		res, err = h.tgt.Apply(ctx, meta.Sequence.Stream, b)
+		res, err = h.tgt.Apply(ctx, items)
 		return err
 	})
 	if err != nil {
 		return err
 	}
 	for _, f := range res.Failed {
-		if err := h.deadLetter(ctx, meta, b, f); err != nil {
+		if err := h.deadLetter(ctx, metas[f.Item], items[f.Item].Batch, f); err != nil {
 			return err // redelivered; the applied part is fenced by the ledger
 		}
 	}
 	if m := w.metrics; m != nil {
 		m.EventsProcessed.WithLabelValues("writer", w.cfg.Pipeline, "applied").Add(float64(res.Written + res.Deleted))
 		m.EventsProcessed.WithLabelValues("writer", w.cfg.Pipeline, "skipped").Add(float64(res.Changes - res.Written - res.Deleted - len(res.Failed)))
-		m.OperationDuration.WithLabelValues("writer_apply_batch").Observe(time.Since(start).Seconds())
-		if n := len(b.GetChanges()); n > 0 {
-			lag := time.Since(time.Unix(0, b.GetChanges()[n-1].GetCapturedAtUnixNano())).Seconds()
+		m.OperationDuration.WithLabelValues("writer_apply").Observe(time.Since(start).Seconds())
+		last := items[len(items)-1].Batch.GetChanges()
+		if n := len(last); n > 0 {
+			lag := time.Since(time.Unix(0, last[n-1].GetCapturedAtUnixNano())).Seconds()
 			m.EndToEndLag.WithLabelValues(w.cfg.Pipeline, w.target.Name).Set(lag)
 		}
 	}

@@ -26,9 +26,9 @@ type Spec struct {
 
 // Report is the outcome.
 type Report struct {
-	SourceRows, TargetRows int64
-	Missing, Different     int64 // target lacks the key / owned values differ
-	Extra                  int64 // target keys the source lacks (orphans)
+	SourceRows, TargetRows                int64
+	Missing, Different                    int64 // target lacks the key / owned values differ
+	Extra                                 int64 // target keys the source lacks (orphans)
 	MissingKeys, DifferentKeys, ExtraKeys []string
 }
 
@@ -188,7 +188,7 @@ func page(ctx context.Context, pool *pgxpool.Pool, t pgconn.Table, cols, keys st
 		if len(parts) > 1 {
 			key = strings.Join(parts, "\x1f")
 		}
-		out = append(out, keyedRow{row: row{key: key, hash: string(event.HashTexts(raw))}, keyParts: parts})
+		out = append(out, keyedRow{row: row{key: key, hash: string(event.RowHash(event.PackRow(raw)))}, keyParts: parts})
 	}
 	return out, rows.Err()
 }

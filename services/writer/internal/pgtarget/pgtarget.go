@@ -1,9 +1,11 @@
 // Package pgtarget applies change batches to a PostgreSQL table,
 // set-based and effect-once.
 //
-// Effect-once rests on a per-key ledger in the target database,
-// <ledger_schema>.ledger(scope, key, version, hash, applies, ...), written in
-// the same statement (so the same transaction) as the rows. A change is
+// Effect-once rests on a per-key ledger in the target database: one table
+// per target table, <ledger_schema>.ledger_<scope>, keyed by the target's own
+// key columns (typed, so its index costs what the target's does) and holding
+// the last applied version and content hash of each key, written in the same
+// statement (so the same transaction) as the rows. A change is
 // applied only when its version is newer than the ledger's for that key, and
 // the row is written only when its content hash differs from what was last
 // applied. Because INSERT … ON CONFLICT DO UPDATE locks the ledger row and
@@ -18,12 +20,12 @@ package pgtarget
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -55,16 +57,22 @@ type Spec struct {
 
 // Target applies batches to one table. Safe for concurrent use.
 type Target struct {
-	pool  *pgxpool.Pool
-	spec  Spec
-	log   *slog.Logger
-	scope int32
+	pool   *pgxpool.Pool
+	spec   Spec
+	log    *slog.Logger
+	scope  int32
+	ledger pgconn.Table
 
 	mu    sync.Mutex
 	plans map[string]*plan // by column signature
+	// bulkOffUntil disables the bulk path for a while after it met an
+	// existing key, so a reload over a full target does not pay twice.
+	bulkOffUntil atomic.Int64
 }
 
-// Open prepares the ledger (schema, tables, this target's scope id).
+// Open registers this target in the ledger catalog,
+// <ledger_schema>.ledger_scopes, and returns a Target. The ledger table
+// itself is created on the first batch, when the key's types are known.
 func Open(ctx context.Context, pool *pgxpool.Pool, spec Spec, log *slog.Logger) (*Target, error) {
 	t := &Target{pool: pool, spec: spec, log: log, plans: map[string]*plan{}}
 	ls := pgconn.Quote(spec.LedgerSchema)
@@ -78,11 +86,7 @@ func Open(ctx context.Context, pool *pgxpool.Pool, spec Spec, log *slog.Logger) 
 			`CREATE TABLE IF NOT EXISTS ` + ls + `.ledger_scopes (
   id serial PRIMARY KEY, pipeline text NOT NULL, target text NOT NULL, table_name text NOT NULL,
   created_at timestamptz NOT NULL DEFAULT now(), UNIQUE (pipeline, target, table_name))`,
-			`CREATE TABLE IF NOT EXISTS ` + ls + `.ledger (
-  scope int NOT NULL, key text NOT NULL, version bigint NOT NULL, hash bytea,
-  changed boolean NOT NULL DEFAULT true, applies int NOT NULL DEFAULT 1,
-  applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (scope, key))`,
-			"COMMENT ON TABLE " + ls + `.ledger IS 'oneway effect-once ledger: per key, the last applied stream version and content hash; applies counts real writes'`,
+			"COMMENT ON TABLE " + ls + `.ledger_scopes IS 'oneway: one row per (pipeline, target, table); its ledger is ledger_<id>'`,
 		}
 		for _, s := range stmts {
 			if _, err := tx.Exec(ctx, s); err != nil {
@@ -95,19 +99,25 @@ ON CONFLICT (pipeline, target, table_name) DO UPDATE SET pipeline = excluded.pip
 RETURNING id`, spec.Pipeline, spec.Target, spec.Table.String()).Scan(&t.scope)
 	})
 	if err != nil {
-		return nil, pgconn.Classify(fmt.Errorf("prepare ledger in schema %s: %w", spec.LedgerSchema, err))
+		return nil, pgconn.Classify(fmt.Errorf("prepare ledger catalog in schema %s: %w", spec.LedgerSchema, err))
 	}
+	t.ledger = pgconn.Table{Schema: spec.LedgerSchema, Name: fmt.Sprintf("ledger_%d", t.scope)}
 	return t, nil
 }
+
+// Ledger is this target's ledger table.
+func (t *Target) Ledger() pgconn.Table { return t.ledger }
 
 // Scope is this target's id in the ledger.
 func (t *Target) Scope() int32 { return t.scope }
 
 // plan is the SQL for one column layout.
 type plan struct {
-	sql       string
-	keyIdx    []int
+	sql        string
+	keyIdx     []int
 	softIsBool bool
+	copyTarget string // COPY statements for the bulk path
+	copyLedger string
 }
 
 // prepare checks (or creates) the target table for the batch's columns and
@@ -154,6 +164,14 @@ func (t *Target) prepare(ctx context.Context, b *onewayv1.Batch) (*plan, error) 
 	if err := t.checkUnique(ctx, keyNames); err != nil {
 		return nil, err
 	}
+	keyTypes := make([]string, len(keyIdx))
+	for i, k := range keyIdx {
+		keyTypes[i] = byName[keyNames[i]].Type
+		_ = k
+	}
+	if err := t.ensureLedger(ctx, keyNames, keyTypes); err != nil {
+		return nil, err
+	}
 	p := &plan{keyIdx: keyIdx}
 	if t.spec.Delete == DeleteSoft {
 		sc, ok := byName[t.spec.SoftDeleteColumn]
@@ -163,6 +181,9 @@ func (t *Target) prepare(ctx context.Context, b *onewayv1.Batch) (*plan, error) 
 		p.softIsBool = sc.Type == "boolean"
 	}
 	p.sql = t.buildSQL(b, byName, keyIdx, p.softIsBool)
+	p.copyTarget = fmt.Sprintf("COPY %s (%s) FROM STDIN", t.spec.Table.Quoted(), pgconn.QuoteList("", event.ColumnNames(b)))
+	p.copyLedger = fmt.Sprintf("COPY %s (%s, oneway_version, oneway_hash, oneway_changed, oneway_applies) FROM STDIN",
+		t.ledger.Quoted(), pgconn.QuoteList("", keyNames))
 	t.plans[sig.String()] = p
 	return p, nil
 }
@@ -227,34 +248,34 @@ SELECT EXISTS (
 	return nil
 }
 
-// buildSQL renders the one statement that applies a batch: unnest the
-// arrays, upsert the ledger (fenced by version), then write the rows the
-// ledger let through and whose content changed.
+// buildSQL renders the one statement that applies a set of changes:
+// unnest the arrays (casting text to the target's types), upsert the ledger
+// fenced by version, then write the rows the ledger let through and whose
+// content changed.
 func (t *Target) buildSQL(b *onewayv1.Batch, byName map[string]pgconn.Column, keyIdx []int, softIsBool bool) string {
 	cols := b.GetColumns()
-	ls := pgconn.Quote(t.spec.LedgerSchema)
-	var unnestArgs, unnestCols []string
-	unnestArgs = append(unnestArgs, "$2::text[]", "$3::int8[]", "$4::bytea[]", "$5::bool[]")
-	unnestCols = append(unnestCols, "k", "v", "h", "del")
-	for i := range cols {
-		unnestArgs = append(unnestArgs, fmt.Sprintf("$%d::text[]", 6+i))
+	unnestArgs := []string{"$1::int8[]", "$2::bytea[]", "$3::bool[]"}
+	unnestCols := []string{"v", "h", "del"}
+	var casts []string
+	for i, c := range cols {
+		unnestArgs = append(unnestArgs, fmt.Sprintf("$%d::text[]", 4+i))
 		unnestCols = append(unnestCols, fmt.Sprintf("c%d", i))
+		casts = append(casts, fmt.Sprintf("u.c%d::%s AS c%d", i, byName[c.GetName()].Type, i))
 	}
-	// Values arrive as text and are cast to the target's own column types.
-	cast := func(i int) string {
-		return fmt.Sprintf("inc.c%d::%s", i, byName[cols[i].GetName()].Type)
-	}
-	var names, sel, set, keyNames, keyMatch []string
+	var names, sel, set, keyNames, incKeys, ledJoin, tgtMatch []string
 	isKey := map[int]bool{}
 	for _, k := range keyIdx {
 		isKey[k] = true
-		keyNames = append(keyNames, pgconn.Quote(cols[k].GetName()))
-		keyMatch = append(keyMatch, fmt.Sprintf("t.%s = %s", pgconn.Quote(cols[k].GetName()), cast(k)))
+		q := pgconn.Quote(cols[k].GetName())
+		keyNames = append(keyNames, q)
+		incKeys = append(incKeys, fmt.Sprintf("c%d", k))
+		ledJoin = append(ledJoin, fmt.Sprintf("led.%s = inc.c%d", q, k))
+		tgtMatch = append(tgtMatch, fmt.Sprintf("t.%s = inc.c%d", q, k))
 	}
 	for i, c := range cols {
 		q := pgconn.Quote(c.GetName())
 		names = append(names, q)
-		sel = append(sel, cast(i))
+		sel = append(sel, fmt.Sprintf("inc.c%d", i))
 		if !isKey[i] {
 			set = append(set, fmt.Sprintf("%s = excluded.%s", q, q))
 		}
@@ -273,134 +294,180 @@ func (t *Target) buildSQL(b *onewayv1.Batch, byName map[string]pgconn.Column, ke
 	if len(set) > 0 {
 		conflict = "DO UPDATE SET " + strings.Join(set, ", ")
 	}
+	join := "JOIN led ON " + strings.Join(ledJoin, " AND ") + " AND led.oneway_changed"
 	var del string
 	switch t.spec.Delete {
 	case DeleteHard:
-		del = fmt.Sprintf("DELETE FROM %s t USING inc JOIN led ON led.key = inc.k AND led.changed WHERE inc.del AND %s RETURNING 1",
-			t.spec.Table.Quoted(), strings.Join(keyMatch, " AND "))
+		del = fmt.Sprintf("DELETE FROM %s t USING inc %s WHERE inc.del AND %s RETURNING 1",
+			t.spec.Table.Quoted(), join, strings.Join(tgtMatch, " AND "))
 	case DeleteSoft:
 		val := "now()"
 		if softIsBool {
 			val = "true"
 		}
-		del = fmt.Sprintf("UPDATE %s t SET %s = %s FROM inc JOIN led ON led.key = inc.k AND led.changed WHERE inc.del AND %s RETURNING 1",
-			t.spec.Table.Quoted(), pgconn.Quote(t.spec.SoftDeleteColumn), val, strings.Join(keyMatch, " AND "))
+		del = fmt.Sprintf("UPDATE %s t SET %s = %s FROM inc %s WHERE inc.del AND %s RETURNING 1",
+			t.spec.Table.Quoted(), pgconn.Quote(t.spec.SoftDeleteColumn), val, join, strings.Join(tgtMatch, " AND "))
 	default:
 		del = "SELECT 1 WHERE false"
 	}
 	return fmt.Sprintf(`WITH inc AS (
-  SELECT * FROM unnest(%s) AS u(%s)
+  SELECT u.v, u.h, u.del, %s FROM unnest(%s) AS u(%s)
 ), led AS (
-  INSERT INTO %s.ledger AS l (scope, key, version, hash, changed, applies)
-  SELECT $1, k, v, h, true, 1 FROM inc ORDER BY k
-  ON CONFLICT (scope, key) DO UPDATE
-    SET version = excluded.version, hash = excluded.hash,
-        changed = l.hash IS DISTINCT FROM excluded.hash,
-        applies = l.applies + CASE WHEN l.hash IS DISTINCT FROM excluded.hash THEN 1 ELSE 0 END,
-        applied_at = now()
-    WHERE l.version < excluded.version
-  RETURNING key, changed
+  INSERT INTO %s AS l (%s, oneway_version, oneway_hash, oneway_changed, oneway_applies)
+  SELECT %s, v, h, true, 1 FROM inc ORDER BY %s
+  ON CONFLICT (%s) DO UPDATE
+    SET oneway_version = excluded.oneway_version, oneway_hash = excluded.oneway_hash,
+        oneway_changed = l.oneway_hash IS DISTINCT FROM excluded.oneway_hash,
+        oneway_applies = l.oneway_applies + CASE WHEN l.oneway_hash IS DISTINCT FROM excluded.oneway_hash THEN 1 ELSE 0 END,
+        oneway_applied_at = now()
+    WHERE l.oneway_version < excluded.oneway_version
+  RETURNING %s, oneway_changed
 ), del AS (
   %s
 ), ups AS (
   INSERT INTO %s AS t (%s)
-  SELECT %s FROM inc JOIN led ON led.key = inc.k AND led.changed WHERE NOT inc.del
+  SELECT %s FROM inc %s WHERE NOT inc.del
   ON CONFLICT (%s) %s
   RETURNING 1
 )
 SELECT (SELECT count(*) FROM led), (SELECT count(*) FROM ups), (SELECT count(*) FROM del)`,
-		strings.Join(unnestArgs, ", "), strings.Join(unnestCols, ", "),
-		ls, del, t.spec.Table.Quoted(), strings.Join(names, ", "), strings.Join(sel, ", "),
+		strings.Join(casts, ", "), strings.Join(unnestArgs, ", "), strings.Join(unnestCols, ", "),
+		t.ledger.Quoted(), strings.Join(keyNames, ", "),
+		strings.Join(incKeys, ", "), strings.Join(incKeys, ", "),
+		strings.Join(keyNames, ", "), strings.Join(keyNames, ", "),
+		del, t.spec.Table.Quoted(), strings.Join(names, ", "), strings.Join(sel, ", "), join,
 		strings.Join(keyNames, ", "), conflict)
 }
 
 // Result counts what one Apply did.
 type Result struct {
-	Changes int // changes in the batch after collapsing repeats of a key
+	Changes int // changes after collapsing repeats of a key
 	Newer   int // changes newer than the ledger (the rest were stale or repeats)
 	Written int // rows inserted or updated
 	Deleted int // rows deleted (or soft-deleted)
 	// Failed lists changes the target rejected (permanent errors), each
-	// isolated so the rest of the batch was applied.
+	// isolated so the rest was applied.
 	Failed []Failure
 }
 
 // Failure is one change the target rejected.
 type Failure struct {
-	Index int // in the batch
+	Item  int // index into Apply's items
+	Index int // change index in that item's batch
 	Key   string
 	Err   error
 }
 
-// Apply writes batch b, read at stream sequence seq, in one transaction.
-// Change i of the batch has version seq<<20 | i. A permanent error of the
-// whole batch makes Apply retry each change alone, so one bad record does
-// not hold back the others; the rejected ones come back in Result.Failed.
-// Other errors are returned classified (pgconn.Classify) and nothing is
-// applied.
-func (t *Target) Apply(ctx context.Context, seq uint64, b *onewayv1.Batch) (Result, error) {
-	if len(b.GetChanges()) >= 1<<20 {
-		return Result{}, errs.Permanentf("batch of %d changes exceeds 2^20", len(b.GetChanges()))
+// Item is one batch and the stream sequence it was read at.
+type Item struct {
+	Seq   uint64
+	Batch *onewayv1.Batch
+}
+
+// ref points at one change of one item.
+type ref struct {
+	item, index int
+	version     int64
+	key         string
+	change      *onewayv1.Change
+}
+
+// Apply writes the items' changes in one transaction. Items must share one
+// column layout (same columns, types and key). Change i of an item read at
+// stream sequence seq has version seq<<20 | i, so later messages and later
+// changes in a message win. A permanent error of the whole set makes Apply
+// retry each change alone, so one bad record does not hold back the others;
+// the rejected ones come back in Result.Failed. Other errors are returned
+// classified (pgconn.Classify) and nothing is applied.
+func (t *Target) Apply(ctx context.Context, items []Item) (Result, error) {
+	if len(items) == 0 {
+		return Result{}, nil
 	}
-	p, err := t.prepare(ctx, b)
+	first := items[0].Batch
+	for _, it := range items {
+		if len(it.Batch.GetChanges()) >= 1<<20 {
+			return Result{}, errs.Permanentf("batch of %d changes exceeds 2^20", len(it.Batch.GetChanges()))
+		}
+		if !SameLayout(first, it.Batch) {
+			return Result{}, fmt.Errorf("apply: items with different column layouts (%s)", first.GetTable())
+		}
+	}
+	p, err := t.prepare(ctx, first)
 	if err != nil {
 		return Result{}, err
 	}
-	idx := collapse(b, p.keyIdx)
-	res, err := t.exec(ctx, p, seq, b, idx)
+	refs := collapse(items, p.keyIdx)
+	if t.bulkEligible(items, refs) {
+		if res, ok := t.bulkInsert(ctx, p, refs, first); ok {
+			return res, nil
+		}
+	}
+	res, err := t.exec(ctx, p, first, refs)
 	if err == nil || !errs.IsPermanent(err) {
 		return res, err
 	}
-	t.log.Warn("batch rejected; applying its changes one by one to isolate the bad ones",
-		"table", t.spec.Table.String(), "stream_seq", seq, "error", err)
-	total := Result{Changes: len(idx)}
-	for _, i := range idx {
-		r, err := t.exec(ctx, p, seq, b, []int{i})
+	t.log.Warn("changes rejected; applying them one by one to isolate the bad ones",
+		"table", t.spec.Table.String(), "changes", len(refs), "error", err)
+	total := Result{Changes: len(refs)}
+	for _, r := range refs {
+		one, err := t.exec(ctx, p, first, []ref{r})
 		if err != nil {
 			if !errs.IsPermanent(err) {
 				return Result{}, err
 			}
-			total.Failed = append(total.Failed, Failure{Index: i, Key: event.Key(b.GetChanges()[i], p.keyIdx), Err: err})
+			total.Failed = append(total.Failed, Failure{Item: r.item, Index: r.index, Key: r.key, Err: err})
 			continue
 		}
-		total.Newer += r.Newer
-		total.Written += r.Written
-		total.Deleted += r.Deleted
+		total.Newer += one.Newer
+		total.Written += one.Written
+		total.Deleted += one.Deleted
 	}
 	return total, nil
 }
 
-// collapse returns the indexes of the last change of each key, sorted by key
-// (a stable lock order keeps concurrent writers from deadlocking).
-func collapse(b *onewayv1.Batch, keyIdx []int) []int {
-	last := make(map[string]int, len(b.GetChanges()))
-	keys := make([]string, 0, len(b.GetChanges()))
-	for i, c := range b.GetChanges() {
-		k := event.Key(c, keyIdx)
-		if _, ok := last[k]; !ok {
-			keys = append(keys, k)
+// SameLayout reports whether two batches have the same columns, types and key.
+func SameLayout(a, b *onewayv1.Batch) bool {
+	ac, bc := a.GetColumns(), b.GetColumns()
+	if len(ac) != len(bc) {
+		return false
+	}
+	for i := range ac {
+		if ac[i].GetName() != bc[i].GetName() || ac[i].GetType() != bc[i].GetType() || ac[i].GetKey() != bc[i].GetKey() {
+			return false
 		}
-		last[k] = i
 	}
-	if len(keys) == len(b.GetChanges()) {
-		idx := make([]int, len(keys))
-		for i := range idx {
-			idx[i] = i
-		}
-		return idx
-	}
-	sort.Strings(keys)
-	idx := make([]int, len(keys))
-	for i, k := range keys {
-		idx[i] = last[k]
-	}
-	return idx
+	return true
 }
 
-func (t *Target) exec(ctx context.Context, p *plan, seq uint64, b *onewayv1.Batch, idx []int) (Result, error) {
-	n := len(idx)
-	cols := b.GetColumns()
-	keys := make([]string, n)
+// collapse keeps the newest change of each key, sorted by key (a stable
+// lock order keeps concurrent writers from deadlocking).
+func collapse(items []Item, keyIdx []int) []ref {
+	n := 0
+	for _, it := range items {
+		n += len(it.Batch.GetChanges())
+	}
+	refs := make([]ref, 0, n)
+	pos := make(map[string]int, n)
+	for ii, it := range items {
+		for i, c := range it.Batch.GetChanges() {
+			r := ref{item: ii, index: i, version: int64(it.Seq<<20 | uint64(i)), key: event.Key(c, keyIdx), change: c}
+			if j, ok := pos[r.key]; ok {
+				if r.version > refs[j].version {
+					refs[j] = r
+				}
+				continue
+			}
+			pos[r.key] = len(refs)
+			refs = append(refs, r)
+		}
+	}
+	sort.Slice(refs, func(i, j int) bool { return refs[i].key < refs[j].key })
+	return refs
+}
+
+func (t *Target) exec(ctx context.Context, p *plan, layout *onewayv1.Batch, refs []ref) (Result, error) {
+	n := len(refs)
+	cols := layout.GetColumns()
 	versions := make([]int64, n)
 	hashes := make([][]byte, n)
 	dels := make([]bool, n)
@@ -408,10 +475,14 @@ func (t *Target) exec(ctx context.Context, p *plan, seq uint64, b *onewayv1.Batc
 	for j := range cols {
 		colVals[j] = make([]*string, n)
 	}
-	for r, i := range idx {
-		c := b.GetChanges()[i]
-		keys[r] = event.Key(c, p.keyIdx)
-		versions[r] = int64(seq<<20 | uint64(i))
+	var vals [][]byte
+	for r, rf := range refs {
+		c := rf.change
+		var err error
+		if vals, err = event.Row(c.GetRow(), vals); err != nil {
+			return Result{}, err
+		}
+		versions[r] = rf.version
 		del := c.GetOp() == onewayv1.Op_OP_DELETE
 		dels[r] = del
 		if del {
@@ -419,18 +490,18 @@ func (t *Target) exec(ctx context.Context, p *plan, seq uint64, b *onewayv1.Batc
 		} else {
 			hashes[r] = c.GetHash()
 			if len(hashes[r]) == 0 {
-				hashes[r] = event.Hash(c.GetValues())
+				hashes[r] = event.RowHash(c.GetRow())
 			}
 		}
-		for j, v := range c.GetValues() {
-			if tv, ok := v.GetKind().(*onewayv1.Value_Text); ok {
-				s := tv.Text
+		for j, v := range vals {
+			if v != nil {
+				s := string(v)
 				colVals[j][r] = &s
 			}
 		}
 	}
-	args := make([]any, 0, 5+len(cols))
-	args = append(args, t.scope, keys, versions, hashes, dels)
+	args := make([]any, 0, 3+len(cols))
+	args = append(args, versions, hashes, dels)
 	for j := range cols {
 		args = append(args, colVals[j])
 	}
@@ -444,11 +515,7 @@ func (t *Target) exec(ctx context.Context, p *plan, seq uint64, b *onewayv1.Batc
 		return nil
 	})
 	if err != nil {
-		err = pgconn.Classify(fmt.Errorf("apply %d changes to %s: %w", n, t.spec.Table, err))
-		if errors.Is(err, context.Canceled) {
-			return Result{}, err
-		}
-		return Result{}, err
+		return Result{}, pgconn.Classify(fmt.Errorf("apply %d changes to %s: %w", n, t.spec.Table, err))
 	}
 	return res, nil
 }

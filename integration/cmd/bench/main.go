@@ -1,0 +1,189 @@
+// Command bench measures oneway against a reference in the same run, so the
+// figures are ratios that survive a noisy machine.
+//
+// Workload initial_load_direct: N invoices rows synced into an empty target
+// by `oneway up --exit-when-synced`, against the reference
+// `psql \copy … to stdout | psql \copy … from stdin` between the same two
+// databases. It prints a table and appends one JSON line per workload to
+// -out.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+type result struct {
+	Workload          string  `json:"workload"`
+	Rows              int     `json:"rows"`
+	Seconds           float64 `json:"seconds"`
+	RowsPerS          float64 `json:"rows_per_s"`
+	ReferenceSeconds  float64 `json:"reference_seconds"`
+	ReferenceRowsPerS float64 `json:"reference_rows_per_s"`
+	Ratio             float64 `json:"ratio"`
+	PeakRSSMB         float64 `json:"peak_rss_mb"`
+	Commit            string  `json:"commit"`
+	At                string  `json:"at"`
+}
+
+func main() {
+	rows := flag.Int("rows", 1_000_000, "rows to load")
+	base := flag.String("postgres", firstNonEmpty(os.Getenv("ONEWAY_BENCH_POSTGRES_URL"), os.Getenv("ONEWAY_TEST_POSTGRES_URL"),
+		"postgres://postgres:postgres@127.0.0.1:5432/postgres?sslmode=disable"), "PostgreSQL server URL (env ONEWAY_BENCH_POSTGRES_URL)")
+	bin := flag.String("oneway", "../bin/oneway", "the oneway binary")
+	out := flag.String("out", "../bench/results.jsonl", "append results here")
+	logLevel := flag.String("log-level", "warn", "log level of oneway up")
+	flag.Parse()
+	log.SetFlags(0)
+	ctx := context.Background()
+
+	src, dst, ref := dbURL(*base, "oneway_bench_src"), dbURL(*base, "oneway_bench_dst"), dbURL(*base, "oneway_bench_ref")
+	for _, name := range []string{"oneway_bench_src", "oneway_bench_dst", "oneway_bench_ref"} {
+		must(exec1(ctx, *base, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)", "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()))
+	}
+	const ddl = `CREATE TABLE public.invoices (id bigint PRIMARY KEY, customer text, amount numeric(12,2), status text, note text, updated_at timestamptz NOT NULL DEFAULT now())`
+	log.Printf("creating %d source rows …", *rows)
+	must(exec1(ctx, src, ddl, fmt.Sprintf(`INSERT INTO public.invoices (id, customer, amount, status, note, updated_at)
+SELECT g, 'customer ' || (g %% 5000), round((g %% 100000) / 7.0, 2), (ARRAY['open','paid','void'])[1 + g %% 3],
+       CASE WHEN g %% 10 = 0 THEN NULL ELSE 'note for invoice ' || g END, now() - (g || ' seconds')::interval
+FROM generate_series(1, %d) g`, *rows), "VACUUM ANALYZE public.invoices"))
+	must(exec1(ctx, ref, ddl))
+
+	// Each timed run starts from a checkpointed server, so neither pays for
+	// the other's (or the setup's) dirty buffers.
+	must(exec1(ctx, *base, "CHECKPOINT"))
+	log.Printf("reference: psql \\copy pipe …")
+	t0 := time.Now()
+	pipe := fmt.Sprintf(`psql %q -q -c "\copy (select * from public.invoices) to stdout" | psql %q -q -c "\copy public.invoices from stdin"`, noParams(src), noParams(ref))
+	cmd := exec.CommandContext(ctx, "bash", "-o", "pipefail", "-c", pipe)
+	cmd.Env = append(os.Environ(), "PGPASSWORD="+password(*base))
+	if b, err := cmd.CombinedOutput(); err != nil {
+		log.Fatalf("reference copy pipe: %v\n%s", err, b)
+	}
+	refSec := time.Since(t0).Seconds()
+
+	dir, err := os.MkdirTemp("", "oneway-bench-")
+	must(err)
+	defer os.RemoveAll(dir)
+	cfg := filepath.Join(dir, "bench.yaml")
+	must(os.WriteFile(cfg, []byte(fmt.Sprintf(`pipeline: bench
+source:
+  kind: postgres
+  url: %q
+  table: public.invoices
+  key: [id]
+  capture:
+    pattern: watermark
+    column: updated_at
+targets:
+  - name: pg
+    kind: postgres
+    url: %q
+`, src, dst)), 0o600))
+	must(exec1(ctx, *base, "CHECKPOINT"))
+	log.Printf("oneway up --exit-when-synced …")
+	t0 = time.Now()
+	up := exec.CommandContext(ctx, *bin, "up", "--config", cfg, "--exit-when-synced", "--data-dir", filepath.Join(dir, "data"), "--log-level", *logLevel)
+	up.Stdout, up.Stderr = os.Stderr, os.Stderr
+	if err := up.Run(); err != nil {
+		log.Fatalf("oneway up: %v", err)
+	}
+	sec := time.Since(t0).Seconds()
+	rss := float64(up.ProcessState.SysUsage().(*syscall.Rusage).Maxrss) / 1024
+
+	vf := exec.CommandContext(ctx, *bin, "verify", "--config", cfg, "--log-level", "warn")
+	vf.Stdout, vf.Stderr = os.Stderr, os.Stderr
+	if err := vf.Run(); err != nil {
+		log.Fatalf("oneway verify after the load: %v", err)
+	}
+
+	r := result{Workload: "initial_load_direct", Rows: *rows, Seconds: round(sec), RowsPerS: round(float64(*rows) / sec),
+		ReferenceSeconds: round(refSec), ReferenceRowsPerS: round(float64(*rows) / refSec), Ratio: round(refSec / sec),
+		PeakRSSMB: round(rss), Commit: commit(), At: time.Now().UTC().Format(time.RFC3339)}
+	fmt.Printf("\n%-22s %10s %10s %14s %16s %7s %12s\n", "workload", "rows", "seconds", "rows/s", "reference rows/s", "ratio", "peak RSS MB")
+	fmt.Printf("%-22s %10d %10.2f %14.0f %16.0f %7.2f %12.1f\n", r.Workload, r.Rows, r.Seconds, r.RowsPerS, r.ReferenceRowsPerS, r.Ratio, r.PeakRSSMB)
+	f, err := os.OpenFile(*out, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	must(err)
+	line, _ := json.Marshal(r)
+	_, err = f.Write(append(line, '\n'))
+	must(err)
+	must(f.Close())
+	for _, name := range []string{"oneway_bench_src", "oneway_bench_dst", "oneway_bench_ref"} {
+		_ = exec1(ctx, *base, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
+	}
+}
+
+func exec1(ctx context.Context, u string, stmts ...string) error {
+	conn, err := pgx.Connect(ctx, u)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(ctx)
+	for _, s := range stmts {
+		if _, err := conn.Exec(ctx, s); err != nil {
+			return fmt.Errorf("%.60s…: %w", s, err)
+		}
+	}
+	return nil
+}
+
+func dbURL(base, db string) string {
+	u, err := url.Parse(base)
+	must(err)
+	u.Path = "/" + db
+	return u.String()
+}
+
+// noParams drops the password for psql (it comes from PGPASSWORD).
+func noParams(s string) string {
+	u, err := url.Parse(s)
+	must(err)
+	if u.User != nil {
+		u.User = url.User(u.User.Username())
+	}
+	return u.String()
+}
+
+func password(s string) string {
+	u, err := url.Parse(s)
+	must(err)
+	p, _ := u.User.Password()
+	return p
+}
+
+func commit() string {
+	b, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func round(f float64) float64 { return float64(int64(f*100+0.5)) / 100 }
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+func must(err error) {
+	if err != nil {
+		log.Fatal(err)
+	}
+}
