@@ -213,6 +213,7 @@ func (r *Reader) produce(ctx context.Context, src *pgsource.Source, pos Position
 			}); err != nil {
 				return err
 			}
+			r.log.Debug("watermark poll", "bound", bound, "after", pos.Watermark, "rows", len(rows))
 			if len(rows) > 0 {
 				last := rows[len(rows)-1]
 				next := Position{Phase: phaseWatermark, Watermark: src.WatermarkOf(last), WatermarkKey: src.KeyOf(last)}
