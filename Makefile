@@ -5,7 +5,7 @@ MODULES := $(shell go list -m -f '{{.Dir}}' 2>/dev/null)
 PROTOC_GEN_GO_VERSION := v1.36.12
 GOTEST_FLAGS ?= -count=1 -timeout 15m
 
-.PHONY: all build test test-race test-unit bench proto proto-check tidy check-tidy lint up down help clean
+.PHONY: all build demo-db verify test test-race test-unit bench proto proto-check tidy check-tidy lint up down help clean
 
 all: build
 
@@ -19,10 +19,12 @@ build: ## build oneway, reader and writer into ./bin
 	cd services/writer && go build -o $(BIN)/writer ./cmd/writer
 
 test: build ## run every test of every module (the README's test command)
-	@set -e; for m in $(MODULES); do echo "== $$m"; (cd $$m && go test $(GOTEST_FLAGS) ./...); done
+	@failed=""; for m in $(MODULES); do echo "== $$m"; (cd $$m && go test $(GOTEST_FLAGS) ./...) || failed="$$failed $$m"; done; \
+	if [ -n "$$failed" ]; then echo "FAILED:$$failed"; exit 1; fi
 
 test-race: build ## the tests with -race
-	@set -e; for m in $(MODULES); do echo "== $$m"; (cd $$m && go test -race $(GOTEST_FLAGS) ./...); done
+	@failed=""; for m in $(MODULES); do echo "== $$m"; (cd $$m && go test -race $(GOTEST_FLAGS) ./...) || failed="$$failed $$m"; done; \
+	if [ -n "$$failed" ]; then echo "FAILED:$$failed"; exit 1; fi
 
 bench: build ## initial-load benchmark against a COPY pipe (needs ONEWAY_BENCH_POSTGRES_URL or a local PostgreSQL)
 	cd integration && go run ./cmd/bench -oneway $(BIN)/oneway -out $(CURDIR)/bench/results.jsonl
@@ -45,8 +47,25 @@ check-tidy: tidy ## fail when go.mod/go.sum are not tidy
 lint: ## go vet every module
 	@set -e; for m in $(MODULES); do (cd $$m && go vet ./...); done
 
-up: build ## run the example pipeline with an embedded NATS (needs ONEWAY_SOURCE_URL, ONEWAY_TARGET_URL)
-	$(BIN)/oneway up --config deploy/examples/invoices.yaml
+PG_URL ?= postgres://postgres:postgres@127.0.0.1:5432
+DEMO_SOURCE_URL := $(PG_URL)/oneway_demo_source
+DEMO_TARGET_URL := $(PG_URL)/oneway_demo_target
+
+demo-db: ## (re)create the example's databases oneway_demo_source/_target on $(PG_URL)
+	psql "$(PG_URL)/postgres" -q -v ON_ERROR_STOP=1 \
+	  -c 'DROP DATABASE IF EXISTS oneway_demo_source WITH (FORCE)' -c 'CREATE DATABASE oneway_demo_source' \
+	  -c 'DROP DATABASE IF EXISTS oneway_demo_target WITH (FORCE)' -c 'CREATE DATABASE oneway_demo_target'
+	psql "$(DEMO_SOURCE_URL)" -q -v ON_ERROR_STOP=1 -f deploy/examples/invoices-source.sql
+	psql "$(DEMO_TARGET_URL)" -q -v ON_ERROR_STOP=1 -f deploy/examples/invoices-target.sql
+	rm -rf ./data
+
+up: build ## run the example pipeline (embedded NATS, data in ./data, admin on 127.0.0.1:8080)
+	ONEWAY_SOURCE_URL="$${ONEWAY_SOURCE_URL:-$(DEMO_SOURCE_URL)}" ONEWAY_TARGET_URL="$${ONEWAY_TARGET_URL:-$(DEMO_TARGET_URL)}" \
+	  $(BIN)/oneway up --config deploy/examples/invoices.yaml --admin-addr 127.0.0.1:8080
+
+verify: build ## compare the example's source and target
+	ONEWAY_SOURCE_URL="$${ONEWAY_SOURCE_URL:-$(DEMO_SOURCE_URL)}" ONEWAY_TARGET_URL="$${ONEWAY_TARGET_URL:-$(DEMO_TARGET_URL)}" \
+	  $(BIN)/oneway verify --config deploy/examples/invoices.yaml
 
 clean:
 	rm -rf $(BIN)/oneway $(BIN)/reader $(BIN)/writer
