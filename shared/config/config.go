@@ -135,7 +135,7 @@ type WriterOptions struct {
 	Workers int `yaml:"workers"`
 	// MaxAttempts is how often a message is tried. Default 5; >= 1.
 	MaxAttempts int `yaml:"max_attempts"`
-	// AckWait is how long a message may be in flight. Default 30s; >= 1s.
+	// AckWait is how long a message may be in flight. Default 10s; >= 1s. Long work sends InProgress, so this bounds how soon the messages of a crashed writer are redelivered.
 	AckWait Duration `yaml:"ack_wait"`
 	// FetchBatch is the number of messages per fetch. Default 8; 1..1000.
 	FetchBatch int `yaml:"fetch_batch"`

@@ -125,7 +125,7 @@ func TestDefaults(t *testing.T) {
 	require.Equal(t, WriterOptions{
 		Workers:     2,
 		MaxAttempts: 5,
-		AckWait:     Duration{30 * time.Second},
+		AckWait:     Duration{10 * time.Second},
 		FetchBatch:  8,
 	}, tg.Writer)
 
@@ -744,7 +744,7 @@ func TestPrint(t *testing.T) {
 		"lookback: 0s\n",
 		"create_table: true\n",
 		"ledger_schema: oneway\n",
-		"ack_wait: 30s\n",
+		"ack_wait: 10s\n",
 	} {
 		require.Contains(t, out, want)
 	}

@@ -25,7 +25,7 @@ const (
 	defaultLedgerSchema    = "oneway"
 	defaultWorkers         = 2
 	defaultMaxAttempts     = 5
-	defaultAckWait         = 30 * time.Second
+	defaultAckWait         = 10 * time.Second
 	defaultFetchBatch      = 8
 )
 

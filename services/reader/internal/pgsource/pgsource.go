@@ -82,9 +82,32 @@ func Open(ctx context.Context, pool *pgxpool.Pool, spec Spec, log *slog.Logger) 
 			return nil, errs.Permanentf("source table %s: watermark column %q is not among the owned columns", spec.Table, spec.WatermarkColumn)
 		}
 		s.wmIdx, s.wmType = i, cols[i].Type
+		switch s.wmType {
+		case "timestamp with time zone":
+		case "timestamp without time zone":
+			log.Warn("watermark column has no time zone: the commit-safe bound is computed in UTC, so the applications must write it in UTC (or use timestamptz)",
+				"table", spec.Table.String(), "column", spec.WatermarkColumn)
+		default:
+			return nil, errs.Permanentf("source table %s: watermark column %q has type %s; the watermark pattern needs a timestamp column (numeric watermarks are not supported yet)",
+				spec.Table, spec.WatermarkColumn, s.wmType)
+		}
 		if !cols[i].NotNull {
 			log.Warn("watermark column is nullable: rows where it is NULL are never read; declare it NOT NULL",
 				"table", spec.Table.String(), "column", spec.WatermarkColumn)
+		}
+	}
+	if s.wmIdx >= 0 {
+		var indexed bool
+		err := pool.QueryRow(ctx, `
+SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+               WHERE i.indrelid = to_regclass($1) AND a.attname = $2)`, spec.Table.Quoted(), spec.WatermarkColumn).Scan(&indexed)
+		if err != nil {
+			return nil, pgconn.Classify(fmt.Errorf("check indexes of %s: %w", spec.Table, err))
+		}
+		if !indexed {
+			log.Warn("no index starts with the watermark column: every poll scans the whole table; create one",
+				"table", spec.Table.String(), "sql", fmt.Sprintf("CREATE INDEX ON %s (%s, %s)", spec.Table.Quoted(),
+					pgconn.Quote(spec.WatermarkColumn), pgconn.QuoteList("", spec.Key)))
 		}
 	}
 	s.keyList = pgconn.QuoteList("", spec.Key)

@@ -23,7 +23,14 @@ import (
 // row and no applied version, where there is nothing to fence against, and
 // effect-once holds either way.
 
-const bulkPause = 30 * time.Second
+// After bulkConflictLimit groups in a row met existing keys (a reload over
+// a full target), the bulk path pauses for bulkPause. Fewer conflicts are
+// normal after a restart: the groups applied but not acked before a crash
+// come back first.
+const (
+	bulkConflictLimit = 3
+	bulkPause         = 30 * time.Second
+)
 
 func (t *Target) bulkEligible(items []Item, refs []ref) bool {
 	if time.Now().UnixNano() < t.bulkOffUntil.Load() {
@@ -68,6 +75,10 @@ func (t *Target) bulkInsert(ctx context.Context, p *plan, refs []ref, layout *on
 				rows.WriteString(`\N`)
 			}
 		}
+		if p.copySoft != "" {
+			rows.WriteByte('\t')
+			rows.WriteString(p.copySoft)
+		}
 		rows.WriteByte('\n')
 		h := c.GetHash()
 		if len(h) == 0 {
@@ -93,12 +104,16 @@ func (t *Target) bulkInsert(ctx context.Context, p *plan, refs []ref, layout *on
 	if err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && pgErr.Code == "23505" {
-			t.bulkOffUntil.Store(time.Now().Add(bulkPause).UnixNano())
+			if t.bulkConflicts.Add(1) >= bulkConflictLimit {
+				t.bulkConflicts.Store(0)
+				t.bulkOffUntil.Store(time.Now().Add(bulkPause).UnixNano())
+			}
 		} else if ctx.Err() == nil {
 			t.log.Debug("bulk path failed; using the fenced path", "error", err)
 		}
 		return Result{}, false
 	}
+	t.bulkConflicts.Store(0)
 	n := len(refs)
 	return Result{Changes: n, Newer: n, Written: n}, true
 }

@@ -67,7 +67,8 @@ type Target struct {
 	plans map[string]*plan // by column signature
 	// bulkOffUntil disables the bulk path for a while after it met an
 	// existing key, so a reload over a full target does not pay twice.
-	bulkOffUntil atomic.Int64
+	bulkOffUntil  atomic.Int64
+	bulkConflicts atomic.Int32
 }
 
 // Open registers this target in the ledger catalog,
@@ -113,11 +114,13 @@ func (t *Target) Scope() int32 { return t.scope }
 
 // plan is the SQL for one column layout.
 type plan struct {
-	sql        string
+	ledSQL     string // fences the changes in the ledger, returns the ones to write
+	rowSQL     string // writes those changes to the target
 	keyIdx     []int
 	softIsBool bool
 	copyTarget string // COPY statements for the bulk path
 	copyLedger string
+	copySoft   string // COPY text of the soft-delete column ("" = none)
 }
 
 // prepare checks (or creates) the target table for the batch's columns and
@@ -180,8 +183,17 @@ func (t *Target) prepare(ctx context.Context, b *onewayv1.Batch) (*plan, error) 
 		}
 		p.softIsBool = sc.Type == "boolean"
 	}
-	p.sql = t.buildSQL(b, byName, keyIdx, p.softIsBool)
-	p.copyTarget = fmt.Sprintf("COPY %s (%s) FROM STDIN", t.spec.Table.Quoted(), pgconn.QuoteList("", event.ColumnNames(b)))
+	p.ledSQL, p.rowSQL = t.buildSQL(b, byName, keyIdx, p.softIsBool)
+	copyCols := event.ColumnNames(b)
+	if t.spec.Delete == DeleteSoft {
+		// The fenced path writes false (or NULL) there; so must COPY.
+		copyCols = append(copyCols, t.spec.SoftDeleteColumn)
+		p.copySoft = `\N`
+		if p.softIsBool {
+			p.copySoft = "f"
+		}
+	}
+	p.copyTarget = fmt.Sprintf("COPY %s (%s) FROM STDIN", t.spec.Table.Quoted(), pgconn.QuoteList("", copyCols))
 	p.copyLedger = fmt.Sprintf("COPY %s (%s, oneway_version, oneway_hash, oneway_changed, oneway_applies) FROM STDIN",
 		t.ledger.Quoted(), pgconn.QuoteList("", keyNames))
 	t.plans[sig.String()] = p
@@ -203,7 +215,16 @@ func (t *Target) createTable(ctx context.Context, b *onewayv1.Batch) error {
 	}
 	sql := fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s (%s, PRIMARY KEY (%s))",
 		t.spec.Table.Quoted(), strings.Join(defs, ", "), strings.Join(keys, ", "))
-	if _, err := t.pool.Exec(ctx, sql); err != nil {
+	// Writers may start at once: CREATE TABLE IF NOT EXISTS races
+	// (duplicate key in pg_type, a permanent 23505) unless serialised.
+	err := pgx.BeginFunc(ctx, t.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext('oneway.ledger.ddl'))"); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, sql)
+		return err
+	})
+	if err != nil {
 		return pgconn.Classify(fmt.Errorf("create target table %s: %w", t.spec.Table, err))
 	}
 	t.log.Info("created target table", "table", t.spec.Table.String())
@@ -234,10 +255,11 @@ func (t *Target) checkUnique(ctx context.Context, keys []string) error {
 	err := t.pool.QueryRow(ctx, `
 SELECT EXISTS (
   SELECT 1 FROM pg_index i
-  WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
-    AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a
-         WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)) =
-        (SELECT array_agg(k ORDER BY k) FROM unnest($2::text[]) k))`,
+  WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indimmediate AND i.indisvalid
+    AND i.indpred IS NULL AND i.indexprs IS NULL
+    AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text COLLATE "C") FROM pg_attribute a
+         WHERE a.attrelid = i.indrelid AND a.attnum = ANY((i.indkey::int2[])[0:i.indnkeyatts - 1])) =
+        (SELECT array_agg(k ORDER BY k COLLATE "C") FROM unnest($2::text[]) k))`,
 		t.spec.Table.Quoted(), keys).Scan(&ok)
 	if err != nil {
 		return pgconn.Classify(fmt.Errorf("check key of %s: %w", t.spec.Table, err))
@@ -248,11 +270,15 @@ SELECT EXISTS (
 	return nil
 }
 
-// buildSQL renders the one statement that applies a set of changes:
-// unnest the arrays (casting text to the target's types), upsert the ledger
-// fenced by version, then write the rows the ledger let through and whose
-// content changed.
-func (t *Target) buildSQL(b *onewayv1.Batch, byName map[string]pgconn.Column, keyIdx []int, softIsBool bool) string {
+// buildSQL renders the two statements that apply a set of changes, both
+// over the same arrays (unnested, text cast to the target's types). ledSQL
+// upserts the ledger fenced by version and returns the positions (1-based)
+// of the changes it let through whose content changed; rowSQL writes such
+// changes to the target. They must be separate statements: rowSQL needs a
+// snapshot taken after ledSQL holds the ledger rows' locks, or a row another
+// writer inserted and committed while ledSQL waited for it would be
+// invisible to the DELETE/UPDATE and survive a newer delete.
+func (t *Target) buildSQL(b *onewayv1.Batch, byName map[string]pgconn.Column, keyIdx []int, softIsBool bool) (ledSQL, rowSQL string) {
 	cols := b.GetColumns()
 	unnestArgs := []string{"$1::int8[]", "$2::bytea[]", "$3::bool[]"}
 	unnestCols := []string{"v", "h", "del"}
@@ -294,24 +320,23 @@ func (t *Target) buildSQL(b *onewayv1.Batch, byName map[string]pgconn.Column, ke
 	if len(set) > 0 {
 		conflict = "DO UPDATE SET " + strings.Join(set, ", ")
 	}
-	join := "JOIN led ON " + strings.Join(ledJoin, " AND ") + " AND led.oneway_changed"
 	var del string
 	switch t.spec.Delete {
 	case DeleteHard:
-		del = fmt.Sprintf("DELETE FROM %s t USING inc %s WHERE inc.del AND %s RETURNING 1",
-			t.spec.Table.Quoted(), join, strings.Join(tgtMatch, " AND "))
+		del = fmt.Sprintf("DELETE FROM %s t USING inc WHERE inc.del AND %s RETURNING 1",
+			t.spec.Table.Quoted(), strings.Join(tgtMatch, " AND "))
 	case DeleteSoft:
 		val := "now()"
 		if softIsBool {
 			val = "true"
 		}
-		del = fmt.Sprintf("UPDATE %s t SET %s = %s FROM inc %s WHERE inc.del AND %s RETURNING 1",
-			t.spec.Table.Quoted(), pgconn.Quote(t.spec.SoftDeleteColumn), val, join, strings.Join(tgtMatch, " AND "))
+		del = fmt.Sprintf("UPDATE %s t SET %s = %s FROM inc WHERE inc.del AND %s RETURNING 1",
+			t.spec.Table.Quoted(), pgconn.Quote(t.spec.SoftDeleteColumn), val, strings.Join(tgtMatch, " AND "))
 	default:
 		del = "SELECT 1 WHERE false"
 	}
-	return fmt.Sprintf(`WITH inc AS (
-  SELECT u.v, u.h, u.del, %s FROM unnest(%s) AS u(%s)
+	ledSQL = fmt.Sprintf(`WITH inc AS (
+  SELECT u.ord, u.v, u.h, u.del, %s FROM unnest(%s) WITH ORDINALITY AS u(%s, ord)
 ), led AS (
   INSERT INTO %s AS l (%s, oneway_version, oneway_hash, oneway_changed, oneway_applies)
   SELECT %s, v, h, true, 1 FROM inc ORDER BY %s
@@ -322,21 +347,29 @@ func (t *Target) buildSQL(b *onewayv1.Batch, byName map[string]pgconn.Column, ke
         oneway_applied_at = now()
     WHERE l.oneway_version < excluded.oneway_version
   RETURNING %s, oneway_changed
-), del AS (
-  %s
-), ups AS (
-  INSERT INTO %s AS t (%s)
-  SELECT %s FROM inc %s WHERE NOT inc.del
-  ON CONFLICT (%s) %s
-  RETURNING 1
 )
-SELECT (SELECT count(*) FROM led), (SELECT count(*) FROM ups), (SELECT count(*) FROM del)`,
+SELECT count(*), coalesce(array_agg(inc.ord ORDER BY inc.ord) FILTER (WHERE led.oneway_changed), '{}')
+FROM led JOIN inc ON %s`,
 		strings.Join(casts, ", "), strings.Join(unnestArgs, ", "), strings.Join(unnestCols, ", "),
 		t.ledger.Quoted(), strings.Join(keyNames, ", "),
 		strings.Join(incKeys, ", "), strings.Join(incKeys, ", "),
 		strings.Join(keyNames, ", "), strings.Join(keyNames, ", "),
-		del, t.spec.Table.Quoted(), strings.Join(names, ", "), strings.Join(sel, ", "), join,
+		strings.Join(ledJoin, " AND "))
+	rowSQL = fmt.Sprintf(`WITH inc AS (
+  SELECT u.v, u.h, u.del, %s FROM unnest(%s) AS u(%s)
+), del AS (
+  %s
+), ups AS (
+  INSERT INTO %s AS t (%s)
+  SELECT %s FROM inc WHERE NOT inc.del
+  ON CONFLICT (%s) %s
+  RETURNING 1
+)
+SELECT (SELECT count(*) FROM ups), (SELECT count(*) FROM del)`,
+		strings.Join(casts, ", "), strings.Join(unnestArgs, ", "), strings.Join(unnestCols, ", "),
+		del, t.spec.Table.Quoted(), strings.Join(names, ", "), strings.Join(sel, ", "),
 		strings.Join(keyNames, ", "), conflict)
+	return ledSQL, rowSQL
 }
 
 // Result counts what one Apply did.
@@ -467,6 +500,46 @@ func collapse(items []Item, keyIdx []int) []ref {
 
 func (t *Target) exec(ctx context.Context, p *plan, layout *onewayv1.Batch, refs []ref) (Result, error) {
 	n := len(refs)
+	args, err := execArgs(layout, refs)
+	if err != nil {
+		return Result{}, err
+	}
+	res := Result{Changes: n}
+	err = pgx.BeginFunc(ctx, t.pool, func(tx pgx.Tx) error {
+		var newer int64
+		var changed []int64
+		if err := tx.QueryRow(ctx, p.ledSQL, args...).Scan(&newer, &changed); err != nil {
+			return err
+		}
+		res.Newer = int(newer)
+		if len(changed) == 0 {
+			return nil
+		}
+		write := make([]ref, len(changed)) // still in key order: changed is sorted
+		for i, ord := range changed {
+			write[i] = refs[ord-1]
+		}
+		rowArgs, err := execArgs(layout, write)
+		if err != nil {
+			return err
+		}
+		var written, deleted int64
+		if err := tx.QueryRow(ctx, p.rowSQL, rowArgs...).Scan(&written, &deleted); err != nil {
+			return err
+		}
+		res.Written, res.Deleted = int(written), int(deleted)
+		return nil
+	})
+	if err != nil {
+		return Result{}, pgconn.Classify(fmt.Errorf("apply %d changes to %s: %w", n, t.spec.Table, err))
+	}
+	return res, nil
+}
+
+// execArgs turns changes into the statements' array arguments: versions,
+// hashes, delete flags, then one text array per column.
+func execArgs(layout *onewayv1.Batch, refs []ref) ([]any, error) {
+	n := len(refs)
 	cols := layout.GetColumns()
 	versions := make([]int64, n)
 	hashes := make([][]byte, n)
@@ -480,7 +553,7 @@ func (t *Target) exec(ctx context.Context, p *plan, layout *onewayv1.Batch, refs
 		c := rf.change
 		var err error
 		if vals, err = event.Row(c.GetRow(), vals); err != nil {
-			return Result{}, err
+			return nil, err
 		}
 		versions[r] = rf.version
 		del := c.GetOp() == onewayv1.Op_OP_DELETE
@@ -505,17 +578,5 @@ func (t *Target) exec(ctx context.Context, p *plan, layout *onewayv1.Batch, refs
 	for j := range cols {
 		args = append(args, colVals[j])
 	}
-	res := Result{Changes: n}
-	err := pgx.BeginFunc(ctx, t.pool, func(tx pgx.Tx) error {
-		var newer, written, deleted int64
-		if err := tx.QueryRow(ctx, p.sql, args...).Scan(&newer, &written, &deleted); err != nil {
-			return err
-		}
-		res.Newer, res.Written, res.Deleted = int(newer), int(written), int(deleted)
-		return nil
-	})
-	if err != nil {
-		return Result{}, pgconn.Classify(fmt.Errorf("apply %d changes to %s: %w", n, t.spec.Table, err))
-	}
-	return res, nil
+	return args, nil
 }
