@@ -111,7 +111,7 @@ targets:
 		}
 		return result{Workload: workload, Rows: n, Seconds: round(sec), RowsPerS: round(float64(n) / sec),
 			ReferenceSeconds: round(refSec), ReferenceRowsPerS: round(float64(*rows) / refSec),
-			Ratio: round(float64(n) / sec / (float64(*rows) / refSec)),
+			Ratio:     round(float64(n) / sec / (float64(*rows) / refSec)),
 			PeakRSSMB: round(rss), Commit: commit(), At: time.Now().UTC().Format(time.RFC3339)}
 	}
 	results := []result{runUp("initial_load_direct", *rows)}
