@@ -205,7 +205,9 @@ func (b *Bus) handleGroup(ctx context.Context, group []jetstream.Msg, h BatchHan
 	for i, m := range group {
 		stops[i] = keepInProgress(m, o.AckWait/3)
 	}
+	gstart := time.Now()
 	err := h(ctx, group)
+	o.Log.Debug("group handled", "messages", len(group), "seconds", time.Since(gstart).Seconds())
 	for _, stop := range stops {
 		stop()
 	}
