@@ -1,8 +1,11 @@
 package integration
 
 import (
+	"context"
 	"os"
 	"testing"
+
+	"github.com/jackc/pgx/v5"
 )
 
 func writeFile(t *testing.T, path, body string) {
@@ -11,3 +14,5 @@ func writeFile(t *testing.T, path, body string) {
 		t.Fatal(err)
 	}
 }
+
+func pgxConnect(ctx context.Context, url string) (*pgx.Conn, error) { return pgx.Connect(ctx, url) }

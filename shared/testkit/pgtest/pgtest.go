@@ -72,7 +72,12 @@ func findServer() (string, error) {
 // test ends, and returns its URL.
 func NewDatabase(t testing.TB) string {
 	t.Helper()
-	base := ServerURL(t)
+	return NewDatabaseOn(t, ServerURL(t))
+}
+
+// NewDatabaseOn is NewDatabase on the server at base.
+func NewDatabaseOn(t testing.TB, base string) string {
+	t.Helper()
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	name := "oneway_test_" + hex.EncodeToString(b[:])
