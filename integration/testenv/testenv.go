@@ -104,6 +104,7 @@ func Start(t testing.TB, bin string, args ...string) *Proc {
 		close(p.done)
 	}()
 	t.Cleanup(func() {
+		p.Resume()
 		p.Kill()
 		if t.Failed() {
 			t.Logf("%s output (tail):\n%s", bin, tail(p.stderr.String(), 6000))
@@ -117,6 +118,12 @@ func (p *Proc) Kill() {
 	_ = p.cmd.Process.Signal(syscall.SIGKILL)
 	<-p.done
 }
+
+// Pause stops the process (SIGSTOP) without killing it; Resume continues it.
+func (p *Proc) Pause() { _ = p.cmd.Process.Signal(syscall.SIGSTOP) }
+
+// Resume continues a paused process (SIGCONT).
+func (p *Proc) Resume() { _ = p.cmd.Process.Signal(syscall.SIGCONT) }
 
 // Stop sends SIGTERM and waits up to timeout for a clean exit.
 func (p *Proc) Stop(t testing.TB, timeout time.Duration) {

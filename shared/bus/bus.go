@@ -11,6 +11,17 @@ func SourceSubject(pipeline string) string { return "oneway." + pipeline + ".sou
 // DLQSubject is where a target's dead letters go.
 func DLQSubject(pipeline, target string) string { return "oneway." + pipeline + ".dlq." + target }
 
+// DLQSubjects matches the dead letters of every target of a pipeline.
+func DLQSubjects(pipeline string) string { return "oneway." + pipeline + ".dlq.*" }
+
+// RetrySubject is where `oneway dlq retry` re-drives a target's dead letters.
+// Only that target's writers consume it; a message on it carries the
+// original sequence (HeaderSequence), so it is applied with its original
+// version.
+func RetrySubject(pipeline, target string) string {
+	return "oneway." + pipeline + ".retry." + target
+}
+
 // AppliedSubject is where a writer reports what it applied.
 func AppliedSubject(pipeline, target string) string {
 	return "oneway." + pipeline + ".applied." + target
@@ -33,6 +44,10 @@ func ReaderPositionKey(pipeline, side string) string {
 	return pipeline + ".reader." + side + ".position"
 }
 
+// ReaderLeaseKey is the state key of the lease that makes one reader of a
+// pipeline side active.
+func ReaderLeaseKey(pipeline, side string) string { return pipeline + ".reader." + side + ".lease" }
+
 // Headers set on dead letters and used by tools that read them.
 const (
 	HeaderError    = "Oneway-Error"
@@ -42,4 +57,7 @@ const (
 	HeaderAttempts = "Oneway-Attempts"
 	HeaderSubject  = "Oneway-Original-Subject"
 	HeaderSequence = "Oneway-Original-Sequence"
+	// HeaderRetryOf names the dead letter (its DLQ stream sequence) that a
+	// message on a retry subject re-drives.
+	HeaderRetryOf = "Oneway-Retry-Of"
 )

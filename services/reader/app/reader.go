@@ -113,14 +113,51 @@ func (r *Reader) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	pos, err := loadPosition(ctx, kv, r.cfg.Pipeline)
+	holder := holderID()
+	for {
+		l, err := acquireLease(ctx, kv, bus.ReaderLeaseKey(r.cfg.Pipeline, "source"), holder, r.log)
+		if err != nil {
+			return nil // ctx ended while standing by
+		}
+		err = r.runActive(ctx, source, kv, l)
+		l.stop()
+		if errors.Is(err, errFenced) {
+			r.log.Warn("another reader published meanwhile; this reader stands by", "error", err)
+			continue
+		}
+		return err
+	}
+}
+
+// errFenced means another reader appended to the subject: this one is no
+// longer the active reader.
+var errFenced = errors.New("fenced by another reader")
+
+// runActive reads and publishes while this reader holds the lease.
+func (r *Reader) runActive(parent context.Context, source *pgsource.Source, kv jetstream.KeyValue, l *lease) error {
+	pos, err := loadPosition(parent, kv, r.cfg.Pipeline)
 	if err != nil {
 		return err
 	}
-	r.log.Info("reader starting", "table", src.Table, "phase", pos.Phase, "watermark", pos.Watermark)
+	st, err := r.bus.JS.Stream(parent, bus.StreamName(r.cfg.Pipeline))
+	if err != nil {
+		return fmt.Errorf("open stream: %w", err)
+	}
+	last, err := lastSeqOn(parent, st, bus.SourceSubject(r.cfg.Pipeline))
+	if err != nil {
+		return err
+	}
+	r.log.Info("reader active", "table", r.cfg.Source.Table, "phase", pos.Phase, "watermark", pos.Watermark, "last_stream_seq", last)
 
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
+	go func() {
+		select {
+		case <-l.lost:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	items := make(chan item, 4)
 	var wg sync.WaitGroup
 	var prodErr error
@@ -133,17 +170,39 @@ func (r *Reader) Run(ctx context.Context) error {
 			cancel()
 		}
 	}()
-	pubErr := r.publish(ctx, kv, pos, items)
+	pubErr := r.publish(ctx, kv, st, last, pos, items)
 	cancel()
 	wg.Wait()
 	// Drain whatever the producer left; it is not acknowledged, so the
 	// saved position does not cover it and a restart reads it again.
 	for range items {
 	}
+	if errors.Is(pubErr, errFenced) {
+		return pubErr
+	}
+	select {
+	case <-l.lost:
+		if parent.Err() == nil {
+			return errFenced
+		}
+	default:
+	}
 	if err := errors.Join(prodErr, pubErr); err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
 	return nil
+}
+
+// lastSeqOn is the sequence of the last message on subject, 0 if none.
+func lastSeqOn(ctx context.Context, st jetstream.Stream, subject string) (uint64, error) {
+	m, err := st.GetLastMsgForSubject(ctx, subject)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read last sequence of %s: %w", subject, err)
+	}
+	return m.Sequence, nil
 }
 
 func (r *Reader) retryPolicy() retry.Policy {
@@ -262,9 +321,11 @@ func (r *Reader) item(src *pgsource.Source, pattern onewayv1.CapturePattern, fro
 
 // publish sends items in order, one at a time, each retried with its Msg-Id
 // until JetStream acknowledges it, so stream order is source order (the
-// stream sequence is the version writers fence on). The position is saved
-// only after the ack, at most every 250 ms and at the end.
-func (r *Reader) publish(ctx context.Context, kv jetstream.KeyValue, pos Position, items <-chan item) error {
+// stream sequence is the version writers fence on). Each publish expects
+// last to be the subject's last sequence, so only one reader can append.
+// The position is saved only after the ack, at most every 250 ms and at
+// the end.
+func (r *Reader) publish(ctx context.Context, kv jetstream.KeyValue, st jetstream.Stream, last uint64, pos Position, items <-chan item) error {
 	subject := bus.SourceSubject(r.cfg.Pipeline)
 	saved := pos
 	lastSave := time.Now()
@@ -292,25 +353,20 @@ func (r *Reader) publish(ctx context.Context, kv jetstream.KeyValue, pos Positio
 			if err != nil {
 				return errs.Permanent(err)
 			}
-			var ack *jetstream.PubAck
+			var seq uint64
 			err = retry.Do(ctx, retry.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second,
 				OnRetry: func(err error, wait time.Duration) {
 					r.log.Warn("publish failed; retrying with the same Msg-Id", "error", err, "wait", wait)
 				}}, func(ctx context.Context) error {
-				pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				defer cancel()
 				var err error
-				ack, err = r.bus.JS.Publish(pctx, subject, data, jetstream.WithMsgID(it.msgID))
-				if err != nil {
-					// Refused (stream full, no quorum) or lost: never advance.
-					return errs.Unavailable(err)
-				}
-				return nil
+				seq, err = publishFenced(ctx, r.bus.JS, st, subject, data, it.msgID, last)
+				return err
 			})
 			if err != nil {
 				return fmt.Errorf("publish batch to %s: %w", subject, err)
 			}
-			r.lastSeq.Store(ack.Sequence)
+			last = seq
+			r.lastSeq.Store(seq)
 			if r.metrics != nil {
 				r.metrics.EventsProcessed.WithLabelValues("reader", r.cfg.Pipeline, "published").Add(float64(it.rows))
 			}
@@ -365,4 +421,40 @@ func savePosition(ctx context.Context, kv jetstream.KeyValue, pipeline string, p
 		return fmt.Errorf("save reader position: %w", err)
 	}
 	return nil
+}
+
+// publishFenced publishes data on subject expecting last to be the
+// subject's last stream sequence, and returns the subject's new last
+// sequence (unchanged when JetStream reports a duplicate).
+// A refusal because the subject moved on is resolved by looking at the
+// message that is there: our own Msg-Id means an earlier attempt of this
+// publish was stored (its ack was lost), anything else means another reader
+// appended and this one is fenced (errFenced, permanent). Other failures
+// (refused by limits, no quorum, timeouts) are Unavailable: retry, never
+// advance.
+func publishFenced(ctx context.Context, js jetstream.JetStream, st jetstream.Stream, subject string, data []byte, msgID string, last uint64) (uint64, error) {
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	ack, err := js.Publish(pctx, subject, data, jetstream.WithMsgID(msgID), jetstream.WithExpectLastSequencePerSubject(last))
+	if err == nil {
+		if ack.Duplicate {
+			// An earlier message with this Msg-Id (a republish after a
+			// restart): the subject's last sequence did not move.
+			return last, nil
+		}
+		return ack.Sequence, nil
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		m, gerr := st.GetLastMsgForSubject(pctx, subject)
+		if gerr != nil {
+			return 0, errs.Unavailable(fmt.Errorf("resolve refused publish: %w", gerr))
+		}
+		if m.Header.Get(jetstream.MsgIDHeader) == msgID {
+			return m.Sequence, nil
+		}
+		return 0, errs.Permanent(fmt.Errorf("%w: subject %s is at sequence %d, this reader expected %d", errFenced, subject, m.Sequence, last))
+	}
+	return 0, errs.Unavailable(err)
 }

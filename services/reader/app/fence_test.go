@@ -1,0 +1,71 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/oneway-sync/oneway/shared/bus"
+	"github.com/oneway-sync/oneway/shared/errs"
+	"github.com/oneway-sync/oneway/shared/natsbus"
+	"github.com/oneway-sync/oneway/shared/natsbus/bustest"
+)
+
+func TestPublishFenced(t *testing.T) {
+	ctx := context.Background()
+	_, url := bustest.StartJetStream(t)
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	b, err := natsbus.New(nc, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := b.EnsureStream(ctx, natsbus.StreamSpec{Pipeline: "p", DuplicateWindow: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	subj := bus.SourceSubject("p")
+
+	// Reader A appends twice.
+	last, err := publishFenced(ctx, b.JS, st, subj, []byte("a1"), "a1", 0)
+	if err != nil || last != 1 {
+		t.Fatalf("a1: last=%d err=%v", last, err)
+	}
+	last, err = publishFenced(ctx, b.JS, st, subj, []byte("a2"), "a2", last)
+	if err != nil || last != 2 {
+		t.Fatalf("a2: last=%d err=%v", last, err)
+	}
+	// The same publish again (its ack was lost): resolved to the stored one.
+	got, err := publishFenced(ctx, b.JS, st, subj, []byte("a2"), "a2", 1)
+	if err != nil || got != 2 {
+		t.Fatalf("retry of a2: last=%d err=%v", got, err)
+	}
+	// A republish of an older page within the duplicate window: the
+	// subject's last sequence does not move.
+	got, err = publishFenced(ctx, b.JS, st, subj, []byte("a1"), "a1", 2)
+	if err != nil || got != 2 {
+		t.Fatalf("duplicate a1: last=%d err=%v", got, err)
+	}
+	// Reader B takes over and appends.
+	if _, err := publishFenced(ctx, b.JS, st, subj, []byte("b1"), "b1", 2); err != nil {
+		t.Fatalf("b1: %v", err)
+	}
+	// A wakes up believing the last sequence is 2: refused, permanently.
+	_, err = publishFenced(ctx, b.JS, st, subj, []byte("a3"), "a3", 2)
+	if !errors.Is(err, errFenced) || !errs.IsPermanent(err) {
+		t.Fatalf("zombie publish: err=%v, want a permanent errFenced", err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 3 {
+		t.Fatalf("stream holds %d messages, want 3 (a1, a2, b1)", info.State.Msgs)
+	}
+}
