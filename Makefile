@@ -3,9 +3,9 @@ SHELL := /bin/bash
 BIN := $(CURDIR)/bin
 MODULES := $(shell go list -m -f '{{.Dir}}' 2>/dev/null)
 PROTOC_GEN_GO_VERSION := v1.36.12
-GOTEST_FLAGS ?= -count=1 -timeout 15m
+GOTEST_FLAGS ?= -race -count=1 -timeout 15m
 
-.PHONY: all build demo-db verify test test-race test-unit bench proto proto-check tidy check-tidy lint up down help clean
+.PHONY: all build demo-db verify test bench proto proto-check tidy check-tidy lint up help clean
 
 all: build
 
@@ -18,12 +18,8 @@ build: ## build oneway, reader and writer into ./bin
 	cd services/reader && go build -o $(BIN)/reader ./cmd/reader
 	cd services/writer && go build -o $(BIN)/writer ./cmd/writer
 
-test: build ## run every test of every module (the README's test command)
+test: build ## run every test of every module, with -race (the README's test command)
 	@failed=""; for m in $(MODULES); do echo "== $$m"; (cd $$m && go test $(GOTEST_FLAGS) ./...) || failed="$$failed $$m"; done; \
-	if [ -n "$$failed" ]; then echo "FAILED:$$failed"; exit 1; fi
-
-test-race: build ## the tests with -race
-	@failed=""; for m in $(MODULES); do echo "== $$m"; (cd $$m && go test -race $(GOTEST_FLAGS) ./...) || failed="$$failed $$m"; done; \
 	if [ -n "$$failed" ]; then echo "FAILED:$$failed"; exit 1; fi
 
 bench: build ## initial-load benchmark against a COPY pipe (needs ONEWAY_BENCH_POSTGRES_URL or a local PostgreSQL)

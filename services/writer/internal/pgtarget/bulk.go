@@ -58,6 +58,12 @@ func (t *Target) bulkEligible(items []Item, refs []ref) bool {
 // fenced path (any error: the fenced path classifies errors properly).
 func (t *Target) bulkInsert(ctx context.Context, p *plan, refs []ref, layout *onewayv1.Batch) (Result, bool) {
 	var rows, ledger bytes.Buffer
+	size := 0
+	for _, r := range refs {
+		size += len(r.change.GetRow())
+	}
+	rows.Grow(size + size/8 + 64)
+	ledger.Grow(len(refs) * (48 + 2*event.HashSize))
 	var vals [][]byte
 	for _, r := range refs {
 		c := r.change
