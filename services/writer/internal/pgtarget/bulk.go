@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
+	"github.com/oneway-sync/oneway/services/writer/internal/target"
 	"github.com/oneway-sync/oneway/shared/event"
 )
 
@@ -32,7 +33,7 @@ const (
 	bulkPause         = 30 * time.Second
 )
 
-func (t *Target) bulkEligible(items []Item, refs []ref) bool {
+func (t *Target) bulkEligible(items []Item, refs []target.Ref) bool {
 	if time.Now().UnixNano() < t.bulkOffUntil.Load() {
 		return false
 	}
@@ -47,7 +48,7 @@ func (t *Target) bulkEligible(items []Item, refs []ref) bool {
 		return false
 	}
 	for _, r := range refs {
-		if r.change.GetOp() == onewayv1.Op_OP_DELETE {
+		if r.Change.GetOp() == onewayv1.Op_OP_DELETE {
 			return false
 		}
 	}
@@ -56,17 +57,17 @@ func (t *Target) bulkEligible(items []Item, refs []ref) bool {
 
 // bulkInsert tries the bulk path; ok is false when the batch must take the
 // fenced path (any error: the fenced path classifies errors properly).
-func (t *Target) bulkInsert(ctx context.Context, p *plan, refs []ref, layout *onewayv1.Batch) (Result, bool) {
+func (t *Target) bulkInsert(ctx context.Context, p *plan, refs []target.Ref, layout *onewayv1.Batch) (Result, bool) {
 	var rows, ledger bytes.Buffer
 	size := 0
 	for _, r := range refs {
-		size += len(r.change.GetRow())
+		size += len(r.Change.GetRow())
 	}
 	rows.Grow(size + size/8 + 64)
 	ledger.Grow(len(refs) * (48 + 2*event.HashSize))
 	var vals [][]byte
 	for _, r := range refs {
-		c := r.change
+		c := r.Change
 		var err error
 		if vals, err = event.Row(c.GetRow(), vals); err != nil {
 			return Result{}, false
@@ -94,7 +95,7 @@ func (t *Target) bulkInsert(ctx context.Context, p *plan, refs []ref, layout *on
 			copyEscape(&ledger, vals[k])
 			ledger.WriteByte('\t')
 		}
-		ledger.WriteString(strconv.FormatInt(r.version, 10))
+		ledger.WriteString(strconv.FormatInt(r.Version, 10))
 		ledger.WriteString("\t\\\\x")
 		ledger.WriteString(hex.EncodeToString(h))
 		ledger.WriteString("\tt\t1\n")

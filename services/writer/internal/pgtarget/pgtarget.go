@@ -22,7 +22,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,6 +30,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
+	"github.com/oneway-sync/oneway/services/writer/internal/target"
 	"github.com/oneway-sync/oneway/shared/errs"
 	"github.com/oneway-sync/oneway/shared/event"
 	"github.com/oneway-sync/oneway/shared/pgconn"
@@ -372,38 +372,17 @@ SELECT (SELECT count(*) FROM ups), (SELECT count(*) FROM del)`,
 	return ledSQL, rowSQL
 }
 
-// Result counts what one Apply did.
-type Result struct {
-	Changes int // changes after collapsing repeats of a key
-	Newer   int // changes newer than the ledger (the rest were stale or repeats)
-	Written int // rows inserted or updated
-	Deleted int // rows deleted (or soft-deleted)
-	// Failed lists changes the target rejected (permanent errors), each
-	// isolated so the rest was applied.
-	Failed []Failure
-}
+// Item, Result and Failure are the writer's target contract.
+type (
+	Item    = target.Item
+	Result  = target.Result
+	Failure = target.Failure
+)
 
-// Failure is one change the target rejected.
-type Failure struct {
-	Item  int // index into Apply's items
-	Index int // change index in that item's batch
-	Key   string
-	Err   error
-}
+// SameLayout reports whether two batches have the same columns, types and key.
+var SameLayout = target.SameLayout
 
-// Item is one batch and the stream sequence it was read at.
-type Item struct {
-	Seq   uint64
-	Batch *onewayv1.Batch
-}
-
-// ref points at one change of one item.
-type ref struct {
-	item, index int
-	version     int64
-	key         string
-	change      *onewayv1.Change
-}
+var _ target.Writer = (*Target)(nil)
 
 // Apply writes the items' changes in one transaction. Items must share one
 // column layout (same columns, types and key). Change i of an item read at
@@ -429,7 +408,7 @@ func (t *Target) Apply(ctx context.Context, items []Item) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	refs := collapse(items, p.keyIdx)
+	refs := target.Collapse(items, p.keyIdx)
 	if t.bulkEligible(items, refs) {
 		if res, ok := t.bulkInsert(ctx, p, refs, first); ok {
 			return res, nil
@@ -443,12 +422,12 @@ func (t *Target) Apply(ctx context.Context, items []Item) (Result, error) {
 		"table", t.spec.Table.String(), "changes", len(refs), "error", err)
 	total := Result{Changes: len(refs)}
 	for _, r := range refs {
-		one, err := t.exec(ctx, p, first, []ref{r})
+		one, err := t.exec(ctx, p, first, []target.Ref{r})
 		if err != nil {
 			if !errs.IsPermanent(err) {
 				return Result{}, err
 			}
-			total.Failed = append(total.Failed, Failure{Item: r.item, Index: r.index, Key: r.key, Err: err})
+			total.Failed = append(total.Failed, Failure{Item: r.Item, Index: r.Index, Key: r.Key, Err: err})
 			continue
 		}
 		total.Newer += one.Newer
@@ -458,47 +437,7 @@ func (t *Target) Apply(ctx context.Context, items []Item) (Result, error) {
 	return total, nil
 }
 
-// SameLayout reports whether two batches have the same columns, types and key.
-func SameLayout(a, b *onewayv1.Batch) bool {
-	ac, bc := a.GetColumns(), b.GetColumns()
-	if len(ac) != len(bc) {
-		return false
-	}
-	for i := range ac {
-		if ac[i].GetName() != bc[i].GetName() || ac[i].GetType() != bc[i].GetType() || ac[i].GetKey() != bc[i].GetKey() {
-			return false
-		}
-	}
-	return true
-}
-
-// collapse keeps the newest change of each key, sorted by key (a stable
-// lock order keeps concurrent writers from deadlocking).
-func collapse(items []Item, keyIdx []int) []ref {
-	n := 0
-	for _, it := range items {
-		n += len(it.Batch.GetChanges())
-	}
-	refs := make([]ref, 0, n)
-	pos := make(map[string]int, n)
-	for ii, it := range items {
-		for i, c := range it.Batch.GetChanges() {
-			r := ref{item: ii, index: i, version: int64(it.Seq<<20 | uint64(i)), key: event.Key(c, keyIdx), change: c}
-			if j, ok := pos[r.key]; ok {
-				if r.version > refs[j].version {
-					refs[j] = r
-				}
-				continue
-			}
-			pos[r.key] = len(refs)
-			refs = append(refs, r)
-		}
-	}
-	sort.Slice(refs, func(i, j int) bool { return refs[i].key < refs[j].key })
-	return refs
-}
-
-func (t *Target) exec(ctx context.Context, p *plan, layout *onewayv1.Batch, refs []ref) (Result, error) {
+func (t *Target) exec(ctx context.Context, p *plan, layout *onewayv1.Batch, refs []target.Ref) (Result, error) {
 	n := len(refs)
 	args, err := execArgs(layout, refs)
 	if err != nil {
@@ -515,7 +454,7 @@ func (t *Target) exec(ctx context.Context, p *plan, layout *onewayv1.Batch, refs
 		if len(changed) == 0 {
 			return nil
 		}
-		write := make([]ref, len(changed)) // still in key order: changed is sorted
+		write := make([]target.Ref, len(changed)) // still in key order: changed is sorted
 		for i, ord := range changed {
 			write[i] = refs[ord-1]
 		}
@@ -538,7 +477,7 @@ func (t *Target) exec(ctx context.Context, p *plan, layout *onewayv1.Batch, refs
 
 // execArgs turns changes into the statements' array arguments: versions,
 // hashes, delete flags, then one text array per column.
-func execArgs(layout *onewayv1.Batch, refs []ref) ([]any, error) {
+func execArgs(layout *onewayv1.Batch, refs []target.Ref) ([]any, error) {
 	n := len(refs)
 	cols := layout.GetColumns()
 	versions := make([]int64, n)
@@ -550,12 +489,12 @@ func execArgs(layout *onewayv1.Batch, refs []ref) ([]any, error) {
 	}
 	var vals [][]byte
 	for r, rf := range refs {
-		c := rf.change
+		c := rf.Change
 		var err error
 		if vals, err = event.Row(c.GetRow(), vals); err != nil {
 			return nil, err
 		}
-		versions[r] = rf.version
+		versions[r] = rf.Version
 		del := c.GetOp() == onewayv1.Op_OP_DELETE
 		dels[r] = del
 		if del {
