@@ -22,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"regexp"
 	"strconv"
@@ -104,9 +105,11 @@ type Capture struct {
 type Target struct {
 	// Name of the target: ^[a-z][a-z0-9_]{0,39}$, unique in the pipeline.
 	Name string `yaml:"name"`
-	// Kind of the target; only "postgres" is supported.
+	// Kind of the target: "postgres" or "http".
 	Kind string `yaml:"kind"`
-	// URL is the connection string of the target database.
+	// URL is the connection string of the target database; for kind
+	// "http", the request URL template (text/template with .Key, .KeyParts,
+	// .Fields and .Op; the func "path" escapes a path segment).
 	URL Secret `yaml:"url"`
 	// Table is the target table. Default: the source table.
 	Table string `yaml:"table"`
@@ -127,7 +130,61 @@ type Target struct {
 	LedgerSchema string `yaml:"ledger_schema"`
 	// Writer tunes the writer.
 	Writer WriterOptions `yaml:"writer"`
+	// HTTP configures a target of kind "http"; not allowed for other kinds.
+	HTTP HTTPTarget `yaml:"http,omitempty"`
 }
+
+// HTTPTarget configures an HTTP REST API target. An API cannot compare
+// versions in a transaction, so its fencing ledger lives in a PostgreSQL
+// database of yours (LedgerURL), and writers serialise per key there.
+type HTTPTarget struct {
+	// UpsertMethod is the method of inserts and updates. Default "PUT".
+	UpsertMethod string `yaml:"upsert_method"`
+	// DeleteMethod is the method of deletes. Default "DELETE".
+	DeleteMethod string `yaml:"delete_method"`
+	// Headers are sent with every request; values are never printed.
+	Headers []Header `yaml:"headers"`
+	// Timeout bounds one request. Default 10s.
+	Timeout Duration `yaml:"timeout"`
+	// MaxAttempts bounds the tries of one request on 429, 5xx and network
+	// errors (honouring Retry-After). Default 5.
+	MaxAttempts int `yaml:"max_attempts"`
+	// RateLimit caps requests per second per writer process; 0 = none.
+	RateLimit int `yaml:"rate_limit"`
+	// Concurrency is the requests in flight per worker. Default 1.
+	Concurrency int `yaml:"concurrency"`
+	// LedgerURL is the PostgreSQL database holding the fencing ledger.
+	// Required for kind "http".
+	LedgerURL Secret `yaml:"ledger_url"`
+}
+
+// Header is one HTTP header.
+type Header struct {
+	Name  string `yaml:"name"`
+	Value Opaque `yaml:"value"`
+}
+
+// Opaque is a secret that is never printed: String, MarshalYAML,
+// MarshalJSON and LogValue all give "xxxxx". Value returns it.
+type Opaque string
+
+// Value returns the secret.
+func (o Opaque) Value() string { return string(o) }
+
+// String is the mask.
+func (o Opaque) String() string { return mask }
+
+// GoString is the mask, for %#v.
+func (o Opaque) GoString() string { return "config.Opaque(" + mask + ")" }
+
+// MarshalYAML writes the mask.
+func (o Opaque) MarshalYAML() (any, error) { return mask, nil }
+
+// MarshalJSON writes the mask.
+func (o Opaque) MarshalJSON() ([]byte, error) { return []byte(`"` + mask + `"`), nil }
+
+// LogValue logs the mask.
+func (o Opaque) LogValue() slog.Value { return slog.StringValue(mask) }
 
 // WriterOptions tune how a target's writer consumes the stream.
 type WriterOptions struct {

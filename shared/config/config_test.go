@@ -899,3 +899,49 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestHTTPTarget(t *testing.T) {
+	httpTarget := `  - name: api
+    kind: http
+    url: https://api.example.com/invoices/{{.Key | path}}
+    http:
+      ledger_url: postgres://u:ledgerpass@h3/db
+      headers:
+        - {name: Authorization, value: Bearer s3cr3t-token}
+`
+	t.Run("valid, with defaults", func(t *testing.T) {
+		p, err := Parse("http.yaml", []byte(base+httpTarget), noEnv)
+		require.NoError(t, err)
+		tg, ok := p.Target("api")
+		require.True(t, ok)
+		require.Equal(t, "PUT", tg.HTTP.UpsertMethod)
+		require.Equal(t, "DELETE", tg.HTTP.DeleteMethod)
+		require.Equal(t, 10*time.Second, tg.HTTP.Timeout.Duration)
+		require.Equal(t, 5, tg.HTTP.MaxAttempts)
+		require.Equal(t, 1, tg.HTTP.Concurrency)
+		require.Equal(t, "Bearer s3cr3t-token", tg.HTTP.Headers[0].Value.Value())
+		var out strings.Builder
+		require.NoError(t, p.Print(&out))
+		require.NotContains(t, out.String(), "s3cr3t")
+		require.NotContains(t, out.String(), "ledgerpass")
+		require.NotContains(t, fmt.Sprintf("%v %+v %#v", tg.HTTP, tg.HTTP, tg.HTTP), "s3cr3t")
+	})
+	tests := []struct {
+		name, yaml, field string
+	}{
+		{"ledger_url required", strings.Replace(httpTarget, "      ledger_url: postgres://u:ledgerpass@h3/db\n", "      concurrency: 2\n", 1), "targets[1].http.ledger_url"},
+		{"bad method", strings.Replace(httpTarget, "    http:\n", "    http:\n      upsert_method: GET\n", 1), "targets[1].http.upsert_method"},
+		{"bad header name", strings.Replace(httpTarget, "{name: Authorization", "{name: \"Bad Name\"", 1), "targets[1].http.headers[0].name"},
+		{"http section on a postgres target", strings.Replace(httpTarget, "kind: http", "kind: postgres", 1), "targets[1].http"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Parse("http.yaml", []byte(base+tt.yaml), noEnv)
+			var fields []string
+			for _, fe := range fieldErrors(t, err) {
+				fields = append(fields, fe.Field)
+			}
+			require.Contains(t, fields, tt.field)
+		})
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -38,8 +39,11 @@ const (
 	PatternWatermarkCDC = "watermark+cdc"
 )
 
-// KindPostgres is the only source and target kind supported so far.
-const KindPostgres = "postgres"
+// Kinds of sources and targets. Sources: postgres; targets: postgres, http.
+const (
+	KindPostgres = "postgres"
+	KindHTTP     = "http"
+)
 
 // nameRe is the shape of pipeline and target names, which end up in NATS
 // subjects, stream names and SQL identifiers.
@@ -121,6 +125,24 @@ func (p *Pipeline) applyDefaults(pos *positions) {
 		}
 		if unset(prefix + "ledger_schema") {
 			t.LedgerSchema = defaultLedgerSchema
+		}
+		if t.Kind == KindHTTP {
+			h := &t.HTTP
+			if unset(prefix + "http.upsert_method") {
+				h.UpsertMethod = "PUT"
+			}
+			if unset(prefix + "http.delete_method") {
+				h.DeleteMethod = "DELETE"
+			}
+			if unset(prefix + "http.timeout") {
+				h.Timeout = Duration{10 * time.Second}
+			}
+			if unset(prefix + "http.max_attempts") {
+				h.MaxAttempts = 5
+			}
+			if unset(prefix + "http.concurrency") {
+				h.Concurrency = 1
+			}
 		}
 		w := &t.Writer
 		if unset(prefix + "writer.workers") {
@@ -304,8 +326,13 @@ func (t *Target) validate(c *checker, path string, src *Source) {
 	case "":
 		c.add(field("kind"), "required")
 	case KindPostgres:
+		if !reflect.DeepEqual(t.HTTP, HTTPTarget{}) {
+			c.add(field("http"), "only allowed when kind is %q", KindHTTP)
+		}
+	case KindHTTP:
+		t.HTTP.validate(c, field("http"))
 	default:
-		c.add(field("kind"), "unsupported kind %q (supported: %s)", t.Kind, KindPostgres)
+		c.add(field("kind"), "unsupported kind %q (supported: %s, %s)", t.Kind, KindPostgres, KindHTTP)
 	}
 	if t.URL == "" {
 		c.add(field("url"), "required")
@@ -358,6 +385,37 @@ func (t *Target) validate(c *checker, path string, src *Source) {
 	}
 	if w.FetchBatch < 1 || w.FetchBatch > 1000 {
 		c.add(field("writer.fetch_batch"), "must be between 1 and 1000, got %d", w.FetchBatch)
+	}
+}
+
+func (h *HTTPTarget) validate(c *checker, path string) {
+	field := func(name string) string { return path + "." + name }
+	methods := []string{"POST", "PUT", "PATCH", "DELETE"}
+	if !slices.Contains(methods, h.UpsertMethod) {
+		c.add(field("upsert_method"), "must be one of %v, got %q", methods, h.UpsertMethod)
+	}
+	if h.DeleteMethod != "" && !slices.Contains(methods, h.DeleteMethod) {
+		c.add(field("delete_method"), "must be one of %v or empty, got %q", methods, h.DeleteMethod)
+	}
+	for i, hd := range h.Headers {
+		if hd.Name == "" || strings.ContainsAny(hd.Name, " :\r\n") {
+			c.add(indexPath(field("headers"), i)+".name", "not a valid header name: %q", hd.Name)
+		}
+	}
+	if h.Timeout.Duration <= 0 {
+		c.add(field("timeout"), "must be > 0, got %s", h.Timeout)
+	}
+	if h.MaxAttempts < 1 {
+		c.add(field("max_attempts"), "must be >= 1, got %d", h.MaxAttempts)
+	}
+	if h.RateLimit < 0 {
+		c.add(field("rate_limit"), "must be >= 0, got %d", h.RateLimit)
+	}
+	if h.Concurrency < 1 || h.Concurrency > 256 {
+		c.add(field("concurrency"), "must be between 1 and 256, got %d", h.Concurrency)
+	}
+	if h.LedgerURL == "" {
+		c.add(field("ledger_url"), "required: the PostgreSQL database that holds the fencing ledger of an HTTP target")
 	}
 }
 
