@@ -137,10 +137,14 @@ func (b *Bus) EnsureStream(ctx context.Context, s StreamSpec) (jetstream.Stream,
 
 // ConsumerSpec is a durable pull consumer.
 type ConsumerSpec struct {
-	Stream        string
-	Durable       string
-	FilterSubject string
-	AckWait       time.Duration
+	Stream  string
+	Durable string
+	// FilterSubject and FilterSubjects select the subjects the consumer
+	// receives; both may be set, and their union is used (one subject is
+	// configured as the server's single filter_subject).
+	FilterSubject  string
+	FilterSubjects []string
+	AckWait        time.Duration
 	// MaxAckPending bounds the messages handed out and not yet acked.
 	MaxAckPending int
 }
@@ -151,18 +155,36 @@ type ConsumerSpec struct {
 func (b *Bus) EnsureConsumer(ctx context.Context, s ConsumerSpec) (jetstream.Consumer, error) {
 	cfg := jetstream.ConsumerConfig{
 		Durable:       s.Durable,
-		FilterSubject: s.FilterSubject,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       s.AckWait,
 		MaxDeliver:    -1,
 		MaxAckPending: s.MaxAckPending,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	}
+	if subjects := s.filters(); len(subjects) == 1 {
+		cfg.FilterSubject = subjects[0]
+	} else {
+		cfg.FilterSubjects = subjects
+	}
 	c, err := b.JS.CreateOrUpdateConsumer(ctx, s.Stream, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("ensure consumer %s on %s: %w", s.Durable, s.Stream, err)
 	}
 	return c, nil
+}
+
+// filters is the union of FilterSubject and FilterSubjects, in order,
+// without repeats.
+func (s ConsumerSpec) filters() []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, f := range append([]string{s.FilterSubject}, s.FilterSubjects...) {
+		if f != "" && !seen[f] {
+			seen[f] = true
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // StateKV opens (creating if needed) the bucket of reader positions.

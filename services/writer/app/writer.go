@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
@@ -49,14 +50,16 @@ func New(cfg *config.Pipeline, target string, b *natsbus.Bus, log *slog.Logger, 
 // Name implements runner.Component.
 func (w *Writer) Name() string { return "writer-" + w.target.Name }
 
-// ConsumerSpec is the durable consumer the writers of a target share.
+// ConsumerSpec is the durable consumer the writers of a target share. It
+// receives the pipeline's changes and the target's re-driven dead letters
+// (`oneway dlq retry`).
 func ConsumerSpec(cfg *config.Pipeline, t config.Target) natsbus.ConsumerSpec {
 	return natsbus.ConsumerSpec{
-		Stream:        bus.StreamName(cfg.Pipeline),
-		Durable:       bus.WriterConsumer(cfg.Pipeline, t.Name),
-		FilterSubject: bus.SourceSubject(cfg.Pipeline),
-		AckWait:       t.Writer.AckWait.Duration,
-		MaxAckPending: max(t.Writer.Workers*t.Writer.FetchBatch*2, 64),
+		Stream:         bus.StreamName(cfg.Pipeline),
+		Durable:        bus.WriterConsumer(cfg.Pipeline, t.Name),
+		FilterSubjects: []string{bus.SourceSubject(cfg.Pipeline), bus.RetrySubject(cfg.Pipeline, t.Name)},
+		AckWait:        t.Writer.AckWait.Duration,
+		MaxAckPending:  max(t.Writer.Workers*t.Writer.FetchBatch*2, 64),
 	}
 }
 
@@ -100,7 +103,7 @@ func (w *Writer) Run(ctx context.Context) error {
 		w.OnReady()
 	}
 	w.log.Info("writer consuming", "consumer", bus.WriterConsumer(w.cfg.Pipeline, w.target.Name), "workers", w.target.Writer.Workers)
-	h := &handler{w: w, tgt: tgt}
+	h := &handler{w: w, tgt: tgt, retrySubject: bus.RetrySubject(w.cfg.Pipeline, w.target.Name)}
 	return w.bus.ConsumeBatches(ctx, cons, h.handle, natsbus.ConsumeOptions{
 		Workers: w.target.Writer.Workers, FetchBatch: w.target.Writer.FetchBatch,
 		MaxAttempts: w.target.Writer.MaxAttempts, AckWait: w.target.Writer.AckWait.Duration,
@@ -116,8 +119,9 @@ func (w *Writer) Run(ctx context.Context) error {
 }
 
 type handler struct {
-	w   *Writer
-	tgt *pgtarget.Target
+	w            *Writer
+	tgt          *pgtarget.Target
+	retrySubject string
 }
 
 // handle applies a group of messages in one target transaction (several
@@ -125,7 +129,20 @@ type handler struct {
 // outage of the target is waited out here, with backoff, while the consume
 // loop keeps the messages in progress: it does not spend their delivery
 // budget. Any error makes the loop retry each message alone.
+//
+// A message on the target's retry subject is a re-driven dead letter: it is
+// applied with the stream sequence of its original message (header
+// Oneway-Original-Sequence), so the ledger fences it exactly as the
+// original: when its key got a newer change meanwhile, it is skipped.
 func (h *handler) handle(ctx context.Context, msgs []jetstream.Msg) error {
+	err := h.handleGroup(ctx, msgs)
+	if err != nil && len(msgs) == 1 && msgs[0].Subject() == h.retrySubject {
+		return h.retryFailed(ctx, msgs[0], err)
+	}
+	return err
+}
+
+func (h *handler) handleGroup(ctx context.Context, msgs []jetstream.Msg) error {
 	w := h.w
 	items := make([]pgtarget.Item, 0, len(msgs))
 	metas := make([]*jetstream.MsgMetadata, 0, len(msgs))
@@ -134,6 +151,12 @@ func (h *handler) handle(ctx context.Context, msgs []jetstream.Msg) error {
 		if err != nil {
 			return errs.Permanent(err)
 		}
+		seq := meta.Sequence.Stream
+		if msg.Subject() == h.retrySubject {
+			if seq, err = h.originalSequence(msg, meta); err != nil {
+				return err
+			}
+		}
 		b, err := event.Decode(msg.Data())
 		if err != nil {
 			return fmt.Errorf("pipeline %s stream seq %d: %w", w.cfg.Pipeline, meta.Sequence.Stream, err)
@@ -141,7 +164,7 @@ func (h *handler) handle(ctx context.Context, msgs []jetstream.Msg) error {
 		if b.GetPipeline() != w.cfg.Pipeline {
 			return errs.Permanentf("stream seq %d: batch of pipeline %q on pipeline %q's subject", meta.Sequence.Stream, b.GetPipeline(), w.cfg.Pipeline)
 		}
-		items = append(items, pgtarget.Item{Seq: meta.Sequence.Stream, Batch: b})
+		items = append(items, pgtarget.Item{Seq: seq, Batch: b})
 		metas = append(metas, meta)
 	}
 	for start := 0; start < len(items); {
@@ -153,6 +176,65 @@ func (h *handler) handle(ctx context.Context, msgs []jetstream.Msg) error {
 			return err
 		}
 		start = end
+	}
+	return nil
+}
+
+// originalSequence is the stream sequence a retried message was first
+// published at. A retry without a valid one cannot be fenced: permanent.
+func (h *handler) originalSequence(msg jetstream.Msg, meta *jetstream.MsgMetadata) (uint64, error) {
+	hdr := msg.Headers()
+	if subj := hdr.Get(bus.HeaderSubject); subj != "" && subj != bus.SourceSubject(h.w.cfg.Pipeline) {
+		return 0, errs.Permanentf("retry stream seq %d: original subject %q is not the pipeline's source subject", meta.Sequence.Stream, subj)
+	}
+	raw := hdr.Get(bus.HeaderSequence)
+	seq, err := strconv.ParseUint(raw, 10, 64)
+	switch {
+	case raw == "":
+		return 0, errs.Permanentf("retry stream seq %d: no %s header: its original version is unknown", meta.Sequence.Stream, bus.HeaderSequence)
+	case err != nil || seq == 0:
+		return 0, errs.Permanentf("retry stream seq %d: invalid %s header %q", meta.Sequence.Stream, bus.HeaderSequence, raw)
+	case seq >= meta.Sequence.Stream:
+		// A retry is always published after its original: a later sequence
+		// would apply an old change with a newer version.
+		return 0, errs.Permanentf("retry stream seq %d: %s %d is not earlier than the retry itself", meta.Sequence.Stream, bus.HeaderSequence, seq)
+	}
+	return seq, nil
+}
+
+// retryFailed handles a failure of a retry message handled alone. When the
+// message is to be dead-lettered (a permanent error, or its last attempt),
+// the writer does it here rather than the consume loop: the loop would name
+// the retry message's own subject and sequence, and the dead letter must
+// keep the original ones, so that a later retry still carries the original
+// version. The message is then acked.
+func (h *handler) retryFailed(ctx context.Context, msg jetstream.Msg, cause error) error {
+	w := h.w
+	if ctx.Err() != nil && !errs.IsPermanent(cause) {
+		return cause // shutting down: redelivered later
+	}
+	meta, err := msg.Metadata()
+	if err != nil {
+		return cause
+	}
+	maxAttempts := w.target.Writer.MaxAttempts
+	if maxAttempts <= 0 {
+		maxAttempts = 5
+	}
+	if !errs.IsPermanent(cause) && meta.NumDelivered < uint64(maxAttempts) {
+		return cause // redelivered with backoff
+	}
+	orig, err := h.originalSequence(msg, meta)
+	if err != nil {
+		return cause // no original version to keep: the loop dead-letters it as it is
+	}
+	if err := h.publishDeadLetter(ctx, msg.Data(), cause, meta, orig, msg.Headers().Get(bus.HeaderKey)); err != nil {
+		w.log.Error("dead-letter publish of a retry failed", "stream_seq", meta.Sequence.Stream, "error", err)
+		return cause
+	}
+	w.log.Error("retried message dead-lettered again", "stream_seq", meta.Sequence.Stream, "original_seq", orig, "attempts", meta.NumDelivered, "error", cause)
+	if w.metrics != nil {
+		w.metrics.DeadLetters.WithLabelValues(w.cfg.Pipeline, w.target.Name).Inc()
 	}
 	return nil
 }
@@ -173,7 +255,7 @@ func (h *handler) apply(ctx context.Context, items []pgtarget.Item, metas []*jet
 		return err
 	}
 	for _, f := range res.Failed {
-		if err := h.deadLetter(ctx, metas[f.Item], items[f.Item].Batch, f); err != nil {
+		if err := h.deadLetter(ctx, metas[f.Item], items[f.Item], f); err != nil {
 			return err // redelivered; the applied part is fenced by the ledger
 		}
 	}
@@ -191,23 +273,53 @@ func (h *handler) apply(ctx context.Context, items []pgtarget.Item, metas []*jet
 }
 
 // deadLetter publishes one rejected change as a batch of its own, with
-// headers naming pipeline, target, key and cause.
-func (h *handler) deadLetter(ctx context.Context, meta *jetstream.MsgMetadata, b *onewayv1.Batch, f pgtarget.Failure) error {
+// headers naming pipeline, target, key and cause, and the subject and
+// sequence of its original message (for a retried change, the original's,
+// not the retry's).
+func (h *handler) deadLetter(ctx context.Context, meta *jetstream.MsgMetadata, it pgtarget.Item, f pgtarget.Failure) error {
 	w := h.w
+	b := it.Batch
 	one := &onewayv1.Batch{SchemaVersion: b.GetSchemaVersion(), Pipeline: b.GetPipeline(), Origin: b.GetOrigin(),
 		Pattern: b.GetPattern(), Table: b.GetTable(), Columns: b.GetColumns(), Changes: []*onewayv1.Change{b.GetChanges()[f.Index]}}
 	data, err := event.Encode(one)
 	if err != nil {
 		return err
 	}
-	w.log.Error("change rejected by the target; dead-lettered", "table", b.GetTable(), "key", f.Key, "stream_seq", meta.Sequence.Stream, "error", f.Err)
+	w.log.Error("change rejected by the target; dead-lettered", "table", b.GetTable(), "key", f.Key, "stream_seq", meta.Sequence.Stream, "original_seq", it.Seq, "error", f.Err)
 	if w.metrics != nil {
 		w.metrics.DeadLetters.WithLabelValues(w.cfg.Pipeline, w.target.Name).Inc()
 		w.metrics.EventsProcessed.WithLabelValues("writer", w.cfg.Pipeline, "dead_lettered").Inc()
 	}
-	return w.bus.DeadLetter(ctx, bus.DLQSubject(w.cfg.Pipeline, w.target.Name), data, f.Err, map[string]string{
-		bus.HeaderPipeline: w.cfg.Pipeline, bus.HeaderTarget: w.target.Name, bus.HeaderKey: f.Key,
+	return h.publishDeadLetter(ctx, data, f.Err, meta, it.Seq, f.Key)
+}
+
+// publishDeadLetter publishes data to the target's DLQ subject. orig is the
+// original stream sequence of the change(s); meta is the delivery that
+// failed (a retry message's own when orig differs from its sequence).
+func (h *handler) publishDeadLetter(ctx context.Context, data []byte, cause error, meta *jetstream.MsgMetadata, orig uint64, key string) error {
+	w := h.w
+	subject := bus.DLQSubject(w.cfg.Pipeline, w.target.Name)
+	headers := map[string]string{
+		bus.HeaderPipeline: w.cfg.Pipeline, bus.HeaderTarget: w.target.Name,
 		bus.HeaderAttempts: strconv.FormatUint(meta.NumDelivered, 10),
-		bus.HeaderSubject:  bus.SourceSubject(w.cfg.Pipeline), bus.HeaderSequence: strconv.FormatUint(meta.Sequence.Stream, 10),
-	})
+		bus.HeaderSubject:  bus.SourceSubject(w.cfg.Pipeline), bus.HeaderSequence: strconv.FormatUint(orig, 10),
+	}
+	if key != "" {
+		headers[bus.HeaderKey] = key
+	}
+	if orig == meta.Sequence.Stream {
+		return w.bus.DeadLetter(ctx, subject, data, cause, headers)
+	}
+	// A retried change failing again: the Msg-Id of bus.DeadLetter would
+	// equal its first dead letter's, deleted by the retry, and the stream's
+	// duplicate window would silently drop this one. Name the retry message
+	// in the id instead (a redelivery of it is still a duplicate).
+	m := &nats.Msg{Subject: subject, Data: data, Header: nats.Header{}}
+	m.Header.Set(bus.HeaderError, event.SanitizeHeader(cause.Error()))
+	for k, v := range headers {
+		m.Header.Set(k, event.SanitizeHeader(v))
+	}
+	id := fmt.Sprintf("dlq:%s:%d:%s:retry:%d", subject, orig, key, meta.Sequence.Stream)
+	_, err := w.bus.PublishMsg(ctx, m, id)
+	return err
 }
