@@ -12,6 +12,7 @@ replace (
 require (
 	github.com/jackc/pgx/v5 v5.13.0
 	github.com/nats-io/nats.go v1.55.0
+	github.com/oneway-sync/oneway/proto v0.0.0
 	github.com/oneway-sync/oneway/services/reader v0.0.0-00010101000000-000000000000
 	github.com/oneway-sync/oneway/services/writer v0.0.0-00010101000000-000000000000
 	github.com/oneway-sync/oneway/shared v0.0.0-00010101000000-000000000000
@@ -35,7 +36,6 @@ require (
 	github.com/nats-io/nats-server/v2 v2.15.3 // indirect
 	github.com/nats-io/nkeys v0.4.17 // indirect
 	github.com/nats-io/nuid v1.0.1 // indirect
-	github.com/oneway-sync/oneway/proto v0.0.0 // indirect
 	github.com/prometheus/client_golang v1.25.0 // indirect
 	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/prometheus/common v0.72.0 // indirect

@@ -130,6 +130,8 @@ targets:
 	updates := *rows / 5
 	must(exec1(ctx, src, fmt.Sprintf("UPDATE public.invoices SET status = 'changed', amount = amount + 1, updated_at = now() WHERE id <= %d", updates)))
 	results = append(results, runUp("incremental_updates_direct", updates))
+	// Scale-out against a slow HTTP target (5 ms per request).
+	results = append(results, writerScaling(ctx, filepath.Join(filepath.Dir(*bin), "writer"), *base, 2000)...)
 
 	fmt.Printf("\n%-28s %10s %10s %14s %16s %7s %12s\n", "workload", "rows", "seconds", "rows/s", "reference rows/s", "ratio", "peak RSS MB")
 	f, err := os.OpenFile(*out, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)

@@ -14,7 +14,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
+	"github.com/oneway-sync/oneway/services/writer/internal/httptarget"
 	"github.com/oneway-sync/oneway/services/writer/internal/pgtarget"
+	"github.com/oneway-sync/oneway/services/writer/internal/target"
 	"github.com/oneway-sync/oneway/shared/bus"
 	"github.com/oneway-sync/oneway/shared/config"
 	"github.com/oneway-sync/oneway/shared/errs"
@@ -63,35 +65,79 @@ func ConsumerSpec(cfg *config.Pipeline, t config.Target) natsbus.ConsumerSpec {
 	}
 }
 
+// openTarget connects to the target of the configured kind. close releases
+// its connections.
+func (w *Writer) openTarget(ctx context.Context) (tgt target.Writer, close func(), err error) {
+	app := "oneway-writer-" + w.cfg.Pipeline + "-" + w.target.Name
+	conns := int32(w.target.Writer.Workers + 1)
+	switch w.target.Kind {
+	case config.KindPostgres:
+		schema, table, err := config.SplitTable(w.target.Table)
+		if err != nil {
+			return nil, nil, errs.Permanent(fmt.Errorf("target %s table: %w", w.target.Name, err))
+		}
+		pool, err := pgconn.Open(ctx, w.target.URL.Value(), app, conns)
+		if err != nil {
+			return nil, nil, err
+		}
+		t, err := pgtarget.Open(ctx, pool, pgtarget.Spec{
+			Pipeline: w.cfg.Pipeline, Target: w.target.Name,
+			Table: pgconn.Table{Schema: schema, Name: table}, CreateTable: w.target.CreatesTable(),
+			Delete: pgtarget.DeletePolicy(w.target.Delete), SoftDeleteColumn: w.target.SoftDeleteColumn,
+			LedgerSchema: w.target.LedgerSchema,
+		}, w.log)
+		if err != nil {
+			pool.Close()
+			return nil, nil, err
+		}
+		return t, pool.Close, nil
+	case config.KindHTTP:
+		h := w.target.HTTP
+		pool, err := pgconn.Open(ctx, h.LedgerURL.Value(), app, conns)
+		if err != nil {
+			return nil, nil, err
+		}
+		headers := make(map[string]string, len(h.Headers))
+		for _, hd := range h.Headers {
+			headers[hd.Name] = hd.Value.Value()
+		}
+		deleteMethod := h.DeleteMethod
+		if w.target.Delete == "none" {
+			deleteMethod = httptarget.DeleteNone
+		}
+		t, err := httptarget.Open(ctx, httptarget.Spec{
+			Pipeline: w.cfg.Pipeline, Target: w.target.Name, URL: w.target.URL.Value(),
+			UpsertMethod: h.UpsertMethod, DeleteMethod: deleteMethod, Headers: headers,
+			Timeout: h.Timeout.Duration, MaxAttempts: h.MaxAttempts, RateLimit: float64(h.RateLimit),
+			Concurrency: h.Concurrency, Ledger: pool, LedgerSchema: w.target.LedgerSchema,
+		}, w.log)
+		if err != nil {
+			pool.Close()
+			return nil, nil, err
+		}
+		return t, pool.Close, nil
+	default:
+		return nil, nil, errs.Permanentf("target %s: unsupported kind %q", w.target.Name, w.target.Kind)
+	}
+}
+
 // Run consumes until ctx ends, then finishes in-flight batches and returns.
 func (w *Writer) Run(ctx context.Context) error {
-	schema, table, err := config.SplitTable(w.target.Table)
-	if err != nil {
-		return errs.Permanent(fmt.Errorf("target %s table: %w", w.target.Name, err))
-	}
-	pool, err := pgconn.Open(ctx, w.target.URL.Value(), "oneway-writer-"+w.cfg.Pipeline+"-"+w.target.Name, int32(w.target.Writer.Workers+1))
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	var tgt *pgtarget.Target
-	err = retry.Do(ctx, retry.Policy{Initial: 200 * time.Millisecond, Max: 10 * time.Second, Attempts: 10,
+	var tgt target.Writer
+	var closeTarget func()
+	err := retry.Do(ctx, retry.Policy{Initial: 200 * time.Millisecond, Max: 10 * time.Second, Attempts: 10,
 		OnRetry: func(err error, wait time.Duration) {
 			w.log.Warn("target not ready; retrying", "error", err, "wait", wait)
 		}},
 		func(ctx context.Context) error {
 			var err error
-			tgt, err = pgtarget.Open(ctx, pool, pgtarget.Spec{
-				Pipeline: w.cfg.Pipeline, Target: w.target.Name,
-				Table: pgconn.Table{Schema: schema, Name: table}, CreateTable: w.target.CreatesTable(),
-				Delete: pgtarget.DeletePolicy(w.target.Delete), SoftDeleteColumn: w.target.SoftDeleteColumn,
-				LedgerSchema: w.target.LedgerSchema,
-			}, w.log)
+			tgt, closeTarget, err = w.openTarget(ctx)
 			return err
 		})
 	if err != nil {
 		return fmt.Errorf("open target %s: %w", w.target.Name, err)
 	}
+	defer closeTarget()
 	if _, err := w.bus.EnsureStream(ctx, natsbus.PipelineStream(w.cfg)); err != nil {
 		return err
 	}
@@ -120,7 +166,7 @@ func (w *Writer) Run(ctx context.Context) error {
 
 type handler struct {
 	w            *Writer
-	tgt          *pgtarget.Target
+	tgt          target.Writer
 	retrySubject string
 }
 
@@ -144,7 +190,7 @@ func (h *handler) handle(ctx context.Context, msgs []jetstream.Msg) error {
 
 func (h *handler) handleGroup(ctx context.Context, msgs []jetstream.Msg) error {
 	w := h.w
-	items := make([]pgtarget.Item, 0, len(msgs))
+	items := make([]target.Item, 0, len(msgs))
 	metas := make([]*jetstream.MsgMetadata, 0, len(msgs))
 	for _, msg := range msgs {
 		meta, err := msg.Metadata()
@@ -164,12 +210,12 @@ func (h *handler) handleGroup(ctx context.Context, msgs []jetstream.Msg) error {
 		if b.GetPipeline() != w.cfg.Pipeline {
 			return errs.Permanentf("stream seq %d: batch of pipeline %q on pipeline %q's subject", meta.Sequence.Stream, b.GetPipeline(), w.cfg.Pipeline)
 		}
-		items = append(items, pgtarget.Item{Seq: seq, Batch: b})
+		items = append(items, target.Item{Seq: seq, Batch: b})
 		metas = append(metas, meta)
 	}
 	for start := 0; start < len(items); {
 		end := start + 1
-		for end < len(items) && pgtarget.SameLayout(items[start].Batch, items[end].Batch) {
+		for end < len(items) && target.SameLayout(items[start].Batch, items[end].Batch) {
 			end++
 		}
 		if err := h.apply(ctx, items[start:end], metas[start:end]); err != nil {
@@ -239,10 +285,10 @@ func (h *handler) retryFailed(ctx context.Context, msg jetstream.Msg, cause erro
 	return nil
 }
 
-func (h *handler) apply(ctx context.Context, items []pgtarget.Item, metas []*jetstream.MsgMetadata) error {
+func (h *handler) apply(ctx context.Context, items []target.Item, metas []*jetstream.MsgMetadata) error {
 	w := h.w
 	start := time.Now()
-	var res pgtarget.Result
+	var res target.Result
 	err := retry.Do(ctx, retry.Policy{Initial: 100 * time.Millisecond, Max: 10 * time.Second, Attempts: 3,
 		OnRetry: func(err error, wait time.Duration) {
 			w.log.Warn("apply failed; retrying", "first_stream_seq", items[0].Seq, "messages", len(items), "error", err, "wait", wait)
@@ -276,7 +322,7 @@ func (h *handler) apply(ctx context.Context, items []pgtarget.Item, metas []*jet
 // headers naming pipeline, target, key and cause, and the subject and
 // sequence of its original message (for a retried change, the original's,
 // not the retry's).
-func (h *handler) deadLetter(ctx context.Context, meta *jetstream.MsgMetadata, it pgtarget.Item, f pgtarget.Failure) error {
+func (h *handler) deadLetter(ctx context.Context, meta *jetstream.MsgMetadata, it target.Item, f target.Failure) error {
 	w := h.w
 	b := it.Batch
 	one := &onewayv1.Batch{SchemaVersion: b.GetSchemaVersion(), Pipeline: b.GetPipeline(), Origin: b.GetOrigin(),
