@@ -486,8 +486,10 @@ func TestRetries(t *testing.T) {
 		if err == nil {
 			t.Fatal("apply succeeded against a failing API")
 		}
-		if errs.IsPermanent(err) || errs.IsUnavailable(err) || !strings.Contains(err.Error(), "503") {
-			t.Errorf("error %v: want a plain transient error naming 503", err)
+		// 503 says the service is down: an outage the writer waits out
+		// without spending the delivery budget.
+		if errs.IsPermanent(err) || !errs.IsUnavailable(err) || !strings.Contains(err.Error(), "503") {
+			t.Errorf("error %v: want an Unavailable error naming 503", err)
 		}
 		for _, k := range []string{"1", "2"} {
 			if _, _, found := readLedger(t, pool, tg, k); found {

@@ -98,6 +98,12 @@ func (t *Target) send(ctx context.Context, c *call) error {
 			return nil
 		case status == http.StatusTooManyRequests, status == http.StatusRequestTimeout, status >= 500:
 			fail = fmt.Errorf("%s %s → %d: %s", c.method, c.show, status, snippet)
+			// The service says it is down or overloaded: an outage, waited
+			// out by the writer without spending the delivery budget.
+			switch status {
+			case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+				fail = errs.Unavailable(fail)
+			}
 		default:
 			c.err = errs.Permanent(fmt.Errorf("%s %s → %d: %s", c.method, c.show, status, snippet))
 			t.log.Warn("http target rejected a change", "target", t.spec.Target,
