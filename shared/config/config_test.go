@@ -945,3 +945,30 @@ func TestHTTPTarget(t *testing.T) {
 		})
 	}
 }
+
+func TestHTTPExampleFile(t *testing.T) {
+	const path = "../../deploy/examples/invoices-http.yaml"
+	data, err := os.ReadFile(path)
+	require.NoError(t, err)
+	env := envOf(map[string]string{
+		"ONEWAY_SOURCE_URL": "postgres://oneway:srcsecret@source:5432/erp",
+		"ONEWAY_TARGET_URL": "postgres://oneway:tgtsecret@target:5432/reporting",
+		"ONEWAY_LEDGER_URL": "postgres://oneway:ledgersecret@stage:5432/oneway",
+		"ONEWAY_API_URL":    "https://api.example.com",
+		"ONEWAY_API_TOKEN":  "tok-123",
+	})
+	p, err := Parse(path, data, env)
+	require.NoError(t, err)
+	api, ok := p.Target("api")
+	require.True(t, ok)
+	require.Equal(t, KindHTTP, api.Kind)
+	require.Equal(t, "https://api.example.com/invoices/{{.Key | path}}", api.URL.Value())
+	require.Equal(t, "postgres://oneway:ledgersecret@stage:5432/oneway", api.HTTP.LedgerURL.Value())
+	require.Equal(t, "Bearer tok-123", api.HTTP.Headers[0].Value.Value())
+	require.Equal(t, 4, api.HTTP.Concurrency)
+	var out strings.Builder
+	require.NoError(t, p.Print(&out))
+	for _, secret := range []string{"srcsecret", "tgtsecret", "ledgersecret", "tok-123"} {
+		require.NotContains(t, out.String(), secret)
+	}
+}
