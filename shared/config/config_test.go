@@ -972,3 +972,10 @@ func TestHTTPExampleFile(t *testing.T) {
 		require.NotContains(t, out.String(), secret)
 	}
 }
+
+func TestNestedDefaultIsAnError(t *testing.T) {
+	doc := strings.Replace(base, "url: postgres://u:tgtpass@h2/db", "url: ${TGT:-${OTHER}}", 1)
+	_, err := Parse("nested.yaml", []byte(doc), noEnv)
+	require.ErrorContains(t, err, "nested variable reference")
+	require.ErrorContains(t, err, "targets[0].url")
+}

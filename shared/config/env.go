@@ -97,6 +97,10 @@ func expand(s string, env func(string) (string, bool)) (string, []string) {
 			ref := s[i+2 : i+2+end]
 			i += 2 + end + 1
 			name, def, hasDefault := strings.Cut(ref, ":-")
+			if strings.Contains(def, "${") {
+				problems = append(problems, fmt.Sprintf("nested variable reference in %q is not supported (a default is literal text)", clip("${"+ref+"}")))
+				continue
+			}
 			if !envNameRe.MatchString(name) {
 				problems = append(problems, fmt.Sprintf("invalid variable reference %q (want ${NAME} or ${NAME:-default}; write $$ for a literal $)", clip("${"+ref+"}")))
 				continue
