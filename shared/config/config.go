@@ -105,11 +105,14 @@ type Capture struct {
 type Target struct {
 	// Name of the target: ^[a-z][a-z0-9_]{0,39}$, unique in the pipeline.
 	Name string `yaml:"name"`
-	// Kind of the target: "postgres" or "http".
+	// Kind of the target: "postgres", "sqlite", "http", "nats", "kafka" or
+	// "jsonl".
 	Kind string `yaml:"kind"`
-	// URL is the connection string of the target database; for kind
-	// "http", the request URL template (text/template with .Key, .KeyParts,
-	// .Fields and .Op; the func "path" escapes a path segment).
+	// URL says where the target is, by kind: postgres, the connection
+	// string; sqlite and jsonl, the file path; http, the request URL
+	// template (text/template with .Key, .KeyParts, .Fields and .Op; the
+	// func "path" escapes a path segment); nats, the NATS server URL;
+	// kafka, the brokers (host:port, comma-separated).
 	URL Secret `yaml:"url"`
 	// Table is the target table. Default: the source table.
 	Table string `yaml:"table"`
@@ -130,8 +133,32 @@ type Target struct {
 	LedgerSchema string `yaml:"ledger_schema"`
 	// Writer tunes the writer.
 	Writer WriterOptions `yaml:"writer"`
+	// LedgerURL is the PostgreSQL database holding the fencing ledger of a
+	// target that cannot compare versions itself (http, nats, kafka,
+	// jsonl); required for those kinds, not allowed for the others.
+	LedgerURL Secret `yaml:"ledger_url"`
 	// HTTP configures a target of kind "http"; not allowed for other kinds.
 	HTTP HTTPTarget `yaml:"http,omitempty"`
+	// NATS configures a target of kind "nats".
+	NATS NATSTarget `yaml:"nats,omitempty"`
+	// Kafka configures a target of kind "kafka".
+	Kafka KafkaTarget `yaml:"kafka,omitempty"`
+}
+
+// NATSTarget configures a NATS subject as a target.
+type NATSTarget struct {
+	// Subject is a text/template like the http URL. Default
+	// "oneway.out.<pipeline>.<target>".
+	Subject string `yaml:"subject"`
+	// JetStream publishes and waits for the stream's ack (the subject must
+	// be bound to a stream); otherwise core NATS with a flush. Default false.
+	JetStream bool `yaml:"jetstream"`
+}
+
+// KafkaTarget configures a Kafka topic as a target.
+type KafkaTarget struct {
+	// Topic is the topic written to. Required for kind "kafka".
+	Topic string `yaml:"topic"`
 }
 
 // HTTPTarget configures an HTTP REST API target. An API cannot compare
@@ -153,9 +180,6 @@ type HTTPTarget struct {
 	RateLimit int `yaml:"rate_limit"`
 	// Concurrency is the requests in flight per worker. Default 1.
 	Concurrency int `yaml:"concurrency"`
-	// LedgerURL is the PostgreSQL database holding the fencing ledger.
-	// Required for kind "http".
-	LedgerURL Secret `yaml:"ledger_url"`
 }
 
 // Header is one HTTP header.

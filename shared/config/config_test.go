@@ -904,8 +904,8 @@ func TestHTTPTarget(t *testing.T) {
 	httpTarget := `  - name: api
     kind: http
     url: https://api.example.com/invoices/{{.Key | path}}
+    ledger_url: postgres://u:ledgerpass@h3/db
     http:
-      ledger_url: postgres://u:ledgerpass@h3/db
       headers:
         - {name: Authorization, value: Bearer s3cr3t-token}
 `
@@ -920,6 +920,7 @@ func TestHTTPTarget(t *testing.T) {
 		require.Equal(t, 5, tg.HTTP.MaxAttempts)
 		require.Equal(t, 1, tg.HTTP.Concurrency)
 		require.Equal(t, "Bearer s3cr3t-token", tg.HTTP.Headers[0].Value.Value())
+		require.Equal(t, "postgres://u:ledgerpass@h3/db", tg.LedgerURL.Value())
 		var out strings.Builder
 		require.NoError(t, p.Print(&out))
 		require.NotContains(t, out.String(), "s3cr3t")
@@ -929,7 +930,9 @@ func TestHTTPTarget(t *testing.T) {
 	tests := []struct {
 		name, yaml, field string
 	}{
-		{"ledger_url required", strings.Replace(httpTarget, "      ledger_url: postgres://u:ledgerpass@h3/db\n", "      concurrency: 2\n", 1), "targets[1].http.ledger_url"},
+		{"ledger_url required", strings.Replace(httpTarget, "    ledger_url: postgres://u:ledgerpass@h3/db\n", "", 1), "targets[1].ledger_url"},
+		{"ledger_url not for postgres", strings.Replace(strings.Replace(httpTarget, "kind: http", "kind: postgres", 1), "    http:\n      headers:\n        - {name: Authorization, value: Bearer s3cr3t-token}\n", "", 1), "targets[1].ledger_url"},
+		{"kafka topic required", strings.Replace(strings.Replace(httpTarget, "kind: http", "kind: kafka", 1), "    http:\n      headers:\n        - {name: Authorization, value: Bearer s3cr3t-token}\n", "", 1), "targets[1].kafka.topic"},
 		{"bad method", strings.Replace(httpTarget, "    http:\n", "    http:\n      upsert_method: GET\n", 1), "targets[1].http.upsert_method"},
 		{"bad header name", strings.Replace(httpTarget, "{name: Authorization", "{name: \"Bad Name\"", 1), "targets[1].http.headers[0].name"},
 		{"http section on a postgres target", strings.Replace(httpTarget, "kind: http", "kind: postgres", 1), "targets[1].http"},
@@ -963,7 +966,7 @@ func TestHTTPExampleFile(t *testing.T) {
 	require.True(t, ok)
 	require.Equal(t, KindHTTP, api.Kind)
 	require.Equal(t, "https://api.example.com/invoices/{{.Key | path}}", api.URL.Value())
-	require.Equal(t, "postgres://oneway:ledgersecret@stage:5432/oneway", api.HTTP.LedgerURL.Value())
+	require.Equal(t, "postgres://oneway:ledgersecret@stage:5432/oneway", api.LedgerURL.Value())
 	require.Equal(t, "Bearer tok-123", api.HTTP.Headers[0].Value.Value())
 	require.Equal(t, 4, api.HTTP.Concurrency)
 	var out strings.Builder

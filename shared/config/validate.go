@@ -42,8 +42,23 @@ const (
 // Kinds of sources and targets. Sources: postgres; targets: postgres, http.
 const (
 	KindPostgres = "postgres"
+	KindSQLite   = "sqlite"
 	KindHTTP     = "http"
+	KindNATS     = "nats"
+	KindKafka    = "kafka"
+	KindJSONL    = "jsonl"
 )
+
+// targetKinds lists the target kinds; sideLedgerKinds those that need a
+// ledger_url because they cannot compare versions themselves.
+var (
+	targetKinds     = []string{KindPostgres, KindSQLite, KindHTTP, KindNATS, KindKafka, KindJSONL}
+	sideLedgerKinds = []string{KindHTTP, KindNATS, KindKafka, KindJSONL}
+)
+
+// NeedsLedgerURL reports whether targets of kind keep their fencing ledger
+// in a separate PostgreSQL database (ledger_url).
+func NeedsLedgerURL(kind string) bool { return slices.Contains(sideLedgerKinds, kind) }
 
 // nameRe is the shape of pipeline and target names, which end up in NATS
 // subjects, stream names and SQL identifiers.
@@ -322,17 +337,31 @@ func (t *Target) validate(c *checker, path string, src *Source) {
 	case !nameRe.MatchString(t.Name):
 		c.add(field("name"), "%q is not a valid name: it must match %s", t.Name, nameRe)
 	}
-	switch t.Kind {
-	case "":
+	switch {
+	case t.Kind == "":
 		c.add(field("kind"), "required")
-	case KindPostgres:
-		if !reflect.DeepEqual(t.HTTP, HTTPTarget{}) {
-			c.add(field("http"), "only allowed when kind is %q", KindHTTP)
-		}
-	case KindHTTP:
+	case !slices.Contains(targetKinds, t.Kind):
+		c.add(field("kind"), "unsupported kind %q (supported: %s)", t.Kind, strings.Join(targetKinds, ", "))
+	}
+	if t.Kind == KindHTTP {
 		t.HTTP.validate(c, field("http"))
-	default:
-		c.add(field("kind"), "unsupported kind %q (supported: %s, %s)", t.Kind, KindPostgres, KindHTTP)
+	} else if !reflect.DeepEqual(t.HTTP, HTTPTarget{}) {
+		c.add(field("http"), "only allowed when kind is %q", KindHTTP)
+	}
+	if t.Kind != KindNATS && t.NATS != (NATSTarget{}) {
+		c.add(field("nats"), "only allowed when kind is %q", KindNATS)
+	}
+	switch {
+	case t.Kind == KindKafka && t.Kafka.Topic == "":
+		c.add(field("kafka.topic"), "required for kind %q", KindKafka)
+	case t.Kind != KindKafka && t.Kafka != (KafkaTarget{}):
+		c.add(field("kafka"), "only allowed when kind is %q", KindKafka)
+	}
+	switch {
+	case NeedsLedgerURL(t.Kind) && t.LedgerURL == "":
+		c.add(field("ledger_url"), "required for kind %q: the PostgreSQL database that holds its fencing ledger (it cannot compare versions itself)", t.Kind)
+	case !NeedsLedgerURL(t.Kind) && t.Kind != "" && t.LedgerURL != "":
+		c.add(field("ledger_url"), "not used by kind %q: its ledger lives in the target itself", t.Kind)
 	}
 	if t.URL == "" {
 		c.add(field("url"), "required")
@@ -413,9 +442,6 @@ func (h *HTTPTarget) validate(c *checker, path string) {
 	}
 	if h.Concurrency < 1 || h.Concurrency > 256 {
 		c.add(field("concurrency"), "must be between 1 and 256, got %d", h.Concurrency)
-	}
-	if h.LedgerURL == "" {
-		c.add(field("ledger_url"), "required: the PostgreSQL database that holds the fencing ledger of an HTTP target")
 	}
 }
 
