@@ -524,7 +524,7 @@ func TestValidationErrors(t *testing.T) {
 		{"target name bad", variant(t, "name: pg", "name: PG"), "targets[0].name", 10, "not a valid name"},
 		{"target name duplicate", base + "  - name: pg\n    kind: postgres\n    url: postgres://x@y/z\n", "targets[1].name", 13, `duplicate target name "pg" (also used by targets[0])`},
 		{"target kind missing", variant(t, "    kind: postgres\n    url: postgres://u:tgt", "    url: postgres://u:tgt"), "targets[0].kind", 10, "required"},
-		{"target kind unsupported", variant(t, "    kind: postgres\n    url: postgres://u:tgt", "    kind: kafka\n    url: postgres://u:tgt"), "targets[0].kind", 11, `unsupported kind "kafka"`},
+		{"target kind unsupported", variant(t, "    kind: postgres\n    url: postgres://u:tgt", "    kind: mongodb\n    url: postgres://u:tgt"), "targets[0].kind", 11, `unsupported kind "mongodb"`},
 		{"target url missing", variant(t, "    url: postgres://u:tgtpass@h2/db\n", ""), "targets[0].url", 10, "required"},
 		{"target table empty", base + "    table: ''\n", "targets[0].table", 13, "must not be empty"},
 		{"target table bad", base + "    table: x.y.z\n", "targets[0].table", 13, "more than one dot"},
