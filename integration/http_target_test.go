@@ -76,8 +76,9 @@ func TestTwoTargetKindsOneDown(t *testing.T) {
   - name: api
     kind: http
     url: "%s/invoices/{{.Key | path}}"
+    ledger_url: %q
     writer: {max_attempts: 2, ack_wait: 2s}
-    http: {ledger_url: %q, max_attempts: 2, concurrency: 4}
+    http: {max_attempts: 2, concurrency: 4}
 `, srv.URL, ledger))
 	up := testenv.Start(t, "oneway", "up", "--config", cfg, "--data-dir", t.TempDir(), "--log-format", "json")
 

@@ -83,8 +83,9 @@ targets:
   - name: api
     kind: http
     url: "http://%s/t/{{.Key}}"
+    ledger_url: %q
     writer: {workers: 1, fetch_batch: 1}
-    http: {ledger_url: %q, concurrency: 1}
+    http: {concurrency: 1}
 `, ns.ClientURL(), ln.Addr(), ledger)), 0o600))
 		log.Printf("writer_scaling: %d writer(s) …", writers)
 		start := time.Now()

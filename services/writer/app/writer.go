@@ -93,7 +93,7 @@ func (w *Writer) openTarget(ctx context.Context) (tgt target.Writer, close func(
 		return t, pool.Close, nil
 	case config.KindHTTP:
 		h := w.target.HTTP
-		pool, err := pgconn.Open(ctx, h.LedgerURL.Value(), app, conns)
+		pool, err := pgconn.Open(ctx, w.target.LedgerURL.Value(), app, conns)
 		if err != nil {
 			return nil, nil, err
 		}
