@@ -2,11 +2,16 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,30 +33,44 @@ import (
 // and applied out of order. Every key must end at the state of its last
 // change in stream order, and the ledger must hold that change's version.
 func TestWritersUnderChaosEndAtLastVersion(t *testing.T) {
-	for _, writers := range []int{1, 2, 4} {
-		t.Run(fmt.Sprintf("%d writers", writers), func(t *testing.T) {
-			runWriterChaos(t, writers, uint64(writers)*7919)
-		})
+	for _, kind := range []string{"postgres", "http"} {
+		for _, writers := range []int{1, 2, 4} {
+			t.Run(fmt.Sprintf("%s, %d writers", kind, writers), func(t *testing.T) {
+				runWriterChaos(t, kind, writers, uint64(writers)*7919)
+			})
+		}
 	}
 }
 
-func runWriterChaos(t *testing.T, writers int, seed uint64) {
+func runWriterChaos(t *testing.T, kind string, writers int, seed uint64) {
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	dst := testenv.Connect(t, pgtest.NewDatabase(t))
 	dst.Exec(t, "CREATE TABLE public.kv (k int PRIMARY KEY, val text, extra text DEFAULT 'target-owned')")
 	_, natsURL := bustest.StartJetStream(t)
+	target := fmt.Sprintf(`    kind: postgres
+    url: %q
+    table: public.kv`, dst.URL)
+	ledgerTable := "oneway.ledger_1"
+	api := &kvAPI{vals: map[string]string{}}
+	if kind == "http" {
+		srv := httptest.NewServer(api)
+		defer srv.Close()
+		target = fmt.Sprintf(`    kind: http
+    url: "%s/kv/{{.Key}}"
+    ledger_url: %q
+    http: {concurrency: 2}`, srv.URL, dst.URL)
+		ledgerTable = "oneway.http_ledger_1"
+	}
 	cfg := filepath.Join(t.TempDir(), "chaos.yaml")
 	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`pipeline: chaos
 nats: {url: %q}
 source: {kind: postgres, url: "postgres://unused/db", table: public.kv, key: [k], capture: {column: ts}}
 targets:
   - name: pg
-    kind: postgres
-    url: %q
-    table: public.kv
+%s
     delete: hard
     writer: {workers: 2, fetch_batch: 4, ack_wait: 1s, max_attempts: 1000}
-`, natsURL, dst.URL)), 0o600); err != nil {
+`, natsURL, target)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 
@@ -156,7 +175,12 @@ targets:
 
 	for k, st := range want {
 		var val *string
-		err := dst.Conn.QueryRow(ctx, "SELECT val FROM public.kv WHERE k = $1", k).Scan(&val)
+		var err error
+		if kind == "http" {
+			val, err = api.get(strconv.Itoa(k))
+		} else {
+			err = dst.Conn.QueryRow(ctx, "SELECT val FROM public.kv WHERE k = $1", k).Scan(&val)
+		}
 		switch {
 		case st.deleted && err == nil:
 			t.Errorf("key %d: present with %v, want deleted", k, deref(val))
@@ -166,7 +190,11 @@ targets:
 			t.Errorf("key %d = %q, want %q (its last change)", k, deref(val), st.val)
 		}
 		var version int64
-		if err := dst.Conn.QueryRow(ctx, "SELECT oneway_version FROM oneway.ledger_1 WHERE k = $1", k).Scan(&version); err != nil {
+		keyCol := "k"
+		if kind == "http" {
+			keyCol = "key"
+		}
+		if err := dst.Conn.QueryRow(ctx, fmt.Sprintf("SELECT oneway_version FROM %s WHERE %s::text = $1", ledgerTable, keyCol), strconv.Itoa(k)).Scan(&version); err != nil {
 			t.Errorf("key %d: no ledger row: %v", k, err)
 		} else if version != st.version {
 			t.Errorf("key %d: ledger version %d, want %d", k, version, st.version)
@@ -175,6 +203,42 @@ targets:
 	if n := dst.Int(t, "SELECT count(*) FROM public.kv WHERE extra IS DISTINCT FROM 'target-owned'"); n != 0 {
 		t.Errorf("%d rows lost their target-owned column", n)
 	}
+}
+
+// kvAPI is a REST API storing the "val" field of the last PUT per key.
+type kvAPI struct {
+	mu   sync.Mutex
+	vals map[string]string
+}
+
+func (a *kvAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	key := strings.TrimPrefix(r.URL.Path, "/kv/")
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	switch r.Method {
+	case http.MethodPut:
+		var body struct {
+			Val string `json:"val"`
+		}
+		if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		a.vals[key] = body.Val
+	case http.MethodDelete:
+		delete(a.vals, key)
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (a *kvAPI) get(key string) (*string, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	v, ok := a.vals[key]
+	if !ok {
+		return nil, fmt.Errorf("no record %s", key)
+	}
+	return &v, nil
 }
 
 func deref(s *string) string {
