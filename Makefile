@@ -4,6 +4,8 @@ BIN := $(CURDIR)/bin
 MODULES := $(shell go list -m -f '{{.Dir}}' 2>/dev/null)
 PROTOC_GEN_GO_VERSION := v1.36.12
 GOTEST_FLAGS ?= -race -count=1 -timeout 15m
+# Tests use this PostgreSQL server (override it, or set it in the environment).
+export ONEWAY_TEST_POSTGRES_URL ?= $(PG_URL)/postgres?sslmode=disable
 
 .PHONY: all build demo-db verify test bench proto proto-check tidy check-tidy lint up help clean
 
