@@ -3,15 +3,12 @@ package httptarget
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
-	"regexp"
-	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,21 +18,18 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 
-	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
-	"github.com/oneway-sync/oneway/services/writer/internal/target"
 	"github.com/oneway-sync/oneway/shared/errs"
 )
 
 // call is one change's request and, after run, its outcome.
 type call struct {
-	ref    int // index into Apply's refs
+	ref    int // index into the batch's decisions
 	method string
 	url    string // as sent
 	show   string // for errors and logs: no user info, query or fragment
 	idem   string // Idempotency-Key
 	body   []byte // nil for a delete
 	del    bool
-	hash   []byte // recorded in the ledger on success
 
 	err error // permanent rejection (Result.Failed); nil = applied
 }
@@ -211,106 +205,4 @@ func unavailable(err error) bool {
 		return true
 	}
 	return false
-}
-
-// ---- bodies ----------------------------------------------------------------
-
-type kind int
-
-const (
-	kString kind = iota
-	kNumber
-	kBool
-	kJSON
-)
-
-// kindOf maps a column type, as the source's catalog spells it, to its JSON
-// form. Arrays and everything not listed are strings.
-func kindOf(typ string) kind {
-	t := strings.ToLower(strings.TrimSpace(typ))
-	if strings.HasSuffix(t, "]") {
-		return kString
-	}
-	if i := strings.IndexByte(t, '('); i >= 0 {
-		t = strings.TrimSpace(t[:i])
-	}
-	switch t {
-	case "smallint", "integer", "bigint", "int", "int2", "int4", "int8",
-		"numeric", "decimal", "real", "double precision", "float4", "float8":
-		return kNumber
-	case "boolean", "bool":
-		return kBool
-	case "json", "jsonb":
-		return kJSON
-	}
-	return kString
-}
-
-var jsonNumber = regexp.MustCompile(`^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$`)
-
-// rawJSON is a json/jsonb value: embedded as is in a body, printed as text
-// in a URL template.
-type rawJSON []byte
-
-func (r rawJSON) MarshalJSON() ([]byte, error) { return r, nil }
-func (r rawJSON) String() string               { return string(r) }
-
-// typed converts one text value (nil = NULL) to its JSON form. Values that do
-// not fit their type's form (NaN, Infinity, a malformed boolean or JSON)
-// stay strings rather than fail.
-func typed(typ string, v []byte) any {
-	if v == nil {
-		return nil
-	}
-	switch kindOf(typ) {
-	case kNumber:
-		if jsonNumber.Match(v) {
-			return json.Number(v) // the text itself: no float rounding
-		}
-	case kBool:
-		switch string(v) {
-		case "t", "true":
-			return true
-		case "f", "false":
-			return false
-		}
-	case kJSON:
-		if json.Valid(v) {
-			return rawJSON(bytes.Clone(v))
-		}
-	}
-	return string(v)
-}
-
-// body is the JSON object of an upsert: every owned column, in column order.
-func body(cols []*onewayv1.Column, vals [][]byte) ([]byte, error) {
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false)
-	put := func(v any) error {
-		if err := enc.Encode(v); err != nil {
-			return err
-		}
-		buf.Truncate(buf.Len() - 1) // Encode's newline
-		return nil
-	}
-	buf.WriteByte('{')
-	for i, c := range cols {
-		if i > 0 {
-			buf.WriteByte(',')
-		}
-		if err := put(c.GetName()); err != nil {
-			return nil, err
-		}
-		buf.WriteByte(':')
-		if err := put(typed(c.GetType(), vals[i])); err != nil {
-			return nil, fmt.Errorf("column %q: %w", c.GetName(), err)
-		}
-	}
-	buf.WriteByte('}')
-	return buf.Bytes(), nil
-}
-
-func sortFailures(f []target.Failure) {
-	sort.SliceStable(f, func(i, j int) bool { return f[i].Key < f[j].Key })
 }
