@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -15,7 +16,11 @@ import (
 
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
 	"github.com/oneway-sync/oneway/services/writer/internal/httptarget"
+	"github.com/oneway-sync/oneway/services/writer/internal/jsonltarget"
+	"github.com/oneway-sync/oneway/services/writer/internal/kafkatarget"
+	"github.com/oneway-sync/oneway/services/writer/internal/natstarget"
 	"github.com/oneway-sync/oneway/services/writer/internal/pgtarget"
+	"github.com/oneway-sync/oneway/services/writer/internal/sqlitetarget"
 	"github.com/oneway-sync/oneway/services/writer/internal/target"
 	"github.com/oneway-sync/oneway/shared/bus"
 	"github.com/oneway-sync/oneway/shared/config"
@@ -116,9 +121,74 @@ func (w *Writer) openTarget(ctx context.Context) (tgt target.Writer, close func(
 			return nil, nil, err
 		}
 		return t, pool.Close, nil
+	case config.KindSQLite:
+		t, err := sqlitetarget.Open(ctx, sqlitetarget.Spec{
+			Pipeline: w.cfg.Pipeline, Target: w.target.Name, Path: w.target.URL.Value(),
+			Table: sqliteTable(w.target.Table), CreateTable: w.target.CreatesTable(),
+			Delete: w.target.Delete, SoftDeleteColumn: w.target.SoftDeleteColumn,
+		}, w.log)
+		if err != nil {
+			return nil, nil, err
+		}
+		return t, func() { _ = t.Close() }, nil
+	case config.KindKafka:
+		pool, err := pgconn.Open(ctx, w.target.LedgerURL.Value(), app, conns)
+		if err != nil {
+			return nil, nil, err
+		}
+		var brokers []string
+		for _, b := range strings.Split(w.target.URL.Value(), ",") {
+			if b = strings.TrimSpace(b); b != "" {
+				brokers = append(brokers, b)
+			}
+		}
+		t, err := kafkatarget.Open(ctx, kafkatarget.Spec{
+			Pipeline: w.cfg.Pipeline, Target: w.target.Name, Brokers: brokers, Topic: w.target.Kafka.Topic,
+			Ledger: pool, LedgerSchema: w.target.LedgerSchema,
+		}, w.log)
+		if err != nil {
+			pool.Close()
+			return nil, nil, err
+		}
+		return t, func() { _ = t.Close(); pool.Close() }, nil
+	case config.KindNATS, config.KindJSONL:
+		pool, err := pgconn.Open(ctx, w.target.LedgerURL.Value(), app, conns)
+		if err != nil {
+			return nil, nil, err
+		}
+		if w.target.Kind == config.KindJSONL {
+			t, err := jsonltarget.Open(ctx, jsonltarget.Spec{
+				Pipeline: w.cfg.Pipeline, Target: w.target.Name, Path: w.target.URL.Value(),
+				Ledger: pool, LedgerSchema: w.target.LedgerSchema,
+			}, w.log)
+			if err != nil {
+				pool.Close()
+				return nil, nil, err
+			}
+			return t, pool.Close, nil
+		}
+		t, err := natstarget.Open(ctx, natstarget.Spec{
+			Pipeline: w.cfg.Pipeline, Target: w.target.Name, URL: w.target.URL.Value(),
+			Subject: w.target.NATS.Subject, JetStream: w.target.NATS.JetStream,
+			Ledger: pool, LedgerSchema: w.target.LedgerSchema,
+		}, w.log)
+		if err != nil {
+			pool.Close()
+			return nil, nil, err
+		}
+		return t, func() { t.Close(); pool.Close() }, nil
 	default:
 		return nil, nil, errs.Permanentf("target %s: unsupported kind %q", w.target.Name, w.target.Kind)
 	}
+}
+
+// sqliteTable drops a "public." schema (SQLite has none): a pipeline whose
+// target table defaults to the source's "public.invoices" writes "invoices".
+func sqliteTable(name string) string {
+	if _, table, err := config.SplitTable(name); err == nil {
+		return table
+	}
+	return name
 }
 
 // Run consumes until ctx ends, then finishes in-flight batches and returns.
