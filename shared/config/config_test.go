@@ -982,3 +982,8 @@ func TestNestedDefaultIsAnError(t *testing.T) {
 	require.ErrorContains(t, err, "nested variable reference")
 	require.ErrorContains(t, err, "targets[0].url")
 }
+
+func TestReservedPipelineName(t *testing.T) {
+	_, err := Parse("out.yaml", []byte(strings.Replace(base, "pipeline: inv", "pipeline: out", 1)), noEnv)
+	require.ErrorContains(t, err, `pipeline: "out" is reserved`)
+}

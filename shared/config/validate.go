@@ -203,6 +203,10 @@ func (p *Pipeline) validate(pos *positions) error {
 		c.add("pipeline", "required")
 	case !nameRe.MatchString(p.Pipeline):
 		c.add("pipeline", "%q is not a valid name: it must match %s", p.Pipeline, nameRe)
+	case p.Pipeline == "out":
+		// Its stream would capture oneway.out.>, the default subjects of
+		// every NATS target.
+		c.add("pipeline", `"out" is reserved: NATS targets publish under oneway.out.`)
 	}
 	p.NATS.validate(c)
 	p.Source.validate(c)
