@@ -252,12 +252,14 @@ func (r *Reader) produce(ctx context.Context, src *pgsource.Source, pos Position
 			pos = next
 			break
 		}
-		next := pos
-		next.SnapshotKey = src.KeyOf(rows[len(rows)-1])
-		if err := send(r.item(src, onewayv1.CapturePattern_CAPTURE_PATTERN_SNAPSHOT, pos, next, rows)); err != nil {
+		var err error
+		pos, err = r.sendRows(src, onewayv1.CapturePattern_CAPTURE_PATTERN_SNAPSHOT, pos, rows, send, func(p Position, row pgsource.Row) Position {
+			p.SnapshotKey = src.KeyOf(row)
+			return p
+		})
+		if err != nil {
 			return err
 		}
-		pos = next
 	}
 	for {
 		var bound string
@@ -274,12 +276,13 @@ func (r *Reader) produce(ctx context.Context, src *pgsource.Source, pos Position
 			}
 			r.log.Debug("watermark poll", "bound", bound, "after", pos.Watermark, "rows", len(rows))
 			if len(rows) > 0 {
-				last := rows[len(rows)-1]
-				next := Position{Phase: phaseWatermark, Watermark: src.WatermarkOf(last), WatermarkKey: src.KeyOf(last)}
-				if err := send(r.item(src, onewayv1.CapturePattern_CAPTURE_PATTERN_WATERMARK, pos, next, rows)); err != nil {
+				var err error
+				pos, err = r.sendRows(src, onewayv1.CapturePattern_CAPTURE_PATTERN_WATERMARK, pos, rows, send, func(_ Position, row pgsource.Row) Position {
+					return Position{Phase: phaseWatermark, Watermark: src.WatermarkOf(row), WatermarkKey: src.KeyOf(row)}
+				})
+				if err != nil {
 					return err
 				}
-				pos = next
 			}
 			if len(rows) < limit {
 				break
@@ -294,6 +297,35 @@ func (r *Reader) produce(ctx context.Context, src *pgsource.Source, pos Position
 		case <-time.After(capt.PollInterval.Duration):
 		}
 	}
+}
+
+// sendRows sends a page as one message, or as several when it would not
+// fit the server's max_payload: each message stays under three quarters of
+// it, and each ends at a row, whose position (posAfter) it carries. It
+// returns the position after the page.
+func (r *Reader) sendRows(src *pgsource.Source, pattern onewayv1.CapturePattern, pos Position, rows []pgsource.Row,
+	send func(item) error, posAfter func(Position, pgsource.Row) Position) (Position, error) {
+	budget := int(r.bus.NC.MaxPayload()) * 3 / 4
+	start, size := 0, 0
+	for i, row := range rows {
+		n := 48 // per-change overhead: hash, varints, timestamp
+		for _, v := range row {
+			n += len(v) + 2
+		}
+		if i > start && size+n > budget {
+			next := posAfter(pos, rows[i-1])
+			if err := send(r.item(src, pattern, pos, next, rows[start:i])); err != nil {
+				return pos, err
+			}
+			pos, start, size = next, i, 0
+		}
+		size += n
+	}
+	next := posAfter(pos, rows[len(rows)-1])
+	if err := send(r.item(src, pattern, pos, next, rows[start:])); err != nil {
+		return pos, err
+	}
+	return next, nil
 }
 
 func (r *Reader) item(src *pgsource.Source, pattern onewayv1.CapturePattern, from, next Position, rows []pgsource.Row) item {
@@ -352,6 +384,11 @@ func (r *Reader) publish(ctx context.Context, kv jetstream.KeyValue, st jetstrea
 			data, err := event.Encode(it.batch)
 			if err != nil {
 				return errs.Permanent(err)
+			}
+			if max := r.bus.NC.MaxPayload(); int64(len(data)) > max {
+				k := event.Key(it.batch.GetChanges()[0], event.KeyIndexes(it.batch))
+				return errs.Permanentf("table %s: the row with key %s alone encodes to %d bytes, more than the NATS server's max_payload (%d): raise max_payload or leave large columns out of source.columns",
+					r.cfg.Source.Table, k, len(data), max)
 			}
 			var seq uint64
 			err = retry.Do(ctx, retry.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second,

@@ -31,3 +31,21 @@ func StartJetStreamAt(t testing.TB, dir string) (*server.Server, string) {
 	})
 	return s, s.ClientURL()
 }
+
+// StartJetStreamWith is StartJetStream with server options (the store dir
+// defaults to a temp dir).
+func StartJetStreamWith(t testing.TB, o natsembed.Options) (*server.Server, string) {
+	t.Helper()
+	if o.StoreDir == "" {
+		o.StoreDir = t.TempDir()
+	}
+	s, err := natsembed.Start(o)
+	if err != nil {
+		t.Fatalf("start JetStream: %v", err)
+	}
+	t.Cleanup(func() {
+		s.Shutdown()
+		s.WaitForShutdown()
+	})
+	return s, s.ClientURL()
+}

@@ -19,6 +19,8 @@ type Options struct {
 	// SyncInterval is how often the store is fsynced; 0 keeps the server
 	// default (2 minutes). "always" semantics are not exposed: see README.
 	SyncInterval time.Duration
+	// MaxPayload is the largest message the server accepts; default 8 MiB.
+	MaxPayload int32
 }
 
 // Start runs a JetStream server and waits until it accepts connections.
@@ -29,6 +31,10 @@ func Start(o Options) (*server.Server, error) {
 	}
 	if o.Port == 0 {
 		o.Port = -1
+	}
+	if o.MaxPayload == 0 {
+		// 8 MiB lets a batch of large rows through in one message.
+		o.MaxPayload = 8 << 20
 	}
 	opts := &server.Options{
 		ServerName: "oneway-embedded",
