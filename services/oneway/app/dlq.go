@@ -24,7 +24,6 @@ import (
 	"github.com/oneway-sync/oneway/shared/config"
 	"github.com/oneway-sync/oneway/shared/event"
 	"github.com/oneway-sync/oneway/shared/natsbus"
-	"github.com/oneway-sync/oneway/shared/natsbus/natsembed"
 	"github.com/oneway-sync/oneway/shared/runner"
 )
 
@@ -321,15 +320,12 @@ func (o *dlqOptions) run(cmd *cobra.Command, fn func(ctx context.Context, cfg *c
 			return err
 		}
 		defer release()
-		ns, err := natsembed.Start(natsembed.Options{StoreDir: dir})
+		var stop func()
+		url, stop, err = startEmbedded(dir, 0)
 		if err != nil {
 			return err
 		}
-		defer func() {
-			ns.Shutdown()
-			ns.WaitForShutdown()
-		}()
-		url = ns.ClientURL()
+		defer stop()
 		log.Debug("embedded NATS JetStream started", "url", url, "store_dir", dir)
 	}
 	b, err := natsbus.Connect(ctx, url, "oneway-dlq", log)

@@ -86,15 +86,12 @@ func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.
 	natsURL := cfg.NATS.URL.Value()
 	if natsURL == "" {
 		dir := filepath.Join(o.dataDir, "nats")
-		ns, err := natsembed.Start(natsembed.Options{StoreDir: dir, Port: o.natsPort})
+		url, stop, err := startEmbedded(dir, o.natsPort)
 		if err != nil {
 			return err
 		}
-		defer func() {
-			ns.Shutdown()
-			ns.WaitForShutdown()
-		}()
-		natsURL = ns.ClientURL()
+		defer stop()
+		natsURL = url
 		log.Info("embedded NATS JetStream started", "url", natsURL, "store_dir", dir)
 	}
 	b, err := natsbus.Connect(ctx, natsURL, "oneway-up", log)
@@ -285,4 +282,17 @@ func reportProgress(ctx context.Context, b *natsbus.Bus, cfg *config.Pipeline, l
 		}
 		log.Info("progress", attrs...)
 	}
+}
+
+// startEmbedded runs an embedded JetStream server storing under dir and
+// returns its client URL and the function that stops it.
+func startEmbedded(dir string, port int) (url string, stop func(), err error) {
+	ns, err := natsembed.Start(natsembed.Options{StoreDir: dir, Port: port})
+	if err != nil {
+		return "", nil, err
+	}
+	return ns.ClientURL(), func() {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	}, nil
 }

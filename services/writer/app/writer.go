@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -75,110 +76,109 @@ func ConsumerSpec(cfg *config.Pipeline, t config.Target) natsbus.ConsumerSpec {
 func (w *Writer) openTarget(ctx context.Context) (tgt target.Writer, close func(), err error) {
 	app := "oneway-writer-" + w.cfg.Pipeline + "-" + w.target.Name
 	conns := int32(w.target.Writer.Workers + 1)
-	switch w.target.Kind {
-	case config.KindPostgres:
-		schema, table, err := config.SplitTable(w.target.Table)
-		if err != nil {
-			return nil, nil, errs.Permanent(fmt.Errorf("target %s table: %w", w.target.Name, err))
-		}
-		pool, err := pgconn.Open(ctx, w.target.URL.Value(), app, conns)
-		if err != nil {
+	// Kinds that cannot compare versions keep their ledger in a PostgreSQL
+	// database of their own; the others in the target.
+	ledgerURL := w.target.LedgerURL.Value()
+	if w.target.Kind == config.KindPostgres {
+		ledgerURL = w.target.URL.Value()
+	}
+	var pool *pgxpool.Pool
+	if ledgerURL != "" {
+		if pool, err = pgconn.Open(ctx, ledgerURL, app, conns); err != nil {
 			return nil, nil, err
 		}
-		t, err := pgtarget.Open(ctx, pool, pgtarget.Spec{
-			Pipeline: w.cfg.Pipeline, Target: w.target.Name,
-			Table: pgconn.Table{Schema: schema, Name: table}, CreateTable: w.target.CreatesTable(),
-			Delete: pgtarget.DeletePolicy(w.target.Delete), SoftDeleteColumn: w.target.SoftDeleteColumn,
-			LedgerSchema: w.target.LedgerSchema,
+	}
+	closePool := func() {
+		if pool != nil {
+			pool.Close()
+		}
+	}
+	tgt, closeTarget, err := w.newTarget(ctx, pool)
+	if err != nil {
+		closePool()
+		return nil, nil, err
+	}
+	return tgt, func() { closeTarget(); closePool() }, nil
+}
+
+// newTarget opens the configured kind of target; pool is its ledger
+// database (the target itself for postgres, nil for sqlite).
+func (w *Writer) newTarget(ctx context.Context, pool *pgxpool.Pool) (target.Writer, func(), error) {
+	noop := func() {}
+	t := w.target
+	switch t.Kind {
+	case config.KindPostgres:
+		schema, table, err := config.SplitTable(t.Table)
+		if err != nil {
+			return nil, nil, errs.Permanent(fmt.Errorf("target %s table: %w", t.Name, err))
+		}
+		tg, err := pgtarget.Open(ctx, pool, pgtarget.Spec{
+			Pipeline: w.cfg.Pipeline, Target: t.Name,
+			Table: pgconn.Table{Schema: schema, Name: table}, CreateTable: t.CreatesTable(),
+			Delete: pgtarget.DeletePolicy(t.Delete), SoftDeleteColumn: t.SoftDeleteColumn,
+			LedgerSchema: t.LedgerSchema,
+		}, w.log)
+		return tg, noop, err
+	case config.KindSQLite:
+		tg, err := sqlitetarget.Open(ctx, sqlitetarget.Spec{
+			Pipeline: w.cfg.Pipeline, Target: t.Name, Path: t.URL.Value(),
+			Table: sqliteTable(t.Table), CreateTable: t.CreatesTable(),
+			Delete: t.Delete, SoftDeleteColumn: t.SoftDeleteColumn,
 		}, w.log)
 		if err != nil {
-			pool.Close()
 			return nil, nil, err
 		}
-		return t, pool.Close, nil
+		return tg, func() { _ = tg.Close() }, nil
 	case config.KindHTTP:
-		h := w.target.HTTP
-		pool, err := pgconn.Open(ctx, w.target.LedgerURL.Value(), app, conns)
-		if err != nil {
-			return nil, nil, err
-		}
+		h := t.HTTP
 		headers := make(map[string]string, len(h.Headers))
 		for _, hd := range h.Headers {
 			headers[hd.Name] = hd.Value.Value()
 		}
 		deleteMethod := h.DeleteMethod
-		if w.target.Delete == "none" {
+		if t.Delete == "none" {
 			deleteMethod = httptarget.DeleteNone
 		}
-		t, err := httptarget.Open(ctx, httptarget.Spec{
-			Pipeline: w.cfg.Pipeline, Target: w.target.Name, URL: w.target.URL.Value(),
+		tg, err := httptarget.Open(ctx, httptarget.Spec{
+			Pipeline: w.cfg.Pipeline, Target: t.Name, URL: t.URL.Value(),
 			UpsertMethod: h.UpsertMethod, DeleteMethod: deleteMethod, Headers: headers,
 			Timeout: h.Timeout.Duration, MaxAttempts: h.MaxAttempts, RateLimit: float64(h.RateLimit),
-			Concurrency: h.Concurrency, Ledger: pool, LedgerSchema: w.target.LedgerSchema,
+			Concurrency: h.Concurrency, Ledger: pool, LedgerSchema: t.LedgerSchema,
 		}, w.log)
-		if err != nil {
-			pool.Close()
-			return nil, nil, err
-		}
-		return t, pool.Close, nil
-	case config.KindSQLite:
-		t, err := sqlitetarget.Open(ctx, sqlitetarget.Spec{
-			Pipeline: w.cfg.Pipeline, Target: w.target.Name, Path: w.target.URL.Value(),
-			Table: sqliteTable(w.target.Table), CreateTable: w.target.CreatesTable(),
-			Delete: w.target.Delete, SoftDeleteColumn: w.target.SoftDeleteColumn,
-		}, w.log)
-		if err != nil {
-			return nil, nil, err
-		}
-		return t, func() { _ = t.Close() }, nil
+		return tg, noop, err
 	case config.KindKafka:
-		pool, err := pgconn.Open(ctx, w.target.LedgerURL.Value(), app, conns)
-		if err != nil {
-			return nil, nil, err
-		}
 		var brokers []string
-		for _, b := range strings.Split(w.target.URL.Value(), ",") {
+		for _, b := range strings.Split(t.URL.Value(), ",") {
 			if b = strings.TrimSpace(b); b != "" {
 				brokers = append(brokers, b)
 			}
 		}
-		t, err := kafkatarget.Open(ctx, kafkatarget.Spec{
-			Pipeline: w.cfg.Pipeline, Target: w.target.Name, Brokers: brokers, Topic: w.target.Kafka.Topic,
-			Ledger: pool, LedgerSchema: w.target.LedgerSchema,
+		tg, err := kafkatarget.Open(ctx, kafkatarget.Spec{
+			Pipeline: w.cfg.Pipeline, Target: t.Name, Brokers: brokers, Topic: t.Kafka.Topic,
+			Ledger: pool, LedgerSchema: t.LedgerSchema,
 		}, w.log)
 		if err != nil {
-			pool.Close()
 			return nil, nil, err
 		}
-		return t, func() { _ = t.Close(); pool.Close() }, nil
-	case config.KindNATS, config.KindJSONL:
-		pool, err := pgconn.Open(ctx, w.target.LedgerURL.Value(), app, conns)
-		if err != nil {
-			return nil, nil, err
-		}
-		if w.target.Kind == config.KindJSONL {
-			t, err := jsonltarget.Open(ctx, jsonltarget.Spec{
-				Pipeline: w.cfg.Pipeline, Target: w.target.Name, Path: w.target.URL.Value(),
-				Ledger: pool, LedgerSchema: w.target.LedgerSchema,
-			}, w.log)
-			if err != nil {
-				pool.Close()
-				return nil, nil, err
-			}
-			return t, pool.Close, nil
-		}
-		t, err := natstarget.Open(ctx, natstarget.Spec{
-			Pipeline: w.cfg.Pipeline, Target: w.target.Name, URL: w.target.URL.Value(),
-			Subject: w.target.NATS.Subject, JetStream: w.target.NATS.JetStream,
-			Ledger: pool, LedgerSchema: w.target.LedgerSchema,
+		return tg, func() { _ = tg.Close() }, nil
+	case config.KindJSONL:
+		tg, err := jsonltarget.Open(ctx, jsonltarget.Spec{
+			Pipeline: w.cfg.Pipeline, Target: t.Name, Path: t.URL.Value(),
+			Ledger: pool, LedgerSchema: t.LedgerSchema,
+		}, w.log)
+		return tg, noop, err
+	case config.KindNATS:
+		tg, err := natstarget.Open(ctx, natstarget.Spec{
+			Pipeline: w.cfg.Pipeline, Target: t.Name, URL: t.URL.Value(),
+			Subject: t.NATS.Subject, JetStream: t.NATS.JetStream,
+			Ledger: pool, LedgerSchema: t.LedgerSchema,
 		}, w.log)
 		if err != nil {
-			pool.Close()
 			return nil, nil, err
 		}
-		return t, func() { t.Close(); pool.Close() }, nil
+		return tg, func() { _ = tg.Close() }, nil
 	default:
-		return nil, nil, errs.Permanentf("target %s: unsupported kind %q", w.target.Name, w.target.Kind)
+		return nil, nil, errs.Permanentf("target %s: unsupported kind %q", t.Name, t.Kind)
 	}
 }
 

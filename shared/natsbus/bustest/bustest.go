@@ -21,15 +21,7 @@ func StartJetStream(t testing.TB) (*server.Server, string) {
 // stop a server and start another on the same files.
 func StartJetStreamAt(t testing.TB, dir string) (*server.Server, string) {
 	t.Helper()
-	s, err := natsembed.Start(natsembed.Options{StoreDir: dir})
-	if err != nil {
-		t.Fatalf("start JetStream: %v", err)
-	}
-	t.Cleanup(func() {
-		s.Shutdown()
-		s.WaitForShutdown()
-	})
-	return s, s.ClientURL()
+	return StartJetStreamWith(t, natsembed.Options{StoreDir: dir})
 }
 
 // StartJetStreamWith is StartJetStream with server options (the store dir

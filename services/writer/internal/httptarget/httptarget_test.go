@@ -25,6 +25,7 @@ import (
 
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
 	"github.com/oneway-sync/oneway/services/writer/internal/target"
+	"github.com/oneway-sync/oneway/services/writer/internal/target/targettest"
 	"github.com/oneway-sync/oneway/shared/errs"
 	"github.com/oneway-sync/oneway/shared/event"
 	"github.com/oneway-sync/oneway/shared/pgconn"
@@ -72,35 +73,12 @@ var simpleCols = []*onewayv1.Column{
 	{Name: "name", Type: "text"},
 }
 
-// packVals packs values: a string is a value, nil is SQL NULL.
-func packVals(vals ...any) []byte {
-	raw := make([][]byte, len(vals))
-	for i, v := range vals {
-		switch v := v.(type) {
-		case nil:
-		case string:
-			raw[i] = append([]byte{}, v...)
-		default:
-			panic(fmt.Sprintf("packVals: unsupported %T", v))
-		}
-	}
-	return event.PackRow(raw)
-}
-
-func up(vals ...any) *onewayv1.Change {
-	row := packVals(vals...)
-	return &onewayv1.Change{Op: onewayv1.Op_OP_UPSERT, Row: row, Hash: event.RowHash(row)}
-}
-
-// delOf is a delete of the given key values in an n-column layout whose key
-// columns come first.
-func delOf(n int, keys ...string) *onewayv1.Change {
-	vals := make([]any, n)
-	for i, k := range keys {
-		vals[i] = k
-	}
-	return &onewayv1.Change{Op: onewayv1.Op_OP_DELETE, Row: packVals(vals...)}
-}
+// Change builders shared by the target tests.
+var (
+	packVals = targettest.PackVals
+	up       = targettest.Up
+	delOf    = targettest.DelOf
+)
 
 func del(key string) *onewayv1.Change { return delOf(len(simpleCols), key) }
 

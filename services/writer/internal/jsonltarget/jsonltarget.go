@@ -58,6 +58,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/oneway-sync/oneway/services/writer/internal/ledgerdb"
 	"github.com/oneway-sync/oneway/services/writer/internal/sideledger"
 	"github.com/oneway-sync/oneway/services/writer/internal/sideledger/changejson"
 	"github.com/oneway-sync/oneway/services/writer/internal/target"
@@ -126,17 +127,14 @@ func Open(ctx context.Context, spec Spec, log *slog.Logger) (*Target, error) {
 		return nil, err
 	}
 	t.files = pgconn.Table{Schema: t.ledger.Schema(), Name: "jsonl_files"}
-	err = pgx.BeginFunc(ctx, spec.Ledger, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext('oneway.ledger.ddl'))"); err != nil {
-			return err
-		}
+	err = ledgerdb.WithDDLLock(ctx, spec.Ledger, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS `+t.files.Quoted()+` (
   scope int PRIMARY KEY, path text NOT NULL, size bigint NOT NULL,
   dev bigint NOT NULL DEFAULT 0, ino bigint NOT NULL DEFAULT 0,
   updated_at timestamptz NOT NULL DEFAULT now())`); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, "COMMENT ON TABLE "+t.files.Quoted()+" IS "+sideledger.QuoteLiteral(
+		if _, err := tx.Exec(ctx, "COMMENT ON TABLE "+t.files.Quoted()+" IS "+ledgerdb.QuoteLiteral(
 			"oneway: committed length of each JSON lines target's file (scope = ledger_scopes.id); bytes past it are uncommitted")); err != nil {
 			return err
 		}

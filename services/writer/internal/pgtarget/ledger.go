@@ -7,6 +7,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/oneway-sync/oneway/services/writer/internal/ledgerdb"
 	"github.com/oneway-sync/oneway/shared/errs"
 	"github.com/oneway-sync/oneway/shared/pgconn"
 )
@@ -54,11 +55,8 @@ func (t *Target) ensureLedger(ctx context.Context, keyNames, keyTypes []string) 
   oneway_applied_at timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (%s))`, t.ledger.Quoted(), strings.Join(defs, ", "), pgconn.QuoteList("", keyNames))
 	comment := fmt.Sprintf("COMMENT ON TABLE %s IS %s", t.ledger.Quoted(),
-		quoteLiteral(fmt.Sprintf("oneway effect-once ledger of pipeline %s, target %s, table %s", t.spec.Pipeline, t.spec.Target, t.spec.Table)))
-	err = pgx.BeginFunc(ctx, t.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext('oneway.ledger.ddl'))"); err != nil {
-			return err
-		}
+		ledgerdb.QuoteLiteral(fmt.Sprintf("oneway effect-once ledger of pipeline %s, target %s, table %s", t.spec.Pipeline, t.spec.Target, t.spec.Table)))
+	err = ledgerdb.WithDDLLock(ctx, t.pool, func(tx pgx.Tx) error {
 		if _, err := tx.Exec(ctx, ddl); err != nil {
 			return err
 		}
@@ -70,5 +68,3 @@ func (t *Target) ensureLedger(ctx context.Context, keyNames, keyTypes []string) 
 	}
 	return nil
 }
-
-func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }

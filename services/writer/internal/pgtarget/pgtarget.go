@@ -30,6 +30,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
+	"github.com/oneway-sync/oneway/services/writer/internal/ledgerdb"
 	"github.com/oneway-sync/oneway/services/writer/internal/target"
 	"github.com/oneway-sync/oneway/shared/errs"
 	"github.com/oneway-sync/oneway/shared/event"
@@ -76,28 +77,10 @@ type Target struct {
 // itself is created on the first batch, when the key's types are known.
 func Open(ctx context.Context, pool *pgxpool.Pool, spec Spec, log *slog.Logger) (*Target, error) {
 	t := &Target{pool: pool, spec: spec, log: log, plans: map[string]*plan{}}
-	ls := pgconn.Quote(spec.LedgerSchema)
-	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		// Writers of several targets may start at once; DDL races otherwise.
-		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext('oneway.ledger.ddl'))"); err != nil {
-			return err
-		}
-		stmts := []string{
-			"CREATE SCHEMA IF NOT EXISTS " + ls,
-			`CREATE TABLE IF NOT EXISTS ` + ls + `.ledger_scopes (
-  id serial PRIMARY KEY, pipeline text NOT NULL, target text NOT NULL, table_name text NOT NULL,
-  created_at timestamptz NOT NULL DEFAULT now(), UNIQUE (pipeline, target, table_name))`,
-			"COMMENT ON TABLE " + ls + `.ledger_scopes IS 'oneway: one row per (pipeline, target, table); its ledger is ledger_<id>'`,
-		}
-		for _, s := range stmts {
-			if _, err := tx.Exec(ctx, s); err != nil {
-				return err
-			}
-		}
-		return tx.QueryRow(ctx, `
-INSERT INTO `+ls+`.ledger_scopes (pipeline, target, table_name) VALUES ($1, $2, $3)
-ON CONFLICT (pipeline, target, table_name) DO UPDATE SET pipeline = excluded.pipeline
-RETURNING id`, spec.Pipeline, spec.Target, spec.Table.String()).Scan(&t.scope)
+	err := ledgerdb.WithDDLLock(ctx, pool, func(tx pgx.Tx) error {
+		var err error
+		t.scope, err = ledgerdb.RegisterScope(ctx, tx, spec.LedgerSchema, spec.Pipeline, spec.Target, spec.Table.String())
+		return err
 	})
 	if err != nil {
 		return nil, pgconn.Classify(fmt.Errorf("prepare ledger catalog in schema %s: %w", spec.LedgerSchema, err))
@@ -215,12 +198,7 @@ func (t *Target) createTable(ctx context.Context, b *onewayv1.Batch) error {
 	}
 	sql := fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s (%s, PRIMARY KEY (%s))",
 		t.spec.Table.Quoted(), strings.Join(defs, ", "), strings.Join(keys, ", "))
-	// Writers may start at once: CREATE TABLE IF NOT EXISTS races
-	// (duplicate key in pg_type, a permanent 23505) unless serialised.
-	err := pgx.BeginFunc(ctx, t.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext('oneway.ledger.ddl'))"); err != nil {
-			return err
-		}
+	err := ledgerdb.WithDDLLock(ctx, t.pool, func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, sql)
 		return err
 	})

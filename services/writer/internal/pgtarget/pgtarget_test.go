@@ -16,6 +16,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
+	"github.com/oneway-sync/oneway/services/writer/internal/target"
+	"github.com/oneway-sync/oneway/services/writer/internal/target/targettest"
 	"github.com/oneway-sync/oneway/shared/errs"
 	"github.com/oneway-sync/oneway/shared/event"
 	"github.com/oneway-sync/oneway/shared/pgconn"
@@ -79,32 +81,13 @@ func openTarget(t *testing.T, pool *pgxpool.Pool, spec Spec) *Target {
 	return tg
 }
 
-// packVals packs values: a string is a value, nil is SQL NULL.
-func packVals(vals ...any) []byte {
-	raw := make([][]byte, len(vals))
-	for i, v := range vals {
-		switch v := v.(type) {
-		case nil:
-		case string:
-			raw[i] = append([]byte{}, v...) // non-nil even when empty
-		default:
-			panic(fmt.Sprintf("packVals: unsupported %T", v))
-		}
-	}
-	return event.PackRow(raw)
-}
-
-func up(vals ...any) *onewayv1.Change {
-	row := packVals(vals...)
-	return &onewayv1.Change{Op: onewayv1.Op_OP_UPSERT, Row: row, Hash: event.RowHash(row)}
-}
-
-// delOf is a delete of the key in the first column of an n-column layout.
-func delOf(n int, key string) *onewayv1.Change {
-	vals := make([]any, n)
-	vals[0] = key
-	return &onewayv1.Change{Op: onewayv1.Op_OP_DELETE, Row: packVals(vals...)}
-}
+// Change builders shared by the target tests.
+var (
+	packVals = targettest.PackVals
+	up       = targettest.Up
+	delOf    = targettest.DelOf
+	version  = target.Version
+)
 
 func del(key string) *onewayv1.Change { return delOf(len(itemCols), key) }
 
@@ -118,8 +101,6 @@ func mkBatch(p onewayv1.CapturePattern, cols []*onewayv1.Column, changes ...*one
 func item(seq uint64, p onewayv1.CapturePattern, changes ...*onewayv1.Change) Item {
 	return Item{Seq: seq, Batch: mkBatch(p, itemCols, changes...)}
 }
-
-func version(seq uint64, index int) int64 { return int64(seq<<20 | uint64(index)) }
 
 // strs runs a query returning one text column.
 func strs(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) []string {

@@ -54,13 +54,13 @@ import (
 	"regexp"
 	"sort"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
+	"github.com/oneway-sync/oneway/services/writer/internal/ledgerdb"
 	"github.com/oneway-sync/oneway/services/writer/internal/target"
 	"github.com/oneway-sync/oneway/shared/errs"
 	"github.com/oneway-sync/oneway/shared/event"
@@ -111,28 +111,9 @@ func Open(ctx context.Context, spec Spec) (*Ledger, error) {
 		spec.Schema = DefaultSchema
 	}
 	l := &Ledger{spec: spec}
-	ls := pgconn.Quote(spec.Schema)
-	err := pgx.BeginFunc(ctx, spec.Pool, func(tx pgx.Tx) error {
-		// Writers of several targets may start at once; DDL races otherwise.
-		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext('oneway.ledger.ddl'))"); err != nil {
-			return err
-		}
-		stmts := []string{
-			"CREATE SCHEMA IF NOT EXISTS " + ls,
-			`CREATE TABLE IF NOT EXISTS ` + ls + `.ledger_scopes (
-  id serial PRIMARY KEY, pipeline text NOT NULL, target text NOT NULL, table_name text NOT NULL,
-  created_at timestamptz NOT NULL DEFAULT now(), UNIQUE (pipeline, target, table_name))`,
-			"COMMENT ON TABLE " + ls + `.ledger_scopes IS 'oneway: one row per (pipeline, target, table); its ledger is ledger_<id>'`,
-		}
-		for _, s := range stmts {
-			if _, err := tx.Exec(ctx, s); err != nil {
-				return err
-			}
-		}
-		if err := tx.QueryRow(ctx, `
-INSERT INTO `+ls+`.ledger_scopes (pipeline, target, table_name) VALUES ($1, $2, $3)
-ON CONFLICT (pipeline, target, table_name) DO UPDATE SET pipeline = excluded.pipeline
-RETURNING id`, spec.Pipeline, spec.Target, spec.Kind+":"+spec.Sink).Scan(&l.scope); err != nil {
+	err := ledgerdb.WithDDLLock(ctx, spec.Pool, func(tx pgx.Tx) error {
+		var err error
+		if l.scope, err = ledgerdb.RegisterScope(ctx, tx, spec.Schema, spec.Pipeline, spec.Target, spec.Kind+":"+spec.Sink); err != nil {
 			return err
 		}
 		l.table = pgconn.Table{Schema: spec.Schema, Name: fmt.Sprintf("%s_ledger_%d", spec.Kind, l.scope)}
@@ -141,7 +122,7 @@ RETURNING id`, spec.Pipeline, spec.Target, spec.Kind+":"+spec.Sink).Scan(&l.scop
   oneway_applies int NOT NULL DEFAULT 0, oneway_applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
 			return err
 		}
-		_, err := tx.Exec(ctx, "COMMENT ON TABLE "+l.table.Quoted()+" IS "+QuoteLiteral(fmt.Sprintf(
+		_, err = tx.Exec(ctx, "COMMENT ON TABLE "+l.table.Quoted()+" IS "+ledgerdb.QuoteLiteral(fmt.Sprintf(
 			"oneway effect-once ledger of pipeline %s, target %s, %s", spec.Pipeline, spec.Target, spec.Describe)))
 		return err
 	})
@@ -429,6 +410,3 @@ func (l *Ledger) ledgerErr(ctx context.Context, what string, err error) error {
 	}
 	return pgconn.Classify(fmt.Errorf("%s ledger %s: %w", what, l.table, err))
 }
-
-// QuoteLiteral quotes s as an SQL string literal.
-func QuoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
+	"github.com/oneway-sync/oneway/services/writer/internal/target"
+	"github.com/oneway-sync/oneway/services/writer/internal/target/targettest"
 	"github.com/oneway-sync/oneway/shared/errs"
 	"github.com/oneway-sync/oneway/shared/event"
 )
@@ -108,32 +110,13 @@ func one[T any](t *testing.T, db *sql.DB, q string, args ...any) T {
 	return v
 }
 
-// packVals packs values: a string is a value, nil is SQL NULL.
-func packVals(vals ...any) []byte {
-	raw := make([][]byte, len(vals))
-	for i, v := range vals {
-		switch v := v.(type) {
-		case nil:
-		case string:
-			raw[i] = append([]byte{}, v...) // non-nil even when empty
-		default:
-			panic(fmt.Sprintf("packVals: unsupported %T", v))
-		}
-	}
-	return event.PackRow(raw)
-}
-
-func up(vals ...any) *onewayv1.Change {
-	row := packVals(vals...)
-	return &onewayv1.Change{Op: onewayv1.Op_OP_UPSERT, Row: row, Hash: event.RowHash(row)}
-}
-
-// delOf is a delete of the key in the first column of an n-column layout.
-func delOf(n int, key string) *onewayv1.Change {
-	vals := make([]any, n)
-	vals[0] = key
-	return &onewayv1.Change{Op: onewayv1.Op_OP_DELETE, Row: packVals(vals...)}
-}
+// Change builders shared by the target tests.
+var (
+	packVals = targettest.PackVals
+	up       = targettest.Up
+	delOf    = targettest.DelOf
+	version  = target.Version
+)
 
 func del(key string) *onewayv1.Change { return delOf(len(itemCols), key) }
 
@@ -147,8 +130,6 @@ func mkBatch(p onewayv1.CapturePattern, cols []*onewayv1.Column, changes ...*one
 func item(seq uint64, p onewayv1.CapturePattern, changes ...*onewayv1.Change) Item {
 	return Item{Seq: seq, Batch: mkBatch(p, itemCols, changes...)}
 }
-
-func version(seq uint64, index int) int64 { return int64(seq<<20 | uint64(index)) }
 
 // itemRows renders items as id|name|amount[|extra...], each value through
 // SQLite's quote() (so NULL, the empty string and numbers differ).

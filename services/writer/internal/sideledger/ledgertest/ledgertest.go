@@ -21,6 +21,7 @@ import (
 
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
 	"github.com/oneway-sync/oneway/services/writer/internal/target"
+	"github.com/oneway-sync/oneway/services/writer/internal/target/targettest"
 	"github.com/oneway-sync/oneway/shared/errs"
 	"github.com/oneway-sync/oneway/shared/event"
 	"github.com/oneway-sync/oneway/shared/pgconn"
@@ -105,36 +106,12 @@ var TypedCols = []*onewayv1.Column{
 	{Name: "tags", Type: "integer[]"},
 }
 
-// PackVals packs values: a string is a value, nil is SQL NULL.
-func PackVals(vals ...any) []byte {
-	raw := make([][]byte, len(vals))
-	for i, v := range vals {
-		switch v := v.(type) {
-		case nil:
-		case string:
-			raw[i] = append([]byte{}, v...)
-		default:
-			panic(fmt.Sprintf("PackVals: unsupported %T", v))
-		}
-	}
-	return event.PackRow(raw)
-}
-
-// Up is an upsert of the given values.
-func Up(vals ...any) *onewayv1.Change {
-	row := PackVals(vals...)
-	return &onewayv1.Change{Op: onewayv1.Op_OP_UPSERT, Row: row, Hash: event.RowHash(row)}
-}
-
-// DelOf is a delete of the given key values in an n-column layout whose
-// key columns come first.
-func DelOf(n int, keys ...string) *onewayv1.Change {
-	vals := make([]any, n)
-	for i, k := range keys {
-		vals[i] = k
-	}
-	return &onewayv1.Change{Op: onewayv1.Op_OP_DELETE, Row: PackVals(vals...)}
-}
+// Change builders, shared with the other target tests.
+var (
+	PackVals = targettest.PackVals // a string is a value, nil is SQL NULL
+	Up       = targettest.Up       // an upsert of the given values
+	DelOf    = targettest.DelOf    // a delete of key values, key columns first
+)
 
 // Del is a delete of key in SimpleCols.
 func Del(key string) *onewayv1.Change { return DelOf(len(SimpleCols), key) }
