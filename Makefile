@@ -7,7 +7,7 @@ GOTEST_FLAGS ?= -race -count=1 -timeout 15m
 # Tests use this PostgreSQL server (override it, or set it in the environment).
 export ONEWAY_TEST_POSTGRES_URL ?= $(PG_URL)/postgres?sslmode=disable
 
-.PHONY: all build demo-db verify test bench proto proto-check tidy check-tidy lint up help clean
+.PHONY: all images build demo-db verify test bench proto proto-check tidy check-tidy lint up help clean
 
 all: build
 
@@ -32,6 +32,9 @@ $(BIN)/protoc-gen-go:
 
 proto: $(BIN)/protoc-gen-go ## regenerate proto/oneway/v1/*.pb.go (needs protoc)
 	cd proto && PATH=$(BIN):$$PATH protoc --go_out=. --go_opt=paths=source_relative oneway/v1/*.proto
+
+images: ## build the service images (needs a Docker engine)
+	@for svc in reader writer oneway; do docker build -f services/$$svc/Dockerfile -t oneway/$$svc:dev . || exit 1; done
 
 proto-check: proto ## fail when the committed *.pb.go differ from the .proto files
 	git diff --exit-code -- proto/

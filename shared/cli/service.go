@@ -75,6 +75,6 @@ func ServiceCommand(name, short string, build func(d Deps) ([]runner.Component, 
 	f.Bind(run)
 	run.Flags().StringVar(&adminAddr, "admin-addr", "", "serve /healthz, /readyz and /metrics here (default: the config's admin.addr)")
 	run.Flags().DurationVar(&stopTimeout, "stop-timeout", 30*time.Second, "how long shutdown may take")
-	root.AddCommand(run, ConfigCommand(), VersionCommand())
+	root.AddCommand(run, ConfigCommand(), VersionCommand(), HealthcheckCommand())
 	return root
 }

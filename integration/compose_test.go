@@ -1,0 +1,263 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/compose-spec/compose-go/v2/cli"
+	"github.com/compose-spec/compose-go/v2/types"
+
+	"github.com/oneway-sync/oneway/integration/testenv"
+	"github.com/oneway-sync/oneway/shared/natsbus/bustest"
+	"github.com/oneway-sync/oneway/shared/testkit/pgtest"
+)
+
+// oneway's own services in docker-compose.yml: each is built from its
+// Dockerfile into an image whose entrypoint is the binary of that name.
+var composeServices = []string{"reader", "writer", "oneway"}
+
+func repoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..")
+}
+
+func loadCompose(t *testing.T) *types.Project {
+	t.Helper()
+	root := repoRoot()
+	opts, err := cli.NewProjectOptions([]string{filepath.Join(root, "docker-compose.yml")},
+		cli.WithWorkingDirectory(root), cli.WithName("oneway"), cli.WithProfiles([]string{"*"}),
+		cli.WithResolvedPaths(true), cli.WithEnv([]string{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := opts.LoadProject(context.Background())
+	if err != nil {
+		t.Fatalf("docker-compose.yml: %v", err)
+	}
+	return p
+}
+
+// hostPath maps a path inside a service's container to the host path its
+// bind mount serves it from ("" when no mount covers it).
+func hostPath(svc types.ServiceConfig, inContainer string) string {
+	for _, v := range svc.Volumes {
+		if v.Type != types.VolumeTypeBind {
+			continue
+		}
+		if rel, err := filepath.Rel(v.Target, inContainer); err == nil && !strings.HasPrefix(rel, "..") {
+			return filepath.Join(v.Source, rel)
+		}
+	}
+	return ""
+}
+
+// TestComposeFile checks docker-compose.yml against the code without a
+// Docker engine: each oneway service's Dockerfile exists and builds that
+// service as a static non-root binary, its command, flags and healthcheck
+// are ones the binary accepts, its environment satisfies the pipeline file
+// it mounts, and writers can be scaled.
+func TestComposeFile(t *testing.T) {
+	p := loadCompose(t)
+	for _, name := range []string{"nats", "postgres", "seeder", "reader", "writer", "oneway"} {
+		if _, err := p.GetService(name); err != nil {
+			t.Errorf("docker-compose.yml: service %s: %v", name, err)
+		}
+	}
+	for _, name := range composeServices {
+		t.Run(name, func(t *testing.T) {
+			svc, err := p.GetService(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if svc.Build == nil {
+				t.Fatal("no build section")
+			}
+			df, err := os.ReadFile(filepath.Join(svc.Build.Context, svc.Build.Dockerfile))
+			if err != nil {
+				t.Fatalf("Dockerfile: %v", err)
+			}
+			for _, want := range []string{
+				"./cmd/" + name, "CGO_ENABLED=0", "USER nonroot",
+				fmt.Sprintf(`ENTRYPOINT ["/usr/local/bin/%s"]`, name),
+			} {
+				if !strings.Contains(string(df), want) {
+					t.Errorf("%s lacks %q", svc.Build.Dockerfile, want)
+				}
+			}
+			if len(svc.Command) == 0 {
+				t.Fatal("no command")
+			}
+			// cobra parses flags before it prints help: an unknown
+			// subcommand or flag fails here.
+			if r := testenv.Run(t, time.Minute, name, append(slices.Clone([]string(svc.Command)), "--help")...); r.Code != 0 {
+				t.Errorf("%s %v is not a valid command line: %s", name, svc.Command, r.Stderr)
+			}
+			if name != "oneway" {
+				hc := svc.HealthCheck
+				if hc == nil || len(hc.Test) < 3 || hc.Test[1] != "/usr/local/bin/"+name {
+					t.Fatalf("healthcheck must run the service's own binary, got %+v", hc)
+				}
+				if r := testenv.Run(t, time.Minute, name, append(slices.Clone([]string(hc.Test[2:])), "--help")...); r.Code != 0 {
+					t.Errorf("healthcheck %v is not a valid command line: %s", hc.Test, r.Stderr)
+				}
+				for _, dep := range []string{"nats", "postgres"} {
+					if d, ok := svc.DependsOn[dep]; !ok || d.Condition != types.ServiceConditionHealthy {
+						t.Errorf("depends_on %s: want condition service_healthy, got %+v", dep, d)
+					}
+				}
+			}
+			// The pipeline file it mounts loads with its environment.
+			cfg := svc.Environment["ONEWAY_CONFIG"]
+			if cfg == nil {
+				t.Fatal("no ONEWAY_CONFIG in environment")
+			}
+			path := hostPath(svc, *cfg)
+			if path == "" {
+				t.Fatalf("ONEWAY_CONFIG %s is not under a bind mount", *cfg)
+			}
+			for k, v := range svc.Environment {
+				if v != nil && k != "ONEWAY_CONFIG" {
+					t.Setenv(k, *v)
+				}
+			}
+			if r := testenv.Run(t, time.Minute, name, "config", "validate", "--config", path); r.Code != 0 {
+				t.Errorf("the compose environment does not satisfy %s: %s", path, r.Stderr)
+			}
+		})
+	}
+	w, _ := p.GetService("writer")
+	if w.ContainerName != "" || len(w.Ports) > 0 {
+		t.Errorf("writer has a container_name or host ports: `docker compose up --scale writer=3` would fail")
+	}
+}
+
+// TestComposeStackAsProcesses runs the compose stack's services as local
+// processes with the compose file's own commands and environment — hosts
+// rewritten to an embedded JetStream and fresh PostgreSQL databases loaded
+// like the postgres container's init script — with three writers, while the
+// demo simulator changes the System of Record; `oneway verify` then exits 0.
+func TestComposeStackAsProcesses(t *testing.T) {
+	p := loadCompose(t)
+	_, natsURL := bustest.StartJetStream(t)
+	dbs := map[string]string{
+		"oneway_demo_source": pgtest.NewDatabase(t),
+		"oneway_demo_target": pgtest.NewDatabase(t),
+	}
+	examples := filepath.Join(repoRoot(), "deploy", "examples")
+	psql(t, dbs["oneway_demo_source"], "-f", filepath.Join(examples, "invoices-source.sql"))
+	psql(t, dbs["oneway_demo_target"], "-f", filepath.Join(examples, "invoices-target.sql"))
+
+	// The services share one environment (x-oneway-env).
+	reader, _ := p.GetService("reader")
+	var configPath string
+	for k, v := range reader.Environment {
+		if v == nil {
+			continue
+		}
+		val := *v
+		switch {
+		case k == "ONEWAY_CONFIG":
+			configPath = hostPath(reader, val)
+			val = configPath
+		case strings.HasPrefix(val, "nats://"):
+			val = natsURL
+		case strings.HasPrefix(val, "postgres://"):
+			u, err := url.Parse(val)
+			if err != nil {
+				t.Fatalf("%s: %v", k, err)
+			}
+			db, ok := dbs[strings.TrimPrefix(u.Path, "/")]
+			if !ok {
+				t.Fatalf("%s names database %s, which the init script does not create", k, u.Path)
+			}
+			val = db
+		}
+		t.Setenv(k, val)
+	}
+	t.Setenv("ONEWAY_LOG_FORMAT", "text")
+
+	start := func(name string) {
+		svc, _ := p.GetService(name)
+		args := slices.Clone([]string(svc.Command))
+		addr := freeAddr(t)
+		for i := range args {
+			if args[i] == "--admin-addr" && i+1 < len(args) {
+				args[i+1] = addr
+			}
+		}
+		proc := testenv.Start(t, name, args...)
+		// The compose healthcheck, pointed at this process's admin port.
+		testenv.WaitFor(t, time.Minute, func() error {
+			if done, code := proc.Exited(); done {
+				t.Fatalf("%s exited with %d:\n%s", name, code, proc.Output())
+			}
+			if r := testenv.Run(t, time.Minute, name, "healthcheck", "--url", "http://"+addr+"/readyz"); r.Code != 0 {
+				return fmt.Errorf("%s not ready: %s", name, r.Stderr)
+			}
+			return nil
+		})
+	}
+	start("reader")
+	for range 3 { // docker compose up --scale writer=3
+		start("writer")
+	}
+
+	seeder, _ := p.GetService("seeder")
+	sim := simulatorSQL(t, hostPath(seeder, "/simulate.sh"))
+	for range 5 {
+		psql(t, dbs["oneway_demo_source"], "-c", sim)
+	}
+	testenv.WaitFor(t, 2*time.Minute, func() error {
+		if r := testenv.Run(t, time.Minute, "oneway", "verify", "--config", configPath); r.Code != 0 {
+			return fmt.Errorf("verify exit %d: %s%s", r.Code, r.Stdout, r.Stderr)
+		}
+		return nil
+	})
+	dst := testenv.Connect(t, dbs["oneway_demo_target"])
+	if n := dst.Int(t, "SELECT count(*) FROM public.invoices"); n < 50050 {
+		t.Fatalf("target has %d invoices, want the 50,000 seeded plus 50 simulated", n)
+	}
+}
+
+func psql(t *testing.T, dbURL string, args ...string) {
+	t.Helper()
+	out, err := exec.Command("psql", append([]string{dbURL, "-q", "-v", "ON_ERROR_STOP=1"}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("psql %v: %v\n%s", args, err, out)
+	}
+}
+
+// simulatorSQL is the SQL of one round of the seeder's simulator script.
+func simulatorSQL(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	i, j := strings.Index(s, "<<'SQL'\n"), strings.LastIndex(s, "\nSQL\n")
+	if i < 0 || j < i {
+		t.Fatalf("%s: no <<'SQL' … SQL block", path)
+	}
+	return s[i+len("<<'SQL'\n") : j]
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
