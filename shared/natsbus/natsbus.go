@@ -128,7 +128,11 @@ func (b *Bus) EnsureStream(ctx context.Context, s StreamSpec) (jetstream.Stream,
 	if cfg.MaxBytes == 0 {
 		cfg.MaxBytes = -1
 	}
-	st, err := b.JS.CreateOrUpdateStream(ctx, cfg)
+	var st jetstream.Stream
+	err := b.setup(ctx, "stream "+cfg.Name, func(ctx context.Context) (err error) {
+		st, err = b.JS.CreateOrUpdateStream(ctx, cfg)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("ensure stream %s: %w", cfg.Name, err)
 	}
@@ -166,7 +170,11 @@ func (b *Bus) EnsureConsumer(ctx context.Context, s ConsumerSpec) (jetstream.Con
 	} else {
 		cfg.FilterSubjects = subjects
 	}
-	c, err := b.JS.CreateOrUpdateConsumer(ctx, s.Stream, cfg)
+	var c jetstream.Consumer
+	err := b.setup(ctx, "consumer "+s.Durable, func(ctx context.Context) (err error) {
+		c, err = b.JS.CreateOrUpdateConsumer(ctx, s.Stream, cfg)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("ensure consumer %s on %s: %w", s.Durable, s.Stream, err)
 	}
@@ -189,12 +197,16 @@ func (s ConsumerSpec) filters() []string {
 
 // StateKV opens (creating if needed) the bucket of reader positions.
 func (b *Bus) StateKV(ctx context.Context, replicas int) (jetstream.KeyValue, error) {
-	kv, err := b.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      bus.StateBucket,
-		Description: "oneway reader positions and leases",
-		History:     5,
-		Storage:     jetstream.FileStorage,
-		Replicas:    max(replicas, 1),
+	var kv jetstream.KeyValue
+	err := b.setup(ctx, "bucket "+bus.StateBucket, func(ctx context.Context) (err error) {
+		kv, err = b.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      bus.StateBucket,
+			Description: "oneway reader positions and leases",
+			History:     5,
+			Storage:     jetstream.FileStorage,
+			Replicas:    max(replicas, 1),
+		})
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open state bucket %s: %w", bus.StateBucket, err)
