@@ -62,9 +62,10 @@ type Result struct {
 // code and output.
 func Run(t testing.TB, timeout time.Duration, bin string, args ...string) Result {
 	t.Helper()
+	path := Bin(t, bin) // the first call builds: not part of the timeout
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, Bin(t, bin), args...)
+	cmd := exec.CommandContext(ctx, path, args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

@@ -49,7 +49,7 @@ func ServiceCommand(name, short string, build func(d Deps) ([]runner.Component, 
 			log = log.With("pipeline", cfg.Pipeline)
 			ctx, stop := runner.SignalContext(cmd.Context())
 			defer stop()
-			b, err := natsbus.Connect(ctx, cfg.NATS.URL.Value(), "oneway-"+name, log)
+			b, err := natsbus.Connect(ctx, cfg.NATS.URL.Value(), "oneway-"+name, log, natsbus.AuthOptions(cfg.NATS)...)
 			if err != nil {
 				return err
 			}

@@ -43,6 +43,10 @@ type Pipeline struct {
 	Targets []Target `yaml:"targets"`
 	// Admin configures the admin HTTP endpoint.
 	Admin Admin `yaml:"admin"`
+	// Production refuses insecure settings: plaintext or unauthenticated
+	// NATS, PostgreSQL without sslmode=verify-full or verify-ca, http://
+	// targets off loopback, the embedded NATS server. Default false.
+	Production bool `yaml:"production,omitempty"`
 	// File is the path the pipeline was loaded from (the name given to Parse).
 	File string `yaml:"-"`
 }
@@ -60,7 +64,30 @@ type NATS struct {
 	Replicas int `yaml:"replicas"`
 	// DuplicateWindow is the stream's de-duplication window. Default 2m.
 	DuplicateWindow Duration `yaml:"duplicate_window"`
+	// Credentials, at most one kind: User and Password, Token, NKeyFile (an
+	// nkey seed file) or CredsFile (a JWT .creds file). A user and password
+	// in the URL also work.
+	User      string `yaml:"user,omitempty"`
+	Password  Opaque `yaml:"password,omitempty"`
+	Token     Opaque `yaml:"token,omitempty"`
+	NKeyFile  string `yaml:"nkey_file,omitempty"`
+	CredsFile string `yaml:"creds_file,omitempty"`
+	// TLS to the NATS servers; also on when the URL scheme is tls://.
+	TLS TLS `yaml:"tls,omitempty"`
 }
+
+// TLS configures a TLS client.
+type TLS struct {
+	// CAFile verifies the server (PEM). Default: the system's roots.
+	CAFile string `yaml:"ca_file,omitempty"`
+	// CertFile and KeyFile are a client certificate (mutual TLS); both or
+	// neither.
+	CertFile string `yaml:"cert_file,omitempty"`
+	KeyFile  string `yaml:"key_file,omitempty"`
+}
+
+// Enabled reports whether any TLS setting is given.
+func (t TLS) Enabled() bool { return t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" }
 
 // Admin configures the admin HTTP endpoint.
 type Admin struct {

@@ -209,6 +209,7 @@ func (p *Pipeline) validate(pos *positions) error {
 		c.add("pipeline", `"out" is reserved: NATS targets publish under oneway.out.`)
 	}
 	p.NATS.validate(c)
+	p.NATS.validateAuth(c)
 	p.Source.validate(c)
 
 	if len(p.Targets) == 0 {
@@ -234,6 +235,7 @@ func (p *Pipeline) validate(pos *positions) error {
 			c.add("admin.addr", "%v", err)
 		}
 	}
+	p.validateProduction(c)
 	return errors.Join(c.errs...)
 }
 

@@ -5,6 +5,8 @@ package natsbus
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -33,7 +35,7 @@ type Bus struct {
 // Connect dials url and sets up JetStream. The connection reconnects
 // forever; disconnects and reconnects are logged. name identifies the client
 // to the server (use the service name).
-func Connect(ctx context.Context, url, name string, log *slog.Logger) (*Bus, error) {
+func Connect(ctx context.Context, url, name string, log *slog.Logger, extra ...nats.Option) (*Bus, error) {
 	if url == "" {
 		return nil, errors.New("connect to NATS: no URL configured")
 	}
@@ -50,16 +52,23 @@ func Connect(ctx context.Context, url, name string, log *slog.Logger) (*Bus, err
 		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "server", c.ConnectedUrlRedacted()) }),
 		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { log.Warn("nats async error", "error", err) }),
 	}
-	nc, err := nats.Connect(url, opts...)
+	nc, err := nats.Connect(url, append(opts, extra...)...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS: %w", err)
 	}
 	// RetryOnFailedConnect returns at once; wait for the first connection.
 	deadline := time.Now().Add(30 * time.Second)
 	for !nc.IsConnected() {
-		if time.Now().After(deadline) {
+		// A server that answers but refuses the credentials or the TLS
+		// handshake will not change its mind: say so at once.
+		if err := nc.LastError(); err != nil && refused(err) {
 			nc.Close()
-			return nil, errors.New("connect to NATS: no server answered within 30s")
+			return nil, fmt.Errorf("connect to NATS %s: %w", config.Secret(url), err)
+		}
+		if time.Now().After(deadline) {
+			err := nc.LastError()
+			nc.Close()
+			return nil, fmt.Errorf("connect to NATS %s: no server answered within 30s (last error: %v)", config.Secret(url), err)
 		}
 		select {
 		case <-ctx.Done():
@@ -69,6 +78,18 @@ func Connect(ctx context.Context, url, name string, log *slog.Logger) (*Bus, err
 		}
 	}
 	return New(nc, log)
+}
+
+// refused reports an error a retry cannot fix: bad credentials or TLS.
+func refused(err error) bool {
+	if errors.Is(err, nats.ErrAuthorization) || errors.Is(err, nats.ErrAuthExpired) || errors.Is(err, nats.ErrAuthRevoked) ||
+		errors.Is(err, nats.ErrSecureConnRequired) || errors.Is(err, nats.ErrSecureConnWanted) {
+		return true
+	}
+	var cert *tls.CertificateVerificationError
+	var unknown x509.UnknownAuthorityError
+	var host x509.HostnameError
+	return errors.As(err, &cert) || errors.As(err, &unknown) || errors.As(err, &host)
 }
 
 // New wraps an open connection.

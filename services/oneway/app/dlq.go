@@ -307,7 +307,9 @@ func (o *dlqOptions) run(cmd *cobra.Command, fn func(ctx context.Context, cfg *c
 	if url == "" {
 		url = cfg.NATS.URL.Value()
 	}
+	auth := natsbus.AuthOptions(cfg.NATS)
 	if url == "" {
+		auth = nil // the embedded server has no credentials
 		dir := filepath.Join(o.dataDir, "nats")
 		if _, err := os.Stat(filepath.Join(dir, "jetstream")); err != nil {
 			return cli.Exit(cli.ExitUsage, fmt.Errorf("no embedded NATS store at %s (%v): pass the --data-dir that `oneway up` used, or --nats-url", dir, err))
@@ -328,7 +330,7 @@ func (o *dlqOptions) run(cmd *cobra.Command, fn func(ctx context.Context, cfg *c
 		defer stop()
 		log.Debug("embedded NATS JetStream started", "url", url, "store_dir", dir)
 	}
-	b, err := natsbus.Connect(ctx, url, "oneway-dlq", log)
+	b, err := natsbus.Connect(ctx, url, "oneway-dlq", log, auth...)
 	if err != nil {
 		return err
 	}

@@ -83,7 +83,7 @@ func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.
 	}
 	log = log.With("pipeline", cfg.Pipeline)
 
-	natsURL := cfg.NATS.URL.Value()
+	natsURL, auth := cfg.NATS.URL.Value(), natsbus.AuthOptions(cfg.NATS)
 	if natsURL == "" {
 		dir := filepath.Join(o.dataDir, "nats")
 		url, stop, err := startEmbedded(dir, o.natsPort)
@@ -94,7 +94,7 @@ func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.
 		natsURL = url
 		log.Info("embedded NATS JetStream started", "url", natsURL, "store_dir", dir)
 	}
-	b, err := natsbus.Connect(ctx, natsURL, "oneway-up", log)
+	b, err := natsbus.Connect(ctx, natsURL, "oneway-up", log, auth...)
 	if err != nil {
 		return err
 	}

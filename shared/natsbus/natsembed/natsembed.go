@@ -21,6 +21,8 @@ type Options struct {
 	SyncInterval time.Duration
 	// MaxPayload is the largest message the server accepts; default 8 MiB.
 	MaxPayload int32
+	// User and Password, when set, are required of every client.
+	User, Password string
 }
 
 // Start runs a JetStream server and waits until it accepts connections.
@@ -44,8 +46,10 @@ func Start(o Options) (*server.Server, error) {
 		StoreDir:   o.StoreDir,
 		NoSigs:     true,
 		// 8 MiB lets a batch of large rows through in one message.
-		MaxPayload:   8 << 20,
+		MaxPayload:   o.MaxPayload,
 		SyncInterval: o.SyncInterval,
+		Username:     o.User,
+		Password:     o.Password,
 	}
 	s, err := server.NewServer(opts)
 	if err != nil {

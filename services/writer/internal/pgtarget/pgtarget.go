@@ -199,6 +199,11 @@ func (t *Target) createTable(ctx context.Context, b *onewayv1.Batch) error {
 	sql := fmt.Sprintf("CREATE TABLE IF NOT EXISTS %s (%s, PRIMARY KEY (%s))",
 		t.spec.Table.Quoted(), strings.Join(defs, ", "), strings.Join(keys, ", "))
 	err := ledgerdb.WithDDLLock(ctx, t.pool, func(tx pgx.Tx) error {
+		// The schema too: a target schema named like the source's may not
+		// exist yet.
+		if _, err := tx.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS "+pgconn.Quote(t.spec.Table.Schema)); err != nil {
+			return err
+		}
 		_, err := tx.Exec(ctx, sql)
 		return err
 	})

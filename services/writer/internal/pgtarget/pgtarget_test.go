@@ -183,10 +183,12 @@ func TestPrepareTarget(t *testing.T) {
 	tests := []struct {
 		name        string
 		setup       []string
+		schema      string // the target table's schema; default the spec's
 		createTable bool
 		wantErr     []string // substrings of a permanent error; nil = success
 	}{
 		{name: "creates missing table and ledger", createTable: true},
+		{name: "creates the missing schema too", createTable: true, schema: "Sales Ledger"},
 		{name: "missing table, create_table false", createTable: false,
 			wantErr: []string{"public.items", "does not exist", "create_table is false"}},
 		{name: "owned column missing in existing target", createTable: true,
@@ -224,6 +226,9 @@ func TestPrepareTarget(t *testing.T) {
 			exec(t, pool, tt.setup...)
 			spec := defaultSpec()
 			spec.CreateTable = tt.createTable
+			if tt.schema != "" {
+				spec.Table.Schema = tt.schema
+			}
 			tg := openTarget(t, pool, spec)
 			res, err := tg.Apply(testCtx(t), []Item{item(1, cdc, up("1", "a", "1.50"))})
 			if tt.wantErr != nil {
@@ -250,6 +255,11 @@ func TestPrepareTarget(t *testing.T) {
 			}
 			if res.Written != 1 {
 				t.Errorf("Written = %d, want 1", res.Written)
+			}
+			if tt.schema != "" {
+				n := strs(t, pool, fmt.Sprintf(`SELECT format('%%s|%%L', id, name) FROM %s`, spec.Table.Quoted()))
+				equal(t, "rows in "+spec.Table.String(), n, []string{"1|'a'"})
+				return
 			}
 			equal(t, "rows", itemRows(t, pool), []string{"1|'a'|'1.50'"})
 			equal(t, "ledger", ledgerRows(t, pool, tg), []string{fmt.Sprintf("1 v=%d applies=1 hash=16", version(1, 0))})

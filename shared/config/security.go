@@ -1,0 +1,160 @@
+package config
+
+import (
+	"net"
+	"net/url"
+	"os"
+	"strings"
+)
+
+// validateAuth checks the NATS credentials and TLS settings: at most one
+// kind of credentials, a password only with a user, files that exist, and a
+// client certificate with its key.
+func (n *NATS) validateAuth(c *checker) {
+	kinds := []string{}
+	if n.User != "" || n.Password != "" {
+		kinds = append(kinds, "user/password")
+	}
+	if n.Token != "" {
+		kinds = append(kinds, "token")
+	}
+	if n.NKeyFile != "" {
+		kinds = append(kinds, "nkey_file")
+	}
+	if n.CredsFile != "" {
+		kinds = append(kinds, "creds_file")
+	}
+	if len(kinds) > 1 {
+		c.add("nats", "give one kind of credentials, not %s", strings.Join(kinds, " and "))
+	}
+	if n.Password != "" && n.User == "" {
+		c.add("nats.password", "needs nats.user")
+	}
+	if n.URL == "" && (len(kinds) > 0 || n.TLS.Enabled()) {
+		c.add("nats.url", "credentials and TLS are for an external NATS server; set nats.url")
+	}
+	for _, f := range []struct{ field, path string }{
+		{"nats.nkey_file", n.NKeyFile}, {"nats.creds_file", n.CredsFile},
+		{"nats.tls.ca_file", n.TLS.CAFile}, {"nats.tls.cert_file", n.TLS.CertFile}, {"nats.tls.key_file", n.TLS.KeyFile},
+	} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			c.add(f.field, "cannot read %s: %v", f.path, err)
+		}
+	}
+	if (n.TLS.CertFile == "") != (n.TLS.KeyFile == "") {
+		c.add("nats.tls", "cert_file and key_file go together")
+	}
+}
+
+// hasCredentials reports whether NATS credentials are configured, in the
+// config or in the URL's user info.
+func (n *NATS) hasCredentials() bool {
+	if n.User != "" || n.Token != "" || n.NKeyFile != "" || n.CredsFile != "" {
+		return true
+	}
+	for _, u := range strings.Split(n.URL.Value(), ",") {
+		if pu, err := url.Parse(strings.TrimSpace(u)); err == nil && pu.User != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// validateProduction refuses, in production mode, every setting that sends
+// data or credentials in clear or drops a durability guarantee. Each error
+// names the setting and what to use instead.
+func (p *Pipeline) validateProduction(c *checker) {
+	if !p.Production {
+		return
+	}
+	n := &p.NATS
+	if n.URL == "" {
+		c.add("nats.url", "production mode needs an external NATS cluster: the embedded server (empty nats.url) has no replicas and no TLS")
+	} else {
+		for _, u := range strings.Split(n.URL.Value(), ",") {
+			if insecureNATS(strings.TrimSpace(u), n.TLS) {
+				c.add("nats.url", "%s is plaintext; production mode needs tls:// or nats.tls", Secret(strings.TrimSpace(u)))
+				break
+			}
+		}
+		if !n.hasCredentials() {
+			c.add("nats", "production mode needs NATS credentials (user/password, token, nkey_file or creds_file)")
+		}
+	}
+	checkPG := func(field string, s Secret) {
+		if s == "" {
+			return
+		}
+		if mode := sslMode(s.Value()); mode != "verify-full" && mode != "verify-ca" {
+			c.add(field, "sslmode=%s is not verified TLS; production mode needs sslmode=verify-full (or verify-ca) with sslrootcert", mode)
+		}
+	}
+	if p.Source.Kind == KindPostgres {
+		checkPG("source.url", p.Source.URL)
+	}
+	for i := range p.Targets {
+		t := &p.Targets[i]
+		path := indexPath("targets", i)
+		checkPG(path+".ledger_url", t.LedgerURL)
+		switch t.Kind {
+		case KindPostgres:
+			checkPG(path+".url", t.URL)
+		case KindHTTP:
+			if u, err := url.Parse(t.URL.Value()); err == nil && u.Scheme == "http" && !loopback(u.Hostname()) {
+				c.add(path+".url", "http:// sends records and headers in clear; production mode needs https://")
+			}
+		case KindNATS:
+			if t.URL != "" && insecureNATS(t.URL.Value(), TLS{}) {
+				c.add(path+".url", "nats:// is plaintext; production mode needs tls://")
+			}
+		case KindKafka:
+			c.add(path+".url", "the kafka target has no TLS support yet; production mode refuses it")
+		}
+	}
+}
+
+// insecureNATS reports a nats:// URL to a non-loopback host without TLS.
+func insecureNATS(raw string, tls TLS) bool {
+	if tls.Enabled() {
+		return false
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return true
+	}
+	return u.Scheme != "tls" && !loopback(u.Hostname())
+}
+
+func loopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// sslMode returns a PostgreSQL connection string's effective sslmode, as
+// libpq and pgx read it: the URL query or keyword/value setting, else
+// PGSSLMODE, else "prefer".
+func sslMode(conn string) string {
+	if strings.Contains(conn, "://") {
+		if u, err := url.Parse(conn); err == nil {
+			if m := u.Query().Get("sslmode"); m != "" {
+				return m
+			}
+		}
+	} else {
+		for _, f := range strings.Fields(conn) {
+			if v, ok := strings.CutPrefix(f, "sslmode="); ok {
+				return strings.Trim(v, "'")
+			}
+		}
+	}
+	if m := os.Getenv("PGSSLMODE"); m != "" {
+		return m
+	}
+	return "prefer"
+}

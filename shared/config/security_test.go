@@ -1,0 +1,112 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// secure is base made acceptable to production mode.
+const secure = `pipeline: inv
+production: true
+nats:
+  url: tls://nats-1:4222,tls://nats-2:4222
+  user: oneway
+  password: hunter2
+source:
+  kind: postgres
+  url: postgres://u:srcpass@h/db?sslmode=verify-full&sslrootcert=/etc/ca.pem
+  table: invoices
+  key: [id]
+  capture:
+    column: updated_at
+targets:
+  - name: pg
+    kind: postgres
+    url: host=h2 user=u password=tgtpass sslmode=verify-ca dbname=x
+  - name: api
+    kind: http
+    url: https://api.example.com/invoices/{{.Key}}
+    ledger_url: postgres://u:l@h3/ledger?sslmode=verify-full
+`
+
+func TestProductionMode(t *testing.T) {
+	_, err := Parse("p.yaml", []byte(secure), noEnv)
+	require.NoError(t, err)
+
+	tests := []struct {
+		name, from, to string
+		field, msg     string
+	}{
+		{"source sslmode disable", "sslmode=verify-full&sslrootcert=/etc/ca.pem", "sslmode=disable", "source.url", "sslmode=disable is not verified TLS"},
+		{"source sslmode default", "?sslmode=verify-full&sslrootcert=/etc/ca.pem", "", "source.url", "sslmode=prefer is not verified TLS"},
+		{"target sslmode require", "sslmode=verify-ca", "sslmode=require", "targets[0].url", "sslmode=require is not verified TLS"},
+		{"ledger sslmode allow", "ledger?sslmode=verify-full", "ledger?sslmode=allow", "targets[1].ledger_url", "sslmode=allow"},
+		{"plaintext nats", "tls://nats-1:4222,tls://nats-2", "tls://nats-1:4222,nats://nats-2", "nats.url", "nats://nats-2:4222 is plaintext"},
+		{"no nats credentials", "  user: oneway\n  password: hunter2\n", "", "nats", "needs NATS credentials"},
+		{"embedded nats", "  url: tls://nats-1:4222,tls://nats-2:4222\n", "", "nats.url", "external NATS cluster"},
+		{"http target", "https://api.example.com", "http://api.example.com", "targets[1].url", "production mode needs https://"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			src := strings.Replace(secure, tc.from, tc.to, 1)
+			require.NotEqual(t, secure, src, "the replacement must change the file")
+			_, err := Parse("p.yaml", []byte(src), noEnv)
+			require.Error(t, err)
+			var found bool
+			for _, fe := range fieldErrors(t, err) {
+				if fe.Field == tc.field && strings.Contains(fe.Msg, tc.msg) {
+					found = true
+				}
+				require.NotContains(t, fe.Error(), "hunter2")
+				require.NotContains(t, fe.Error(), "srcpass")
+			}
+			require.True(t, found, "want %s: …%s…, got %v", tc.field, tc.msg, err)
+		})
+	}
+	t.Run("off by default", func(t *testing.T) {
+		_, err := Parse("p.yaml", []byte(base), noEnv)
+		require.NoError(t, err)
+	})
+	t.Run("loopback is not a transport", func(t *testing.T) {
+		src := strings.Replace(secure, "tls://nats-1:4222,tls://nats-2:4222", "nats://127.0.0.1:4222", 1)
+		_, err := Parse("p.yaml", []byte(src), noEnv)
+		require.NoError(t, err)
+	})
+}
+
+func TestNATSAuthSettings(t *testing.T) {
+	dir := t.TempDir()
+	creds := filepath.Join(dir, "svc.creds")
+	require.NoError(t, os.WriteFile(creds, []byte("x"), 0o600))
+	withNATS := func(lines string) string { return base + "nats:\n  url: nats://n:4222\n" + lines }
+	tests := []struct {
+		name, src, field, msg string
+	}{
+		{"two kinds", withNATS("  token: t\n  creds_file: " + creds + "\n"), "nats", "not token and creds_file"},
+		{"password without user", withNATS("  password: p\n"), "nats.password", "needs nats.user"},
+		{"missing creds file", withNATS("  creds_file: " + filepath.Join(dir, "nope.creds") + "\n"), "nats.creds_file", "cannot read"},
+		{"cert without key", withNATS("  tls:\n    cert_file: " + creds + "\n"), "nats.tls", "go together"},
+		{"credentials for the embedded server", base + "nats:\n  token: t\n", "nats.url", "set nats.url"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("p.yaml", []byte(tc.src), noEnv)
+			require.Error(t, err)
+			var found bool
+			for _, fe := range fieldErrors(t, err) {
+				found = found || (fe.Field == tc.field && strings.Contains(fe.Msg, tc.msg))
+			}
+			require.True(t, found, "want %s: …%s…, got %v", tc.field, tc.msg, err)
+		})
+	}
+	p, err := Parse("p.yaml", []byte(withNATS("  user: svc\n  password: s3cret\n  tls:\n    ca_file: "+creds+"\n")), noEnv)
+	require.NoError(t, err)
+	var out strings.Builder
+	require.NoError(t, p.Print(&out))
+	require.NotContains(t, out.String(), "s3cret")
+	require.Contains(t, out.String(), "ca_file: "+creds)
+}

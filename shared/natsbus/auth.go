@@ -1,0 +1,40 @@
+package natsbus
+
+import (
+	"crypto/tls"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/oneway-sync/oneway/shared/config"
+)
+
+// AuthOptions turns a pipeline's NATS credentials and TLS settings into
+// connect options for Connect. The files were checked when the config was
+// loaded; a file that became unreadable since fails the connect, naming it.
+func AuthOptions(n config.NATS) []nats.Option {
+	var opts []nats.Option
+	switch {
+	case n.User != "":
+		opts = append(opts, nats.UserInfo(n.User, n.Password.Value()))
+	case n.Token != "":
+		opts = append(opts, nats.Token(n.Token.Value()))
+	case n.NKeyFile != "":
+		if o, err := nats.NkeyOptionFromSeed(n.NKeyFile); err == nil {
+			opts = append(opts, o)
+		} else {
+			opts = append(opts, func(*nats.Options) error { return err })
+		}
+	case n.CredsFile != "":
+		opts = append(opts, nats.UserCredentials(n.CredsFile))
+	}
+	if n.TLS.Enabled() {
+		opts = append(opts, nats.Secure(&tls.Config{MinVersion: tls.VersionTLS12}))
+		if n.TLS.CAFile != "" {
+			opts = append(opts, nats.RootCAs(n.TLS.CAFile))
+		}
+		if n.TLS.CertFile != "" {
+			opts = append(opts, nats.ClientCert(n.TLS.CertFile, n.TLS.KeyFile))
+		}
+	}
+	return opts
+}
