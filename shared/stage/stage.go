@@ -22,7 +22,6 @@ package stage
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 	"time"
 
@@ -326,9 +325,4 @@ func ValidateApprover(by string) error {
 		return errs.Permanentf("approve: the approver's name is longer than 200 bytes")
 	}
 	return nil
-}
-
-// Describe names a target side for errors: pipeline p, side s.
-func Describe(pipeline string, side Side) string {
-	return fmt.Sprintf("stage of pipeline %q side %q", pipeline, string(side))
 }

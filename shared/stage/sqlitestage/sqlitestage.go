@@ -15,7 +15,6 @@
 package sqlitestage
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"database/sql"
@@ -267,55 +266,64 @@ func (s *Store) Apply(ctx context.Context, side stage.Side, recs []stage.Record)
 	var res stage.Applied
 	err = s.write(ctx, func(tx *sql.Tx) error {
 		res = stage.Applied{Stale: dropped}
-		read, err := tx.PrepareContext(ctx, `SELECT version, hash, deleted, changed_version FROM records WHERE scope = ? AND key = ?`)
-		if err != nil {
-			return err
-		}
-		defer read.Close()
+		// The upsert decides under the write lock: it writes only a newer
+		// version, and changed_version moves only when the content or the
+		// deleted flag changes, so RETURNING tells a change from a version
+		// that moved. No row back: a redelivery or a stale record.
 		upsert, err := tx.PrepareContext(ctx, `
-INSERT INTO records (scope, key, parts, version, hash, packed_row, deleted, changed_version, staged_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO records AS r (scope, key, parts, version, hash, packed_row, deleted, changed_version, staged_at)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?4, ?8)
 ON CONFLICT (scope, key) DO UPDATE SET
   parts = excluded.parts, version = excluded.version, hash = excluded.hash, packed_row = excluded.packed_row,
-  deleted = excluded.deleted, changed_version = excluded.changed_version, staged_at = excluded.staged_at
-WHERE records.version < excluded.version`)
+  deleted = excluded.deleted, staged_at = excluded.staged_at,
+  changed_version = CASE WHEN r.deleted = excluded.deleted AND r.hash = excluded.hash
+                         THEN r.changed_version ELSE excluded.version END
+WHERE r.version < excluded.version
+RETURNING changed_version = version`)
 		if err != nil {
 			return err
 		}
 		defer upsert.Close()
+		read, err := tx.PrepareContext(ctx, `SELECT version FROM records WHERE scope = ? AND key = ?`)
+		if err != nil {
+			return err
+		}
+		defer read.Close()
+		// Statements run without ctx: the driver would start a goroutine
+		// per statement to watch it. ctx is checked between records, and
+		// each statement touches one key.
+		bg := context.WithoutCancel(ctx)
 		now := time.Now().UnixNano()
-		for _, r := range kept {
-			var version, changedVersion int64
-			var hash []byte
-			var deleted bool
-			err := read.QueryRowContext(ctx, scope, r.Key.Text).Scan(&version, &hash, &deleted, &changedVersion)
-			found := err == nil
-			if err != nil && !errors.Is(err, sql.ErrNoRows) {
-				return fmt.Errorf("read key %s: %w", r.Key.Text, err)
+		for i, r := range kept {
+			if i%64 == 0 {
+				if err := ctx.Err(); err != nil {
+					return err
+				}
 			}
+			var changed bool
+			err := upsert.QueryRowContext(bg, scope, r.Key.Text, storekit.PackParts(r.Key.Parts), r.Version,
+				nonNil(r.Hash), r.Row, r.Deleted, now).Scan(&changed)
 			switch {
-			case found && version == r.Version:
+			case err == nil && changed:
+				res.Changed = append(res.Changed, r.Key)
+				continue
+			case err == nil:
 				res.Current = append(res.Current, r.Key)
 				continue
-			case found && version > r.Version:
-				res.Stale++
-				continue
-			}
-			changed := !found || deleted != r.Deleted || !bytes.Equal(hash, r.Hash)
-			if changed {
-				changedVersion = r.Version
-			}
-			if _, err := upsert.ExecContext(ctx, scope, r.Key.Text, storekit.PackParts(r.Key.Parts), r.Version,
-				nonNil(r.Hash), r.Row, r.Deleted, changedVersion, now); err != nil {
+			case !errors.Is(err, sql.ErrNoRows):
 				return fmt.Errorf("write key %s: %w", r.Key.Text, err)
 			}
-			if changed {
-				res.Changed = append(res.Changed, r.Key)
-			} else {
+			var version int64
+			if err := read.QueryRowContext(bg, scope, r.Key.Text).Scan(&version); err != nil {
+				return fmt.Errorf("read key %s: %w", r.Key.Text, err)
+			}
+			if version == r.Version {
 				res.Current = append(res.Current, r.Key)
+			} else {
+				res.Stale++
 			}
 		}
-		return nil
+		return ctx.Err()
 	})
 	if err != nil {
 		return stage.Applied{}, s.fail(fmt.Sprintf("apply %d records", len(kept)), side, err)
