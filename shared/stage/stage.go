@@ -25,6 +25,7 @@ import (
 	"strings"
 	"time"
 
+	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
 	"github.com/oneway-sync/oneway/shared/config"
 	"github.com/oneway-sync/oneway/shared/errs"
 	"github.com/oneway-sync/oneway/shared/event"
@@ -227,6 +228,35 @@ func (r *Record) Normalize() {
 	if len(r.Hash) == 0 {
 		r.Hash = event.RowHash(r.Row)
 	}
+}
+
+// RecordOf builds the record that change c stages at version: its key
+// (event.Key text and parts, from the key columns at keyIdx), a tombstone
+// for OP_DELETE, else the packed row and its hash (the change's own, or
+// event.RowHash of the row when it has none). c must come from a batch
+// that passed event.Validate. The record shares c's row bytes.
+func RecordOf(c *onewayv1.Change, keyIdx []int, version int64) (Record, error) {
+	vals, err := event.Row(c.GetRow(), nil)
+	if err != nil {
+		return Record{}, err
+	}
+	parts := make([]string, len(keyIdx))
+	for i, k := range keyIdx {
+		if k >= len(vals) || vals[k] == nil {
+			return Record{}, errs.Permanentf("change has no value for key column %d", k)
+		}
+		parts[i] = string(vals[k])
+	}
+	r := Record{Key: Key{Text: event.KeyOf(vals, keyIdx), Parts: parts}, Version: version}
+	if c.GetOp() == onewayv1.Op_OP_DELETE {
+		r.Deleted = true
+		return r, nil
+	}
+	r.Row, r.Hash = c.GetRow(), c.GetHash()
+	if len(r.Hash) == 0 {
+		r.Hash = event.RowHash(r.Row)
+	}
+	return r, nil
 }
 
 // Applied is what one Apply did.

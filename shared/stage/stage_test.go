@@ -5,7 +5,9 @@ import (
 
 	"github.com/stretchr/testify/assert"
 
+	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
 	"github.com/oneway-sync/oneway/shared/errs"
+	"github.com/oneway-sync/oneway/shared/event"
 )
 
 func TestSide(t *testing.T) {
@@ -67,4 +69,30 @@ func TestRecordNormalize(t *testing.T) {
 	d.Normalize()
 	assert.Nil(t, d.Row)
 	assert.Nil(t, d.Hash)
+}
+
+func TestRecordOf(t *testing.T) {
+	row := event.PackRow([][]byte{[]byte("7"), []byte("x"), []byte("eu"), nil})
+	keyIdx := []int{2, 0} // composite key, not in column order
+	for _, tc := range []struct {
+		name   string
+		change *onewayv1.Change
+		want   Record
+	}{
+		{"upsert without a hash gets one", &onewayv1.Change{Op: onewayv1.Op_OP_UPSERT, Row: row},
+			Record{Key: Key{Text: `["eu","7"]`, Parts: []string{"eu", "7"}}, Version: 9, Row: row, Hash: event.RowHash(row)}},
+		{"update keeps its hash", &onewayv1.Change{Op: onewayv1.Op_OP_UPDATE, Row: row, Hash: []byte("h")},
+			Record{Key: Key{Text: `["eu","7"]`, Parts: []string{"eu", "7"}}, Version: 9, Row: row, Hash: []byte("h")}},
+		{"delete is a tombstone", &onewayv1.Change{Op: onewayv1.Op_OP_DELETE, Row: row},
+			Record{Key: Key{Text: `["eu","7"]`, Parts: []string{"eu", "7"}}, Version: 9, Deleted: true}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := RecordOf(tc.change, keyIdx, 9)
+			assert.NoError(t, err)
+			assert.Equal(t, tc.want, got)
+			assert.NoError(t, got.Validate())
+		})
+	}
+	_, err := RecordOf(&onewayv1.Change{Row: row}, []int{3}, 1)
+	assert.True(t, errs.IsPermanent(err), "a NULL key: %v", err)
 }
