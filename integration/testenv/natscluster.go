@@ -167,12 +167,17 @@ func (c *NATSCluster) Node(name string) *NATSNode {
 // Kill kills a node with SIGKILL (its store stays for Restart).
 func (c *NATSCluster) Kill(n *NATSNode) { n.kill() }
 
-// Restart starts a killed node again on the same ports and store and
-// waits until it is healthy.
-func (c *NATSCluster) Restart(n *NATSNode) {
+// Restart starts killed nodes again on their ports and stores, all of them
+// before waiting until each is healthy: a node alone cannot become healthy
+// without a quorum to elect a meta leader.
+func (c *NATSCluster) Restart(nodes ...*NATSNode) {
 	c.t.Helper()
-	c.start(n)
-	c.waitHealthy(n)
+	for _, n := range nodes {
+		c.start(n)
+	}
+	for _, n := range nodes {
+		c.waitHealthy(n)
+	}
 }
 
 func (n *NATSNode) kill() {

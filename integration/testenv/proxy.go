@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -22,6 +23,9 @@ import (
 //     before TCP gives up.
 //   - Heal forwards again.
 //
+// SetLatency delays every chunk forwarded, in each direction, independently
+// of the fault state: a slow link.
+//
 // The methods are safe for concurrent use. Close stops the proxy and closes
 // every connection.
 type Proxy struct {
@@ -34,6 +38,8 @@ type Proxy struct {
 	conns  map[*proxyConn]struct{}
 	closed bool
 	wg     sync.WaitGroup
+
+	latency atomic.Int64 // nanoseconds per forwarded chunk
 }
 
 type proxyState int
@@ -128,6 +134,11 @@ func (p *Proxy) Heal() {
 		close(p.healed)
 	}
 }
+
+// SetLatency delays each chunk forwarded from now on by d (0: none). The
+// chunks of one direction are delayed one after the other, so a latency
+// also bounds a connection's throughput.
+func (p *Proxy) SetLatency(d time.Duration) { p.latency.Store(int64(d)) }
 
 // Conns is the number of client connections open through the proxy.
 func (p *Proxy) Conns() int {
@@ -260,6 +271,13 @@ func (p *Proxy) pipe(c *proxyConn, dst, src net.Conn) {
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
+			if d := time.Duration(p.latency.Load()); d > 0 {
+				select {
+				case <-time.After(d):
+				case <-c.done:
+					return
+				}
+			}
 			if !p.pass(c) {
 				return
 			}

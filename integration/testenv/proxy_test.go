@@ -214,3 +214,20 @@ func TestProxyCloseEndsEverything(t *testing.T) {
 		t.Fatalf("second Close: %v", err)
 	}
 }
+
+func TestProxyLatency(t *testing.T) {
+	p := StartProxy(t, echoServer(t))
+	c := dial(t, p.Addr())
+	p.SetLatency(100 * time.Millisecond)
+	start := time.Now()
+	if got, err := c.roundTrip("slow", 5*time.Second); err != nil || got != "slow" {
+		t.Fatalf("round trip with latency: %q, %v", got, err)
+	}
+	if d := time.Since(start); d < 200*time.Millisecond {
+		t.Fatalf("round trip took %s, want at least 2×100ms", d)
+	}
+	p.SetLatency(0)
+	if got, err := c.roundTrip("fast", 5*time.Second); err != nil || got != "fast" {
+		t.Fatalf("round trip without latency: %q, %v", got, err)
+	}
+}

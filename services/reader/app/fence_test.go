@@ -3,10 +3,12 @@ package app
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"testing"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/oneway-sync/oneway/shared/bus"
 	"github.com/oneway-sync/oneway/shared/errs"
@@ -33,31 +35,31 @@ func TestPublishFenced(t *testing.T) {
 	subj := bus.SourceSubject("p")
 
 	// Reader A appends twice.
-	last, err := publishFenced(ctx, b.JS, st, subj, []byte("a1"), "a1", 0)
-	if err != nil || last != 1 {
+	last, dup, err := publishFenced(ctx, b.JS, st, subj, []byte("a1"), "a1", 0)
+	if err != nil || last != 1 || dup {
 		t.Fatalf("a1: last=%d err=%v", last, err)
 	}
-	last, err = publishFenced(ctx, b.JS, st, subj, []byte("a2"), "a2", last)
-	if err != nil || last != 2 {
+	last, dup, err = publishFenced(ctx, b.JS, st, subj, []byte("a2"), "a2", last)
+	if err != nil || last != 2 || dup {
 		t.Fatalf("a2: last=%d err=%v", last, err)
 	}
 	// The same publish again (its ack was lost): resolved to the stored one.
-	got, err := publishFenced(ctx, b.JS, st, subj, []byte("a2"), "a2", 1)
-	if err != nil || got != 2 {
+	got, dup, err := publishFenced(ctx, b.JS, st, subj, []byte("a2"), "a2", 1)
+	if err != nil || got != 2 || dup {
 		t.Fatalf("retry of a2: last=%d err=%v", got, err)
 	}
 	// A republish of an older page within the duplicate window: the
 	// subject's last sequence does not move.
-	got, err = publishFenced(ctx, b.JS, st, subj, []byte("a1"), "a1", 2)
-	if err != nil || got != 2 {
-		t.Fatalf("duplicate a1: last=%d err=%v", got, err)
+	got, dup, err = publishFenced(ctx, b.JS, st, subj, []byte("a1"), "a1", 2)
+	if err != nil || got != 2 || !dup {
+		t.Fatalf("duplicate a1: last=%d dup=%v err=%v", got, dup, err)
 	}
 	// Reader B takes over and appends.
-	if _, err := publishFenced(ctx, b.JS, st, subj, []byte("b1"), "b1", 2); err != nil {
+	if _, _, err := publishFenced(ctx, b.JS, st, subj, []byte("b1"), "b1", 2); err != nil {
 		t.Fatalf("b1: %v", err)
 	}
 	// A wakes up believing the last sequence is 2: refused, permanently.
-	_, err = publishFenced(ctx, b.JS, st, subj, []byte("a3"), "a3", 2)
+	_, _, err = publishFenced(ctx, b.JS, st, subj, []byte("a3"), "a3", 2)
 	if !errors.Is(err, errFenced) || !errs.IsPermanent(err) {
 		t.Fatalf("zombie publish: err=%v, want a permanent errFenced", err)
 	}
@@ -67,5 +69,52 @@ func TestPublishFenced(t *testing.T) {
 	}
 	if info.State.Msgs != 3 {
 		t.Fatalf("stream holds %d messages, want 3 (a1, a2, b1)", info.State.Msgs)
+	}
+}
+
+// A full stream (DiscardNew) refuses a publish with an error streamFull
+// recognises, and keeps what it holds; other failures are not taken for it.
+func TestPublishToFullStream(t *testing.T) {
+	ctx := context.Background()
+	_, url := bustest.StartJetStream(t)
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	b, err := natsbus.New(nc, slog.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := b.EnsureStream(ctx, natsbus.StreamSpec{Pipeline: "p", MaxBytes: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	subj := bus.SourceSubject("p")
+	page := make([]byte, 1000)
+	var last uint64
+	var full error
+	for i := 0; i < 10 && full == nil; i++ {
+		var seq uint64
+		seq, _, full = publishFenced(ctx, b.JS, st, subj, page, fmt.Sprintf("page-%d", i), last)
+		if full == nil {
+			last = seq
+		}
+	}
+	if !streamFull(full) || !errs.IsUnavailable(full) {
+		t.Fatalf("publish to a full stream: %v; want a stream-full error, retried as unavailable", full)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.LastSeq != last {
+		t.Fatalf("the full stream is at %d, want %d (nothing dropped, nothing added)", info.State.LastSeq, last)
+	}
+	for _, err := range []error{nil, errors.New("maximum bytes exceeded"), errFenced,
+		&jetstream.APIError{ErrorCode: jetstream.JSErrCodeStreamWrongLastSequence, Description: "wrong last sequence"}} {
+		if streamFull(err) {
+			t.Errorf("streamFull(%v) = true", err)
+		}
 	}
 }

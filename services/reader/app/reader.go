@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -391,16 +392,28 @@ func (r *Reader) publish(ctx context.Context, kv jetstream.KeyValue, st jetstrea
 					r.cfg.Source.Table, k, len(data), max)
 			}
 			var seq uint64
+			var dup bool
 			err = retry.Do(ctx, retry.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second,
 				OnRetry: func(err error, wait time.Duration) {
+					if streamFull(err) {
+						r.log.Warn("stream full: publish refused; retrying with the same Msg-Id",
+							"stream", bus.StreamName(r.cfg.Pipeline), "max_bytes", r.cfg.NATS.MaxBytes, "error", err, "wait", wait,
+							"hint", "nothing stored is dropped (DiscardNew) and the position does not advance; raise nats.max_bytes, or let consumed messages age out (nats.max_age)")
+						return
+					}
 					r.log.Warn("publish failed; retrying with the same Msg-Id", "error", err, "wait", wait)
 				}}, func(ctx context.Context) error {
 				var err error
-				seq, err = publishFenced(ctx, r.bus.JS, st, subject, data, it.msgID, last)
+				seq, dup, err = publishFenced(ctx, r.bus.JS, st, subject, data, it.msgID, last)
 				return err
 			})
 			if err != nil {
 				return fmt.Errorf("publish batch to %s: %w", subject, err)
+			}
+			if dup {
+				// A page published before a crash, whose position was not
+				// saved: JetStream recognised its Msg-Id.
+				r.log.Info("batch already in the stream; not stored again", "msg_id", it.msgID, "rows", it.rows)
 			}
 			last = seq
 			r.lastSeq.Store(seq)
@@ -462,14 +475,14 @@ func savePosition(ctx context.Context, kv jetstream.KeyValue, pipeline string, p
 
 // publishFenced publishes data on subject expecting last to be the
 // subject's last stream sequence, and returns the subject's new last
-// sequence (unchanged when JetStream reports a duplicate).
+// sequence (unchanged, with dup set, when JetStream reports a duplicate).
 // A refusal because the subject moved on is resolved by looking at the
 // message that is there: our own Msg-Id means an earlier attempt of this
 // publish was stored (its ack was lost), anything else means another reader
 // appended and this one is fenced (errFenced, permanent). Other failures
 // (refused by limits, no quorum, timeouts) are Unavailable: retry, never
 // advance.
-func publishFenced(ctx context.Context, js jetstream.JetStream, st jetstream.Stream, subject string, data []byte, msgID string, last uint64) (uint64, error) {
+func publishFenced(ctx context.Context, js jetstream.JetStream, st jetstream.Stream, subject string, data []byte, msgID string, last uint64) (seq uint64, dup bool, err error) {
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	ack, err := js.Publish(pctx, subject, data, jetstream.WithMsgID(msgID), jetstream.WithExpectLastSequencePerSubject(last))
@@ -477,21 +490,34 @@ func publishFenced(ctx context.Context, js jetstream.JetStream, st jetstream.Str
 		if ack.Duplicate {
 			// An earlier message with this Msg-Id (a republish after a
 			// restart): the subject's last sequence did not move.
-			return last, nil
+			return last, true, nil
 		}
-		return ack.Sequence, nil
+		return ack.Sequence, false, nil
 	}
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
 		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
 		m, gerr := st.GetLastMsgForSubject(pctx, subject)
 		if gerr != nil {
-			return 0, errs.Unavailable(fmt.Errorf("resolve refused publish: %w", gerr))
+			return 0, false, errs.Unavailable(fmt.Errorf("resolve refused publish: %w", gerr))
 		}
 		if m.Header.Get(jetstream.MsgIDHeader) == msgID {
-			return m.Sequence, nil
+			return m.Sequence, false, nil
 		}
-		return 0, errs.Permanent(fmt.Errorf("%w: subject %s is at sequence %d, this reader expected %d", errFenced, subject, m.Sequence, last))
+		return 0, false, errs.Permanent(fmt.Errorf("%w: subject %s is at sequence %d, this reader expected %d", errFenced, subject, m.Sequence, last))
 	}
-	return 0, errs.Unavailable(err)
+	return 0, false, errs.Unavailable(err)
 }
+
+// streamFull reports a publish the stream refused because it reached a
+// limit (max_bytes, max_msgs) under DiscardNew.
+func streamFull(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && apiErr.ErrorCode == jsErrCodeStreamStoreFailed &&
+		strings.Contains(apiErr.Description, "maximum")
+}
+
+// jsErrCodeStreamStoreFailed is the server's JSStreamStoreFailedF, which
+// carries "maximum bytes exceeded" and "maximum messages exceeded" (the
+// client library names no constant for it).
+const jsErrCodeStreamStoreFailed jetstream.ErrorCode = 10077
