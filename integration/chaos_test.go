@@ -818,7 +818,9 @@ func chaosNoQuorum(r *chaosRow) {
 	if retries == 0 {
 		r.t.Error("the reader logged no failed publish while the cluster had no quorum")
 	}
-	r.note("%d publish retries during the outage", retries)
+	r.note("the reader: %d publish retries, %d lease losses, %d restarts from its saved position", retries,
+		logCount("reader lease not renewed in time; this reader stands by until it can take it again", []*testenv.Proc{rd}),
+		logCount("JetStream unavailable; the reader resumes from its saved position when it answers", []*testenv.Proc{rd}))
 	r.finish()
 }
 

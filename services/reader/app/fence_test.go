@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -116,5 +117,51 @@ func TestPublishToFullStream(t *testing.T) {
 		if streamFull(err) {
 			t.Errorf("streamFull(%v) = true", err)
 		}
+	}
+}
+
+func TestJSUnavailable(t *testing.T) {
+	tests := []struct {
+		name        string
+		err         error
+		unavailable bool
+	}{
+		{"no quorum (503)", &jetstream.APIError{Code: 503, ErrorCode: 10008, Description: "JetStream system temporarily unavailable"}, true},
+		{"timeout", context.DeadlineExceeded, true},
+		{"no responders", nats.ErrNoResponders, true},
+		{"wrapped connection closed", fmt.Errorf("get: %w", nats.ErrConnectionClosed), true},
+		{"stream not found (404)", &jetstream.APIError{Code: 404, ErrorCode: jetstream.JSErrCodeStreamNotFound, Description: "stream not found"}, false},
+		{"bad request (400)", &jetstream.APIError{Code: 400, ErrorCode: jetstream.JSErrCodeBadRequest, Description: "bad request"}, false},
+		{"permanent", errs.Permanent(errors.New("corrupt")), false},
+		{"cancelled", context.Canceled, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := jsUnavailable(tt.err)
+			if errs.IsUnavailable(got) != tt.unavailable {
+				t.Fatalf("jsUnavailable(%v) unavailable = %v, want %v", tt.err, errs.IsUnavailable(got), tt.unavailable)
+			}
+			if !errors.Is(got, tt.err) {
+				t.Fatalf("jsUnavailable(%v) lost the cause: %v", tt.err, got)
+			}
+		})
+	}
+	if jsUnavailable(nil) != nil {
+		t.Fatal("jsUnavailable(nil) != nil")
+	}
+}
+
+func TestOutageWait(t *testing.T) {
+	var w outageWait
+	var got []time.Duration
+	for range 7 {
+		got = append(got, w.next(time.Second))
+	}
+	want := []time.Duration{500 * time.Millisecond, time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 10 * time.Second, 10 * time.Second}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("waits %v, want %v", got, want)
+	}
+	if d := w.next(2 * time.Minute); d != 500*time.Millisecond {
+		t.Fatalf("after a long stint: %s, want 500ms", d)
 	}
 }

@@ -90,10 +90,10 @@ func tryLease(ctx context.Context, kv jetstream.KeyValue, key, holder string) (u
 		return 0, errLeaseHeld
 	}
 	rev, err := kv.Update(ctx, key, val, e.Revision())
-	if err != nil {
-		return 0, errLeaseHeld
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return 0, errLeaseHeld // another reader took or renewed it first
 	}
-	return rev, nil
+	return rev, err
 }
 
 func renewLease(ctx context.Context, kv jetstream.KeyValue, key, holder string, rev uint64, log *slog.Logger) *lease {

@@ -115,24 +115,80 @@ func (r *Reader) Run(ctx context.Context) error {
 		return err
 	}
 	holder := holderID()
+	wait := outageWait{}
 	for {
 		l, err := acquireLease(ctx, kv, bus.ReaderLeaseKey(r.cfg.Pipeline, "source"), holder, r.log)
 		if err != nil {
 			return nil // ctx ended while standing by
 		}
+		began := time.Now()
 		err = r.runActive(ctx, source, kv, l)
 		l.stop()
-		if errors.Is(err, errFenced) {
+		switch {
+		case errors.Is(err, errFenced):
 			r.log.Warn("another reader published meanwhile; this reader stands by", "error", err)
+			continue
+		case errors.Is(err, errLeaseLost):
+			r.log.Warn("reader lease not renewed in time; this reader stands by until it can take it again")
+			continue
+		case err != nil && ctx.Err() == nil && errs.IsUnavailable(err):
+			// JetStream without a quorum, electing a leader, or out of
+			// reach: what was acknowledged is saved, so start over from
+			// the saved position once it answers again.
+			d := wait.next(time.Since(began))
+			r.log.Warn("JetStream unavailable; the reader resumes from its saved position when it answers", "error", err, "wait", d)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(d):
+			}
 			continue
 		}
 		return err
 	}
 }
 
+// outageWait is the growing pause between attempts of an active reader
+// that JetStream keeps refusing: 500 ms doubling to 10 s, back to the
+// start after a stint of a minute or more.
+type outageWait struct{ d time.Duration }
+
+func (w *outageWait) next(stint time.Duration) time.Duration {
+	switch {
+	case w.d == 0 || stint >= time.Minute:
+		w.d = 500 * time.Millisecond
+	default:
+		w.d = min(2*w.d, 10*time.Second)
+	}
+	return w.d
+}
+
+// jsUnavailable marks a JetStream failure that waiting can cure (no
+// quorum, a leader election, a 503, a timeout, a lost connection) as
+// errs.Unavailable. An error JetStream returns for good (a 4xx API error,
+// such as a stream that does not exist) and a permanent one stay as they
+// are.
+func jsUnavailable(err error) error {
+	if err == nil || errs.IsPermanent(err) || errs.IsUnavailable(err) {
+		return err
+	}
+	var api *jetstream.APIError
+	if errors.As(err, &api) && api.Code >= 400 && api.Code < 500 {
+		return err
+	}
+	if errors.Is(err, context.Canceled) {
+		return err
+	}
+	return errs.Unavailable(err)
+}
+
 // errFenced means another reader appended to the subject: this one is no
 // longer the active reader.
 var errFenced = errors.New("fenced by another reader")
+
+// errLeaseLost means this reader could not renew its lease in time (another
+// reader may take it over): it stops publishing and stands by.
+var errLeaseLost = errors.New("reader lease lost")
 
 // runActive reads and publishes while this reader holds the lease.
 func (r *Reader) runActive(parent context.Context, source *pgsource.Source, kv jetstream.KeyValue, l *lease) error {
@@ -142,7 +198,7 @@ func (r *Reader) runActive(parent context.Context, source *pgsource.Source, kv j
 	}
 	st, err := r.bus.JS.Stream(parent, bus.StreamName(r.cfg.Pipeline))
 	if err != nil {
-		return fmt.Errorf("open stream: %w", err)
+		return fmt.Errorf("open stream: %w", jsUnavailable(err))
 	}
 	last, err := lastSeqOn(parent, st, bus.SourceSubject(r.cfg.Pipeline))
 	if err != nil {
@@ -184,7 +240,7 @@ func (r *Reader) runActive(parent context.Context, source *pgsource.Source, kv j
 	select {
 	case <-l.lost:
 		if parent.Err() == nil {
-			return errFenced
+			return errLeaseLost
 		}
 	default:
 	}
@@ -201,7 +257,7 @@ func lastSeqOn(ctx context.Context, st jetstream.Stream, subject string) (uint64
 		return 0, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("read last sequence of %s: %w", subject, err)
+		return 0, fmt.Errorf("read last sequence of %s: %w", subject, jsUnavailable(err))
 	}
 	return m.Sequence, nil
 }
@@ -453,7 +509,7 @@ func loadPosition(ctx context.Context, kv jetstream.KeyValue, pipeline string) (
 		return pos, nil
 	}
 	if err != nil {
-		return pos, fmt.Errorf("load reader position: %w", err)
+		return pos, fmt.Errorf("load reader position: %w", jsUnavailable(err))
 	}
 	if err := json.Unmarshal(e.Value(), &pos); err != nil {
 		return pos, errs.Permanentf("reader position in %s is corrupt (%v); delete key %s to start over",
@@ -468,7 +524,7 @@ func savePosition(ctx context.Context, kv jetstream.KeyValue, pipeline string, p
 		return err
 	}
 	if _, err := kv.Put(ctx, bus.ReaderPositionKey(pipeline, "source"), data); err != nil {
-		return fmt.Errorf("save reader position: %w", err)
+		return fmt.Errorf("save reader position: %w", jsUnavailable(err))
 	}
 	return nil
 }
