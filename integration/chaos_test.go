@@ -68,8 +68,11 @@ func outageLength() time.Duration {
 	return chaosShortOutage
 }
 
+// chaosCase is one row. Long rows run only in long mode (make chaos): they
+// repeat what another end-to-end test of `make test` covers, or take long.
 type chaosCase struct {
 	row, fault string
+	long       bool
 	run        func(r *chaosRow)
 }
 
@@ -82,36 +85,46 @@ func TestChaos(t *testing.T) {
 	if path == "" {
 		path = filepath.Join(t.TempDir(), "chaos-report.md")
 	}
-	out := fmt.Sprintf("%s outages", outageLength())
+	mode := fmt.Sprintf("short mode (make test): %s outages, long rows skipped", outageLength())
+	if chaosLong() {
+		mode = fmt.Sprintf("long mode (make chaos): %s outages, every row", outageLength())
+	}
 	cases := []chaosCase{
-		{"1–2", "kill -9 the writer 5× mid-batch, restart", chaosKillWriter},
-		{"2", "kill -9 the writer after its commit, before its acks (writer↔NATS black-holed)", chaosKillWriterAfterCommit},
-		{"3", "kill -9 the reader 3× after publishing, before saving its position", chaosKillReader("2m")},
-		{"3", "the same, republished beyond a 1 s duplicate window", chaosKillReader("1s")},
-		{"5", "SIGSTOP each of 2 writers for 2.5× AckWait, then SIGCONT", chaosPauseWriters},
-		{"6", "kill -9 the stream leader of a 3-node cluster (R3), restart it", chaosKillLeader},
-		{"7", "2 of 3 NATS nodes down for " + outageLength().String(), chaosNoQuorum},
-		{"8", "kill -9 all 3 NATS nodes, restart them", chaosKillAllNodes},
-		{"9", "client↔NATS connections cut (reset, refused) for " + outageLength().String(), chaosCutNATS(false)},
-		{"9", "client↔NATS connections black-holed for " + outageLength().String(), chaosCutNATS(true)},
-		{"10", "writer↔target connections cut for " + outageLength().String(), chaosCutTarget},
-		{"10", "target PostgreSQL stopped (-m immediate) for " + outageLength().String(), chaosStopTarget},
-		{"12", "reader↔source connections cut for " + outageLength().String(), chaosCutSource},
-		{"21", "HTTP target at 2× AckWait per request for " + chaosSlowTarget.String(), chaosSlowHTTP},
-		{"22", "stream max_bytes reached; the limit raised by an operator", chaosStreamFull(false)},
-		{"22", "stream max_bytes reached; old messages age out (max_age 15s)", chaosStreamFull(true)},
+		{"1–2", "kill -9 the writer 5× mid-batch, restart", false, chaosKillWriter},
+		{"2", "kill -9 the writer after its commit, before its acks (writer↔NATS black-holed)", false, chaosKillWriterAfterCommit},
+		{"3", "kill -9 the reader after publishing, before saving its position (snapshot, watermark)", false, chaosKillReader("2m")},
+		{"3", "the same, republished beyond a 1 s duplicate window", true, chaosKillReader("1s")},
+		{"5", "SIGSTOP each of 2 writers for 2.5× AckWait, then SIGCONT", true, chaosPauseWriters},
+		{"6", "kill -9 the stream leader of a 3-node cluster (R3), restart it", true, chaosKillLeader},
+		{"7", "2 of 3 NATS nodes down for " + outageLength().String(), false, chaosNoQuorum},
+		{"8", "kill -9 all 3 NATS nodes, restart them", true, chaosKillAllNodes},
+		{"9", "client↔NATS connections cut (reset, refused) for " + outageLength().String(), false, chaosCutNATS(false)},
+		{"9", "client↔NATS connections black-holed for " + outageLength().String(), true, chaosCutNATS(true)},
+		{"10", "writer↔target connections cut for " + outageLength().String(), false, chaosCutTarget},
+		{"10", "target PostgreSQL stopped (-m immediate) for " + outageLength().String(), true, chaosStopTarget},
+		{"12", "reader↔source connections cut for " + outageLength().String(), false, chaosCutSource},
+		{"21", "HTTP target at 2× AckWait per request for " + chaosSlowTarget.String(), true, chaosSlowHTTP},
+		{"22", "stream max_bytes reached; the limit raised by an operator", false, chaosStreamFull(false)},
+		{"22", "stream max_bytes reached; old messages age out (max_age 15s)", true, chaosStreamFull(true)},
 	}
 	for i, c := range cases {
 		t.Run(fmt.Sprintf("%02d_row_%s", i+1, strings.NewReplacer("–", "-", " ", "_").Replace(c.row)), func(t *testing.T) {
 			r := &chaosRow{t: t, begun: time.Now(), res: testenv.ChaosResult{Row: c.row, Fault: c.fault, Recovery: -1}}
 			t.Cleanup(func() {
-				r.res.Result = "ok"
-				if t.Failed() {
+				switch {
+				case t.Skipped():
+					r.res.Result = "skipped: a long row (make chaos runs it)"
+				case t.Failed():
 					r.res.Result = "FAIL"
+				default:
+					r.res.Result = "ok"
 				}
 				r.res.Notes = strings.Join(r.notes, "; ")
 				report.Add(r.res)
 			})
+			if c.long && !chaosLong() {
+				t.Skip("a long row: run it with make chaos (ONEWAY_CHAOS_LONG=1 or -chaos.long)")
+			}
 			c.run(r)
 		})
 	}
@@ -119,7 +132,7 @@ func TestChaos(t *testing.T) {
 		report.Add(l)
 	}
 	md := fmt.Sprintf("# oneway chaos report\n\n%s, %s/%s, %d CPUs, %s.\n\n%s\n%s",
-		time.Now().UTC().Format("2006-01-02 15:04 MST"), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), out, report.Markdown(), chaosLegend)
+		time.Now().UTC().Format("2006-01-02 15:04 MST"), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), mode, report.Markdown(), chaosLegend)
 	if err := os.WriteFile(path, []byte(md), 0o644); err != nil {
 		t.Errorf("write the chaos report: %v", err)
 	}
@@ -959,7 +972,7 @@ func chaosSlowHTTP(r *chaosRow) {
 	}
 }
 
-// Row 22: a stream limited to 1 MiB fills up. Publishes are refused
+// Row 22: a stream limited to 256 KiB fills up. Publishes are refused
 // (DiscardNew: nothing already stored is dropped); the reader logs it,
 // retries the same page and does not advance its saved position. It
 // resumes when an operator raises the limit, or, with a short max_age, when
@@ -967,8 +980,8 @@ func chaosSlowHTTP(r *chaosRow) {
 func chaosStreamFull(ageOut bool) func(r *chaosRow) {
 	return func(r *chaosRow) {
 		t := r.t
-		r.setup(chaosSetup{})
-		c := chaosConfig{MaxBytes: 1 << 20}
+		r.setup(chaosSetup{Workload: testenv.WorkloadOptions{Keys: 500}})
+		c := chaosConfig{MaxBytes: 256 << 10}
 		if ageOut {
 			c.MaxAge, c.DuplicateWindow = "15s", "5s"
 		}
@@ -1008,7 +1021,7 @@ func chaosStreamFull(ageOut bool) func(r *chaosRow) {
 			})
 		} else {
 			testenv.WaitFor(t, time.Minute, func() error {
-				if n := refused(); n < 4 {
+				if n := refused(); n < 6 {
 					return fmt.Errorf("%d refused publishes", n)
 				}
 				return nil

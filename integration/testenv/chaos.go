@@ -624,12 +624,15 @@ func (r *ChaosReport) Rows() []ChaosResult {
 	return slices.Clone(r.rows)
 }
 
-// Markdown renders the lines as a table.
+// Markdown renders the lines as a table, in matrix order (by the row's
+// leading number; lines of one row in the order added).
 func (r *ChaosReport) Markdown() string {
+	rows := r.Rows()
+	slices.SortStableFunc(rows, func(a, b ChaosResult) int { return leadingNumber(a.Row) - leadingNumber(b.Row) })
 	var b strings.Builder
 	b.WriteString("| row | fault | changes in flight | lost | applied twice | versions backwards | recovery s | result | notes |\n")
 	b.WriteString("|---|---|---:|---:|---:|---:|---:|---|---|\n")
-	for _, x := range r.Rows() {
+	for _, x := range rows {
 		num := func(n int64) string { return strconv.FormatInt(n, 10) }
 		inFlight, lost, twice, back, rec := num(x.InFlight), num(x.Lost), num(x.AppliedTwice), num(x.Backwards), "–"
 		if x.Recovery >= 0 {
@@ -642,4 +645,15 @@ func (r *ChaosReport) Markdown() string {
 			x.Row, x.Fault, inFlight, lost, twice, back, rec, x.Result, x.Notes)
 	}
 	return b.String()
+}
+
+func leadingNumber(s string) int {
+	n := 0
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			break
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n
 }
