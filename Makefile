@@ -7,7 +7,7 @@ GOTEST_FLAGS ?= -race -count=1 -timeout 15m
 # Tests use this PostgreSQL server (override it, or set it in the environment).
 export ONEWAY_TEST_POSTGRES_URL ?= $(PG_URL)/postgres?sslmode=disable
 
-.PHONY: all images build demo-db verify test bench proto proto-check tidy check-tidy lint up help clean
+.PHONY: all images build demo-db verify test chaos bench proto proto-check tidy check-tidy lint up help clean
 
 all: build
 
@@ -23,6 +23,12 @@ build: ## build oneway, reader and writer into ./bin
 test: build ## run every test of every module, with -race (the README's test command)
 	@failed=""; for m in $(MODULES); do echo "== $$m"; (cd $$m && go test $(GOTEST_FLAGS) ./...) || failed="$$failed $$m"; done; \
 	if [ -n "$$failed" ]; then echo "FAILED:$$failed"; exit 1; fi
+
+CHAOS_REPORT ?= $(CURDIR)/bench/chaos-report.md
+
+chaos: build ## fault-injection suite: every TestChaos row, 30 s outages (~10 min); prints the table, writes bench/chaos-report.md
+	@cd integration && ONEWAY_CHAOS_LONG=1 ONEWAY_CHAOS_REPORT=$(CHAOS_REPORT) go test -run 'TestChaos$$' -v -count=1 -timeout 30m . ; \
+	status=$$?; echo; cat $(CHAOS_REPORT) 2>/dev/null; exit $$status
 
 bench: build ## initial-load benchmark against a COPY pipe (needs ONEWAY_BENCH_POSTGRES_URL or a local PostgreSQL)
 	cd integration && go run ./cmd/bench -oneway $(BIN)/oneway -out $(CURDIR)/bench/results.jsonl
