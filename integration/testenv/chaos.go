@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
@@ -233,15 +234,7 @@ func (w *Workload) Changes() int64 { return w.changes.Load() }
 func (w *Workload) State() map[int64]int64 {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return maps(w.vers)
-}
-
-func maps(m map[int64]int64) map[int64]int64 {
-	out := make(map[int64]int64, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
+	return maps.Clone(w.vers)
 }
 
 // ChaosRow is one key's owned values as compared for I1. UpdatedAt is
