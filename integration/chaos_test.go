@@ -27,7 +27,8 @@ import (
 	"github.com/oneway-sync/oneway/shared/testkit/pgtest"
 )
 
-// The fault-injection suite (RELIABILITY.md, "The matrix"). Each row runs
+// The fault-injection suite: the reliability matrix of faults oneway must
+// survive (issue 8), one subtest per row. Each row runs
 // the chaos workload (testenv.Workload) through a reader and writers as
 // processes, injects its fault while the workload runs, heals, drains and
 // checks the invariants:
@@ -61,7 +62,7 @@ const (
 	chaosAckWait = 2 * time.Second
 )
 
-var chaosLongFlag = flag.Bool("chaos.long", false, "TestChaos: outages of 30 s instead of 5 s (also ONEWAY_CHAOS_LONG=1; make chaos sets it)")
+var chaosLongFlag = flag.Bool("chaos.long", false, "TestChaos: every row, with 30 s outages instead of 5 s (also ONEWAY_CHAOS_LONG=1; make chaos sets it)")
 
 func chaosLong() bool { return *chaosLongFlag || os.Getenv("ONEWAY_CHAOS_LONG") == "1" }
 
