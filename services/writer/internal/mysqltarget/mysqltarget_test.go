@@ -166,7 +166,7 @@ func TestPrepareTarget(t *testing.T) {
 			setup:   []string{"CREATE TABLE items (id INT, name VARCHAR(20), amount DECIMAL(12,2), UNIQUE KEY (id, name)) ENGINE=InnoDB"},
 			wantErr: []string{"no primary key or unique index"}},
 		{name: "prefix index on a text key", createTable: true,
-			setup: []string{"CREATE TABLE items (id VARCHAR(100), name TEXT, amount DECIMAL(12,2), UNIQUE KEY (id(10))) ENGINE=InnoDB"},
+			setup:   []string{"CREATE TABLE items (id VARCHAR(100), name TEXT, amount DECIMAL(12,2), UNIQUE KEY (id(10))) ENGINE=InnoDB"},
 			wantErr: []string{"no primary key or unique index"}},
 		{name: "not transactional", createTable: true,
 			setup:   []string{"CREATE TABLE items (id INT PRIMARY KEY, name TEXT, amount DECIMAL(12,2)) ENGINE=MyISAM"},
