@@ -12,7 +12,8 @@
 // as target.Collapse sorts them. For each chunk it first locks the ledger
 // rows of its keys, creating missing ones as placeholders (one INSERT …
 // ON DUPLICATE KEY UPDATE, which takes an exclusive record lock on every
-// key, in key order); then reads them, decides per change (stale: skip;
+// key, in key order, and stamps each row with the key's position); then
+// reads them, decides per change (stale: skip;
 // newer with the same hash: advance the version only; newer with new
 // content: write), writes the rows (one multi-row upsert and one DELETE)
 // and the ledger. Two writers racing on a key serialise on its ledger row,
@@ -306,11 +307,11 @@ const ddlLock = "oneway.ledger.ddl"
 // the session; released on return or when the session ends).
 func withDDLLock(ctx context.Context, conn *sql.Conn, f func() error) error {
 	var got sql.NullInt64
-	if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK(?, 60)", ddlLock).Scan(&got); err != nil {
+	if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK(?, 30)", ddlLock).Scan(&got); err != nil {
 		return classify(fmt.Errorf("take lock %s: %w", ddlLock, err))
 	}
 	if got.Int64 != 1 {
-		return fmt.Errorf("take lock %s: not granted within 60 s", ddlLock)
+		return fmt.Errorf("take lock %s: not granted within 30 s", ddlLock)
 	}
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
@@ -363,6 +364,15 @@ func (t *Target) Apply(ctx context.Context, items []Item) (Result, error) {
 	}
 	refs := target.Collapse(items, p.keyIdx)
 	chs, failed := t.convertAll(p, refs)
+	if len(failed) > 0 {
+		// The checks use the table's types (a decimal's scale): the table
+		// may have changed under the cached plan; check it again first.
+		t.forget(first)
+		if p, err = t.prepare(ctx, first); err != nil {
+			return Result{}, err
+		}
+		chs, failed = t.convertAll(p, refs)
+	}
 	res, err := t.exec(ctx, p, chs)
 	if err == nil {
 		res.Changes, res.Failed = len(refs), failed
@@ -546,7 +556,7 @@ func (t *Target) execChunk(ctx context.Context, tx *sql.Tx, p *plan, chs []chang
 	for i, c := range chs {
 		l := led[i]
 		if !l.found {
-			return res, errs.Permanentf("ledger row of key %s not found after locking it (key columns that convert or compare unexpectedly?)", c.ref.Key)
+			return res, errs.Permanentf("ledger row of key %s was taken by another key of the batch that the target's key collation holds equal (a case-insensitive key column?)", c.ref.Key)
 		}
 		applied := l.version > 0
 		if applied && l.version >= c.ref.Version {

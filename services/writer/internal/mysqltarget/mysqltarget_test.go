@@ -621,7 +621,7 @@ func TestConcurrentWriters(t *testing.T) {
 			apply(t, targets[0], item(1<<30, up("0", "warm-up", "0")))
 			led := quote(targets[0].Ledger())
 			mysqltest.Exec(t, dsn, "CREATE TABLE hist (seq BIGINT AUTO_INCREMENT PRIMARY KEY, id INT, v BIGINT)",
-				"CREATE TRIGGER hist_up AFTER UPDATE ON "+led+" FOR EACH ROW INSERT INTO hist (id, v) VALUES (NEW.id, NEW.oneway_version)")
+				"CREATE TRIGGER hist_up AFTER UPDATE ON "+led+" FOR EACH ROW INSERT INTO hist (id, v) SELECT NEW.id, NEW.oneway_version FROM DUAL WHERE NEW.oneway_version <> OLD.oneway_version")
 			ctx := testCtx(t)
 			start := make(chan struct{})
 			var wg sync.WaitGroup
@@ -833,4 +833,42 @@ func TestAwkwardIdentifiersAndValues(t *testing.T) {
 		want = append(want, fmt.Sprintf("%s|%d", v, i))
 	}
 	equal(t, "rows", got, want)
+}
+
+// A key column with a case-insensitive collation (made by hand) holds "a"
+// and "A" equal: the two keys share one row, fenced by one ledger row, so
+// the newest change of either wins.
+func TestCaseInsensitiveKeysShareARow(t *testing.T) {
+	t.Parallel()
+	dsn := mysqltest.NewDatabase(t)
+	db := mysqltest.Open(t, dsn)
+	mysqltest.Exec(t, dsn, "CREATE TABLE items (id VARCHAR(10) CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci PRIMARY KEY, name TEXT, amount DECIMAL(12,2))")
+	cols := []*onewayv1.Column{{Name: "id", Type: "text", Key: true}, {Name: "name", Type: "text"}, {Name: "amount", Type: "numeric(12,2)"}}
+	tg := openTarget(t, defaultSpec(dsn))
+	res, err := tg.Apply(testCtx(t), []Item{
+		{Seq: 2, Batch: mkBatch(cols, up("A", "newer", "2.00"))},
+		{Seq: 1, Batch: mkBatch(cols, up("a", "older", "1.00"), up("b", "b", "1.00"))},
+	})
+	if err != nil || len(res.Failed) > 0 {
+		t.Fatalf("apply: %+v, %v", res, err)
+	}
+	equal(t, "rows", strs(t, db, "SELECT id, name FROM items ORDER BY id"), []string{"A|newer", "b|b"})
+}
+
+// A decimal with more fractional digits than the column keeps is rejected;
+// once the column is widened, the same change applies (the target's types
+// are read again, not kept from before).
+func TestDecimalScaleRecheckedAfterAlter(t *testing.T) {
+	t.Parallel()
+	dsn := mysqltest.NewDatabase(t)
+	db := mysqltest.Open(t, dsn)
+	mysqltest.Exec(t, dsn, "CREATE TABLE items (id INT PRIMARY KEY, name TEXT, amount DECIMAL(12,1))")
+	tg := openTarget(t, defaultSpec(dsn))
+	res, err := tg.Apply(testCtx(t), []Item{item(1, up("1", "a", "1.25"))})
+	if err != nil || len(res.Failed) != 1 || !strings.Contains(res.Failed[0].Err.Error(), "would be rounded") {
+		t.Fatalf("want key 1 rejected as rounded, got %+v, %v", res, err)
+	}
+	mysqltest.Exec(t, dsn, "ALTER TABLE items MODIFY amount DECIMAL(12,2)")
+	apply(t, tg, item(1, up("1", "a", "1.25")))
+	equal(t, "rows", itemRows(t, db), []string{"1|a|1.25"})
 }

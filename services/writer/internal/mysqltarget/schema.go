@@ -214,6 +214,8 @@ type plan struct {
 	tbl, led   string // quoted names
 	keyCols    string // quoted key columns
 	match      string // WHERE condition on one key, one ? per key column
+	keyIn      string // the quoted key column, for a one-column key
+	keyParam   string // its parameter ("?", or a CAST for a decimal)
 	insertCols string // quoted columns of the row insert
 	rowParams  string // "(?, …, ?[, live])"
 	onDup      string // the row upsert's ON DUPLICATE KEY UPDATE list
@@ -233,25 +235,37 @@ func repeatJoin(s string, n int, sep string) string {
 }
 
 // lockSQL creates missing ledger rows of n keys as placeholders (version
-// 0) and takes an exclusive lock on every one, in the order given.
+// 0) and takes an exclusive lock on every one, in the order given. It
+// stamps each row with the key's position in the statement (oneway_ord),
+// so that readSQL can tell which row is whose without comparing key
+// values in Go (MySQL's types and collations decide which keys are equal).
 func (p *plan) lockSQL(n int) string {
-	row := "(" + strings.Repeat("?, ", len(p.keyIdx)) + "0, '', 0, UTC_TIMESTAMP(6))"
-	return "INSERT INTO " + p.led + " (" + p.keyCols + ", oneway_version, oneway_hash, oneway_applies, oneway_applied_at) VALUES " +
-		repeatJoin(row, n, ", ") + " ON DUPLICATE KEY UPDATE oneway_version = oneway_version"
-}
-
-// readSQL reads the ledger rows of n keys, each tagged with its position.
-// Each branch compares the key columns with literals, so MySQL matches
-// them as the ledger's own unique index does (its types and collations).
-func (p *plan) readSQL(n int) string {
 	var b strings.Builder
+	b.WriteString("INSERT INTO " + p.led + " (" + p.keyCols + ", oneway_version, oneway_hash, oneway_applies, oneway_applied_at, oneway_ord) VALUES ")
+	keys := strings.Repeat("?, ", len(p.keyIdx))
 	for i := range n {
 		if i > 0 {
-			b.WriteString(" UNION ALL ")
+			b.WriteString(", ")
 		}
-		fmt.Fprintf(&b, "SELECT %d, oneway_version, oneway_hash, oneway_applies FROM %s WHERE %s", i, p.led, p.match)
+		fmt.Fprintf(&b, "(%s0, '', 0, UTC_TIMESTAMP(6), %d)", keys, i)
 	}
+	b.WriteString(" ON DUPLICATE KEY UPDATE oneway_ord = VALUES(oneway_ord)")
 	return b.String()
+}
+
+// readSQL reads the ledger rows of n keys (locked by lockSQL in this
+// transaction) with their positions.
+func (p *plan) readSQL(n int) string {
+	return "SELECT oneway_ord, oneway_version, oneway_hash, oneway_applies FROM " + p.led + " WHERE " + p.keysWhere(n)
+}
+
+// keysWhere matches n keys: k IN (…) for a one-column key, else an OR of
+// per-key conditions.
+func (p *plan) keysWhere(n int) string {
+	if len(p.keyIdx) == 1 {
+		return p.keyIn + " IN (" + repeatJoin(p.keyParam, n, ", ") + ")"
+	}
+	return repeatJoin("("+p.match+")", n, " OR ")
 }
 
 func (p *plan) insertSQL(n int) string {
@@ -263,7 +277,7 @@ func (p *plan) upsertSQL(n int) string {
 }
 
 func (p *plan) deleteSQL(n int) string {
-	return p.delete + " WHERE " + repeatJoin("("+p.match+")", n, " OR ")
+	return p.delete + " WHERE " + p.keysWhere(n)
 }
 
 // advanceSQL writes the new version, hash and applies count of n keys
@@ -552,11 +566,12 @@ func (t *Target) buildPlan(b *onewayv1.Batch, owned []column, keyIdx []int, othe
 		q := quote(tc.name)
 		keyQ = append(keyQ, q)
 		// A string compared with a DECIMAL column is compared as a double.
+		param := "?"
 		if strings.EqualFold(tc.dataType, "decimal") && tc.precision.Valid && tc.scale.Valid {
-			match = append(match, fmt.Sprintf("%s = CAST(? AS DECIMAL(%d,%d))", q, tc.precision.Int64, tc.scale.Int64))
-		} else {
-			match = append(match, q+" = ?")
+			param = fmt.Sprintf("CAST(? AS DECIMAL(%d,%d))", tc.precision.Int64, tc.scale.Int64)
 		}
+		match = append(match, q+" = "+param)
+		p.keyIn, p.keyParam = q, param
 	}
 	if t.spec.Delete == DeleteSoft {
 		// An upsert revives a soft-deleted row.
@@ -744,19 +759,21 @@ func (t *Target) createTable(ctx context.Context, conn *sql.Conn, b *onewayv1.Ba
 //
 //	oneway_ledger_<scope> (<key columns, typed as in the target>,
 //	  oneway_version BIGINT, oneway_hash VARBINARY(32), oneway_applies INT,
-//	  oneway_applied_at DATETIME(6), PRIMARY KEY (<key columns>)) ENGINE=InnoDB
+//	  oneway_applied_at DATETIME(6), oneway_ord INT,
+//	  PRIMARY KEY (<key columns>)) ENGINE=InnoDB
 //
 // oneway_version is the stream version last applied (0: a placeholder of a
 // transaction that has not decided yet), oneway_hash its content hash
 // (empty for a delete), oneway_applies how many times the row was really
-// written, oneway_applied_at when the version last advanced (UTC).
+// written, oneway_applied_at when the version last advanced (UTC),
+// oneway_ord scratch space of the transaction that locked the row last.
 func (t *Target) ensureLedger(ctx context.Context, conn *sql.Conn, keyIdx []int, owned []column) error {
 	led := t.name(t.ledger)
 	kind, _, cols, err := t.tableInfo(ctx, conn, t.ledger)
 	if err != nil {
 		return classify(fmt.Errorf("inspect ledger %s: %w", led, err))
 	}
-	own := []string{"oneway_version", "oneway_hash", "oneway_applies", "oneway_applied_at"}
+	own := []string{"oneway_version", "oneway_hash", "oneway_applies", "oneway_applied_at", "oneway_ord"}
 	if kind != "" {
 		have := map[string]column{}
 		var names []string
@@ -789,6 +806,7 @@ func (t *Target) ensureLedger(ctx context.Context, conn *sql.Conn, keyIdx []int,
   %s,
   oneway_version BIGINT NOT NULL, oneway_hash VARBINARY(32) NOT NULL,
   oneway_applies INT NOT NULL DEFAULT 1, oneway_applied_at DATETIME(6) NOT NULL,
+  oneway_ord INT NOT NULL DEFAULT 0,
   PRIMARY KEY (%s)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COMMENT=%s`, led, strings.Join(defs, ",\n  "), strings.Join(keyQ, ", "), quoteLiteral(note))
 	if _, err := conn.ExecContext(ctx, ddl); err != nil {
