@@ -872,3 +872,23 @@ func TestDecimalScaleRecheckedAfterAlter(t *testing.T) {
 	apply(t, tg, item(1, up("1", "a", "1.25")))
 	equal(t, "rows", itemRows(t, db), []string{"1|a|1.25"})
 }
+
+// The session's strict sql_mode is forced, whatever the DSN (or the
+// server's default) says: a value too long is an error, never truncated.
+func TestStrictModeForced(t *testing.T) {
+	t.Parallel()
+	dsn := mysqltest.NewDatabase(t)
+	db := mysqltest.Open(t, dsn)
+	mysqltest.Exec(t, dsn, "CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(3), amount DECIMAL(12,2))")
+	cfg, err := mysql.ParseDSN(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Params = map[string]string{"sql_mode": "''"}
+	tg := openTarget(t, defaultSpec(cfg.FormatDSN()))
+	res, err := tg.Apply(testCtx(t), []Item{item(1, up("1", "abcdef", "1.00"), up("2", "ok", "1.00"))})
+	if err != nil || len(res.Failed) != 1 || !strings.Contains(res.Failed[0].Err.Error(), "1406") {
+		t.Fatalf("want key 1 rejected with 1406, got %+v, %v", res, err)
+	}
+	equal(t, "rows", itemRows(t, db), []string{"2|ok|1.00"})
+}
