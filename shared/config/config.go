@@ -132,16 +132,19 @@ type Capture struct {
 type Target struct {
 	// Name of the target: ^[a-z][a-z0-9_]{0,39}$, unique in the pipeline.
 	Name string `yaml:"name"`
-	// Kind of the target: "postgres", "sqlite", "http", "nats", "kafka" or
-	// "jsonl".
+	// Kind of the target: "postgres", "sqlite", "http", "nats", "kafka",
+	// "jsonl" or "mysql" (MySQL or MariaDB).
 	Kind string `yaml:"kind"`
 	// URL says where the target is, by kind: postgres, the connection
 	// string; sqlite and jsonl, the file path; http, the request URL
 	// template (text/template with .Key, .KeyParts, .Fields and .Op; the
 	// func "path" escapes a path segment); nats, the NATS server URL;
-	// kafka, the brokers (host:port, comma-separated).
+	// kafka, the brokers (host:port, comma-separated); mysql, a
+	// go-sql-driver DSN, user:pass@tcp(host:port)/db[?params].
 	URL Secret `yaml:"url"`
-	// Table is the target table. Default: the source table.
+	// Table is the target table. Default: the source table. For mysql,
+	// "db.table" names the database; "public.table" and "table" mean the
+	// URL's database.
 	Table string `yaml:"table"`
 	// CreateTable creates the target table when missing. Default true; use
 	// CreatesTable to read it.

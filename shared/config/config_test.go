@@ -698,6 +698,11 @@ func TestSecretRedaction(t *testing.T) {
 		{"host=a sslpassword=secret", "host=a sslpassword=xxxxx"},
 		{"user:secret@localhost:4222", "user:xxxxx@localhost:4222"},
 		{"localhost:4222", "localhost:4222"},
+		{"u:secret@tcp(127.0.0.1:3306)/db", "u:xxxxx@tcp(127.0.0.1:3306)/db"},
+		{"u:secret@tcp(h:3306)/db?parseTime=true&loc=UTC", "u:xxxxx@tcp(h:3306)/db?parseTime=true&loc=UTC"},
+		{"u:se@c/r?e=t@unix(/run/mysqld/mysqld.sock)/db", "u:xxxxx@unix(/run/mysqld/mysqld.sock)/db"},
+		{"u:secret@/db", "u:xxxxx@/db"},
+		{"u@tcp(h)/db", "u@tcp(h)/db"},
 	}
 	for _, tt := range tests {
 		s := Secret(tt.in)

@@ -47,12 +47,13 @@ const (
 	KindNATS     = "nats"
 	KindKafka    = "kafka"
 	KindJSONL    = "jsonl"
+	KindMySQL    = "mysql"
 )
 
 // targetKinds lists the target kinds; sideLedgerKinds those that need a
 // ledger_url because they cannot compare versions themselves.
 var (
-	targetKinds     = []string{KindPostgres, KindSQLite, KindHTTP, KindNATS, KindKafka, KindJSONL}
+	targetKinds     = []string{KindPostgres, KindSQLite, KindHTTP, KindNATS, KindKafka, KindJSONL, KindMySQL}
 	sideLedgerKinds = []string{KindHTTP, KindNATS, KindKafka, KindJSONL}
 )
 

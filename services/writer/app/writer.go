@@ -19,6 +19,7 @@ import (
 	"github.com/oneway-sync/oneway/services/writer/internal/httptarget"
 	"github.com/oneway-sync/oneway/services/writer/internal/jsonltarget"
 	"github.com/oneway-sync/oneway/services/writer/internal/kafkatarget"
+	"github.com/oneway-sync/oneway/services/writer/internal/mysqltarget"
 	"github.com/oneway-sync/oneway/services/writer/internal/natstarget"
 	"github.com/oneway-sync/oneway/services/writer/internal/pgtarget"
 	"github.com/oneway-sync/oneway/services/writer/internal/sqlitetarget"
@@ -129,6 +130,18 @@ func (w *Writer) newTarget(ctx context.Context, pool *pgxpool.Pool) (target.Writ
 			return nil, nil, err
 		}
 		return tg, func() { _ = tg.Close() }, nil
+	case config.KindMySQL:
+		database, table := mysqlTable(t.Table)
+		tg, err := mysqltarget.Open(ctx, mysqltarget.Spec{
+			Pipeline: w.cfg.Pipeline, Target: t.Name, DSN: t.URL.Value(),
+			Database: database, Table: table, CreateTable: t.CreatesTable(),
+			Delete: t.Delete, SoftDeleteColumn: t.SoftDeleteColumn,
+			MaxConns: t.Writer.Workers + 1,
+		}, w.log)
+		if err != nil {
+			return nil, nil, err
+		}
+		return tg, func() { _ = tg.Close() }, nil
 	case config.KindHTTP:
 		h := t.HTTP
 		headers := make(map[string]string, len(h.Headers))
@@ -189,6 +202,20 @@ func sqliteTable(name string) string {
 		return table
 	}
 	return name
+}
+
+// mysqlTable splits a target table into a MySQL database and table:
+// "db.table" names the database; "public.table" (the default inherited
+// from a PostgreSQL source) and "table" mean the DSN's database ("").
+func mysqlTable(name string) (database, table string) {
+	schema, table, err := config.SplitTable(name)
+	if err != nil {
+		return "", name
+	}
+	if schema == "public" {
+		schema = ""
+	}
+	return schema, table
 }
 
 // Run consumes until ctx ends, then finishes in-flight batches and returns.
