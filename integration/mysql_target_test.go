@@ -143,6 +143,9 @@ targets:
 		t.Fatalf("dlq list does not show key 1234 with MySQL's 1406 data too long:\n%s", list)
 	}
 	t.Logf("dead letter: %s", line)
+	if r := mustVerify(t, cfg, 1); !strings.Contains(r.Stdout, "missing=1") || !strings.Contains(r.Stdout, "1234") {
+		t.Fatalf("verify before the fix should name the missing key 1234:\n%s", r.Stdout)
+	}
 
 	mysqltest.Exec(t, dsn, "ALTER TABLE invoices MODIFY customer VARCHAR(100)")
 	mustDLQ(t, cfg, data, "retry", "--all", "--target", "my")
@@ -170,6 +173,12 @@ FROM invoices ORDER BY id`)
 	}
 	if got := mysqlRows(t, my, "SELECT MAX(oneway_applies), COUNT(*) FROM oneway_ledger_1"); got[0] != "1|2000" {
 		t.Fatalf("ledger max applies, keys = %s, want 1|2000", got[0])
+	}
+	mustVerify(t, cfg, 0)
+	// A hand edit of an owned column is found.
+	mysqltest.Exec(t, dsn, "UPDATE invoices SET updated_at = updated_at + INTERVAL 1 SECOND WHERE id = 77")
+	if r := mustVerify(t, cfg, 1); !strings.Contains(r.Stdout, "different=1") || !strings.Contains(r.Stdout, "77") {
+		t.Fatalf("verify after a hand edit should name key 77:\n%s", r.Stdout)
 	}
 }
 

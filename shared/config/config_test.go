@@ -992,3 +992,22 @@ func TestReservedPipelineName(t *testing.T) {
 	_, err := Parse("out.yaml", []byte(strings.Replace(base, "pipeline: inv", "pipeline: out", 1)), noEnv)
 	require.ErrorContains(t, err, `pipeline: "out" is reserved`)
 }
+
+// A MySQL target table names its database before the dot; "public" (the
+// default inherited from a PostgreSQL source) and no dot mean the DSN's.
+func TestSplitMySQLTable(t *testing.T) {
+	tests := []struct{ in, db, table string }{
+		{"public.invoices", "", "invoices"},
+		{"invoices", "", "invoices"},
+		{"crm.invoices", "crm", "invoices"},
+	}
+	for _, tt := range tests {
+		db, table, err := SplitMySQLTable(tt.in)
+		if err != nil || db != tt.db || table != tt.table {
+			t.Errorf("SplitMySQLTable(%q) = %q, %q, %v; want %q, %q", tt.in, db, table, err, tt.db, tt.table)
+		}
+	}
+	if _, _, err := SplitMySQLTable("a.b.c"); err == nil {
+		t.Error("SplitMySQLTable(a.b.c): no error")
+	}
+}

@@ -131,7 +131,10 @@ func (w *Writer) newTarget(ctx context.Context, pool *pgxpool.Pool) (target.Writ
 		}
 		return tg, func() { _ = tg.Close() }, nil
 	case config.KindMySQL:
-		database, table := mysqlTable(t.Table)
+		database, table, err := config.SplitMySQLTable(t.Table)
+		if err != nil {
+			return nil, nil, errs.Permanent(fmt.Errorf("target %s: table: %w", t.Name, err))
+		}
 		tg, err := mysqltarget.Open(ctx, mysqltarget.Spec{
 			Pipeline: w.cfg.Pipeline, Target: t.Name, DSN: t.URL.Value(),
 			Database: database, Table: table, CreateTable: t.CreatesTable(),
@@ -202,20 +205,6 @@ func sqliteTable(name string) string {
 		return table
 	}
 	return name
-}
-
-// mysqlTable splits a target table into a MySQL database and table:
-// "db.table" names the database; "public.table" (the default inherited
-// from a PostgreSQL source) and "table" mean the DSN's database ("").
-func mysqlTable(name string) (database, table string) {
-	schema, table, err := config.SplitTable(name)
-	if err != nil {
-		return "", name
-	}
-	if schema == "public" {
-		schema = ""
-	}
-	return schema, table
 }
 
 // Run consumes until ctx ends, then finishes in-flight batches and returns.

@@ -71,18 +71,3 @@ func TestConsumerSpecReceivesRetries(t *testing.T) {
 		t.Fatalf("filters %q %q, want %q", spec.FilterSubject, spec.FilterSubjects, want)
 	}
 }
-
-// A MySQL target table names its database before the dot; "public" (the
-// default inherited from a PostgreSQL source) and no dot mean the DSN's.
-func TestMySQLTable(t *testing.T) {
-	tests := []struct{ in, db, table string }{
-		{"public.invoices", "", "invoices"},
-		{"invoices", "", "invoices"},
-		{"crm.invoices", "crm", "invoices"},
-	}
-	for _, tt := range tests {
-		if db, table := mysqlTable(tt.in); db != tt.db || table != tt.table {
-			t.Errorf("mysqlTable(%q) = %q, %q; want %q, %q", tt.in, db, table, tt.db, tt.table)
-		}
-	}
-}

@@ -48,12 +48,9 @@ package sideledger
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"regexp"
 	"sort"
-	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -62,6 +59,7 @@ import (
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
 	"github.com/oneway-sync/oneway/services/writer/internal/ledgerdb"
 	"github.com/oneway-sync/oneway/services/writer/internal/target"
+	"github.com/oneway-sync/oneway/shared/bus"
 	"github.com/oneway-sync/oneway/shared/errs"
 	"github.com/oneway-sync/oneway/shared/event"
 	"github.com/oneway-sync/oneway/shared/pgconn"
@@ -158,11 +156,10 @@ func (l *Ledger) IdempotencyKey(key string, version int64) string {
 	return IdempotencyKey(l.spec.Pipeline, l.spec.Target, key, version)
 }
 
-// IdempotencyKey is the first 32 hex digits of
+// IdempotencyKey is bus.IdempotencyKey: the first 32 hex digits of
 // sha256(pipeline NUL target NUL key NUL version).
 func IdempotencyKey(pipeline, tgt, key string, version int64) string {
-	h := sha256.Sum256([]byte(pipeline + "\x00" + tgt + "\x00" + key + "\x00" + strconv.FormatInt(version, 10)))
-	return hex.EncodeToString(h[:])[:32]
+	return bus.IdempotencyKey(pipeline, tgt, key, version)
 }
 
 // Decision is one change the ledger found newer, with new content: the
