@@ -349,15 +349,10 @@ func (t *Target) Apply(ctx context.Context, items []Item) (Result, error) {
 	if len(items) == 0 {
 		return Result{}, nil
 	}
-	first := items[0].Batch
-	for _, it := range items {
-		if len(it.Batch.GetChanges()) >= 1<<20 {
-			return Result{}, errs.Permanentf("batch of %d changes exceeds 2^20", len(it.Batch.GetChanges()))
-		}
-		if !target.SameLayout(first, it.Batch) {
-			return Result{}, fmt.Errorf("apply: items with different column layouts (%s)", first.GetTable())
-		}
+	if err := target.CheckItems(items); err != nil {
+		return Result{}, err
 	}
+	first := items[0].Batch
 	p, err := t.prepare(ctx, first)
 	if err != nil {
 		return Result{}, err

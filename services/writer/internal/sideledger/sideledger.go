@@ -232,15 +232,10 @@ func (l *Ledger) Apply(ctx context.Context, items []target.Item, send SendFunc) 
 	if len(items) == 0 {
 		return target.Result{}, nil
 	}
-	first := items[0].Batch
-	for _, it := range items {
-		if len(it.Batch.GetChanges()) >= 1<<20 {
-			return target.Result{}, errs.Permanentf("batch of %d changes exceeds 2^20", len(it.Batch.GetChanges()))
-		}
-		if !target.SameLayout(first, it.Batch) {
-			return target.Result{}, fmt.Errorf("apply: items with different column layouts (%s)", first.GetTable())
-		}
+	if err := target.CheckItems(items); err != nil {
+		return target.Result{}, err
 	}
+	first := items[0].Batch
 	keyIdx := event.KeyIndexes(first)
 	if len(keyIdx) == 0 {
 		return target.Result{}, errs.Permanentf("apply: batch of %s has no key column", first.GetTable())

@@ -3,9 +3,11 @@ package target
 
 import (
 	"context"
+	"fmt"
 	"sort"
 
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
+	"github.com/oneway-sync/oneway/shared/errs"
 	"github.com/oneway-sync/oneway/shared/event"
 )
 
@@ -101,4 +103,24 @@ func SameLayout(a, b *onewayv1.Batch) bool {
 		}
 	}
 	return true
+}
+
+// CheckItems rejects what no target can apply: a batch of 2^20 changes or
+// more, whose versions would run into the next sequence's (permanent), and
+// items whose column layouts differ (a caller bug: the writer groups by
+// layout).
+func CheckItems(items []Item) error {
+	if len(items) == 0 {
+		return nil
+	}
+	first := items[0].Batch
+	for _, it := range items {
+		if n := len(it.Batch.GetChanges()); n >= 1<<20 {
+			return errs.Permanentf("batch of %d changes exceeds 2^20", n)
+		}
+		if !SameLayout(first, it.Batch) {
+			return fmt.Errorf("apply: items with different column layouts (%s)", first.GetTable())
+		}
+	}
+	return nil
 }
