@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"regexp"
 	"slices"
@@ -128,6 +129,8 @@ type Capture struct {
 	mu         sync.Mutex
 	overBudget bool
 	typeNames  map[typeID]string
+	live       map[io.Closer]struct{} // open snapshots and streams
+	closed     bool
 	closeOnce  sync.Once
 }
 
@@ -202,7 +205,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Capture, error) {
 		return nil, err
 	}
 	c := &Capture{cfg: cfg, pool: pool, repl: repl, byOID: map[uint32]*tableMeta{},
-		log: log.With("slot", cfg.Slot), typeNames: map[typeID]string{}}
+		log: log.With("slot", cfg.Slot), typeNames: map[typeID]string{}, live: map[io.Closer]struct{}{}}
 	if err := c.setup(ctx); err != nil {
 		pool.Close()
 		return nil, err
@@ -436,9 +439,42 @@ func (c *Capture) Tables() []*Table {
 	return out
 }
 
-// Close releases the Capture's pool. Close streams and snapshots first.
+// Close closes the snapshots and streams still open, then releases the
+// Capture's connections. Safe to call more than once.
 func (c *Capture) Close() {
-	c.closeOnce.Do(c.pool.Close)
+	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		c.closed = true
+		live := make([]io.Closer, 0, len(c.live))
+		for x := range c.live {
+			live = append(live, x)
+		}
+		c.mu.Unlock()
+		for _, x := range live {
+			_ = x.Close()
+		}
+		c.pool.Close()
+	})
+}
+
+// errClosed is returned by methods called after Close.
+var errClosed = errors.New("cdc capture closed")
+
+// track registers an open snapshot or stream, so that Close closes it.
+func (c *Capture) track(x io.Closer) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return errClosed
+	}
+	c.live[x] = struct{}{}
+	return nil
+}
+
+func (c *Capture) untrack(x io.Closer) {
+	c.mu.Lock()
+	delete(c.live, x)
+	c.mu.Unlock()
 }
 
 // SlotState is the slot as PostgreSQL reports it.

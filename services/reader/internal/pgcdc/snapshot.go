@@ -9,6 +9,7 @@ import (
 	"io"
 	"regexp"
 	"strings"
+	"sync"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
@@ -27,6 +28,7 @@ import (
 // time.
 type Snapshot struct {
 	c    *Capture
+	mu   sync.Mutex // guards conn and tx against Close
 	conn *pgxpool.Conn
 	tx   pgx.Tx
 	lsn  LSN
@@ -130,7 +132,12 @@ func (c *Capture) exportSnapshot(ctx context.Context, slot string, temporary boo
 		conn.Release()
 		return nil, pgconn.Classify(fmt.Errorf("import snapshot of slot %s: %w", slot, err))
 	}
-	return &Snapshot{c: c, conn: conn, tx: tx, lsn: lsn}, nil
+	s := &Snapshot{c: c, conn: conn, tx: tx, lsn: lsn}
+	if err := c.track(s); err != nil {
+		_ = s.Close()
+		return nil, err
+	}
+	return s, nil
 }
 
 // LSN is the snapshot's consistent point: after the pages, stream from it.
@@ -171,6 +178,11 @@ func (s *Snapshot) Page(ctx context.Context, t *Table, after []string, limit int
 		fmt.Fprintf(&b, " WHERE (%s) > (%s)", m.keyList, strings.Join(params, ", "))
 	}
 	fmt.Fprintf(&b, " ORDER BY %s LIMIT %d", m.keyList, limit)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tx == nil {
+		return nil, fmt.Errorf("read snapshot page of %s: the snapshot is closed", m.base.Name)
+	}
 	rows, err := queryRows(ctx, s.tx, b.String(), args)
 	if err != nil {
 		return nil, pgconn.Classify(fmt.Errorf("read snapshot page of %s: %w", m.base.Name, err))
@@ -181,9 +193,12 @@ func (s *Snapshot) Page(ctx context.Context, t *Table, after []string, limit int
 // Close ends the snapshot's transaction and returns its connection. It is
 // safe to call more than once.
 func (s *Snapshot) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.tx == nil {
 		return nil
 	}
+	s.c.untrack(s)
 	err := s.tx.Rollback(context.Background())
 	s.conn.Release()
 	s.tx, s.conn = nil, nil

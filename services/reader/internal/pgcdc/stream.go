@@ -128,6 +128,11 @@ func (c *Capture) stream(ctx context.Context, from, until LSN) (*Stream, error) 
 	s.confirmed.Store(uint64(base))
 	p := &pump{s: s, c: c, conn: conn, base: base, rels: map[uint32]*relation{},
 		nextStatus: time.Now().Add(c.cfg.StatusInterval)}
+	if err := c.track(s); err != nil {
+		cancel()
+		_ = conn.Close(context.WithoutCancel(ctx))
+		return nil, err
+	}
 	c.log.Info("replication started", "from", from.String(), "until", until.String())
 	go s.run(pctx, p)
 	return s, nil
@@ -172,6 +177,9 @@ func (s *Stream) Close() error {
 	s.closeOnce.Do(func() {
 		s.cancel()
 		<-s.done
+		if s.c != nil {
+			s.c.untrack(s)
+		}
 	})
 	return s.closeErr
 }
