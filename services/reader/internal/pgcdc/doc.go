@@ -75,6 +75,33 @@
 // a position, the history between is lost: [ErrSlotLost], the caller must
 // resync.
 //
+// # The caller's protocol
+//
+// The caller (the reader) keeps one position, saved only after JetStream
+// acknowledged what it covers: a phase, a stream LSN and, while in the
+// snapshot, the table and last key published.
+//
+//	c, _ := pgcdc.Open(ctx, cfg, log)
+//	if pos.Phase != "stream" {
+//		snap, _ := c.StartSnapshot(ctx, pos.LSN) // pos.LSN is 0 the first time
+//		bridge, _ := snap.Bridge(ctx)
+//		for ch, err := bridge.Next(ctx); err != io.EOF; ch, err = bridge.Next(ctx) {
+//			publish(ch) // Msg-Id from (CommitLSN, Seq); on ch.Last: save pos.LSN = ch.EndLSN, bridge.Confirm(ch.EndLSN)
+//		}
+//		bridge.Close()
+//		save(pos.LSN = snap.LSN())
+//		for each table from pos.Table, pages after pos.Key: publish rows; save pos.Table, pos.Key
+//		snap.Close()
+//		save(pos = {Phase: "stream", LSN: snap.LSN()})
+//	}
+//	s, _ := c.Stream(ctx, pos.LSN)
+//	for { ch, _ := s.Next(ctx); publish(ch); on ch.Last: save pos.LSN = ch.EndLSN, s.Confirm(ch.EndLSN) }
+//
+// Any error: close what is open and start over from the saved position
+// (ErrSlotLost: resync). Confirm only what is saved-or-acknowledged; never
+// confirm while the saved phase is still the snapshot's, except bridge
+// transactions.
+//
 // # Streaming and confirmation
 //
 // [Capture.Stream] starts the slot from an LSN and hands over [Chunk]s in

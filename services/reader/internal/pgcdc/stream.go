@@ -204,9 +204,6 @@ func (s *Stream) run(ctx context.Context, p *pump) {
 		s.c.log.Warn("replication slot still held after its stream closed", "pid", pid, "error", err)
 	}
 	cancel()
-	if err != nil && !errors.Is(err, io.EOF) && ctx.Err() == nil {
-		s.c.log.Warn("replication stream failed", "error", err)
-	}
 	s.err = err
 	close(s.out)
 	close(s.done)
