@@ -94,6 +94,7 @@ func runVerify(ctx context.Context, cfg *config.Pipeline, only string, out io.Wr
 		rep, err := verify.Run(ctx, src, dst, verify.Spec{
 			Source: srcTable, Target: pgconn.Table{Schema: ts, Name: tt},
 			Key: cfg.Source.Key, Columns: columns,
+			SoftDeleteColumn: cfg.Source.Capture.DeleteFeed.SoftDeleteColumn,
 		}, func(done int64) {
 			if time.Since(last) > 5*time.Second {
 				last = time.Now()

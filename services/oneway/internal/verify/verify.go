@@ -22,6 +22,10 @@ type Spec struct {
 	Columns        []string // owned columns; must include Key
 	PageSize       int
 	Samples        int // keys to keep per kind of difference
+	// SoftDeleteColumn, when set, is a source column marking deleted rows
+	// (set: not NULL, and true for a boolean); those rows are expected to
+	// be absent from the target and are left out of the source side.
+	SoftDeleteColumn string
 }
 
 // Report is the outcome.
@@ -81,10 +85,22 @@ func Run(ctx context.Context, src, dst *pgxpool.Pool, s Spec, progress func(done
 	}
 	cols := pgconn.QuoteList("", s.Columns)
 	keys := pgconn.QuoteList("", s.Key)
+	srcWhere := ""
+	if s.SoftDeleteColumn != "" {
+		sd, err := pgconn.Pick(s.Source, srcCols, []string{s.SoftDeleteColumn})
+		if err != nil {
+			return Report{}, fmt.Errorf("verify: %w", err)
+		}
+		if sd[0].Type == "boolean" {
+			srcWhere = fmt.Sprintf("NOT coalesce(%s, false)", pgconn.Quote(s.SoftDeleteColumn))
+		} else {
+			srcWhere = fmt.Sprintf("%s IS NULL", pgconn.Quote(s.SoftDeleteColumn))
+		}
+	}
 	var rep Report
 	var after []string
 	for {
-		srcRows, err := page(ctx, src, s.Source, cols, keys, keyTypes, keyIdx, after, nil, s.PageSize)
+		srcRows, err := page(ctx, src, s.Source, cols, keys, keyTypes, keyIdx, srcWhere, after, nil, s.PageSize)
 		if err != nil {
 			return rep, fmt.Errorf("verify: read source %s: %w", s.Source, err)
 		}
@@ -94,7 +110,7 @@ func Run(ctx context.Context, src, dst *pgxpool.Pool, s Spec, progress func(done
 		}
 		// The target rows in the same key range: (after, upTo], or (after, ∞)
 		// on the last page.
-		dstRows, err := page(ctx, dst, s.Target, cols, keys, keyTypes, keyIdx, after, upTo, 0)
+		dstRows, err := page(ctx, dst, s.Target, cols, keys, keyTypes, keyIdx, "", after, upTo, 0)
 		if err != nil {
 			return rep, fmt.Errorf("verify: read target %s: %w", s.Target, err)
 		}
@@ -144,11 +160,15 @@ type keyedRow struct {
 	keyParts []string
 }
 
-// page reads rows with key in (after, upTo] in key order; nil bounds are
-// open; limit 0 means no limit. Key values travel as text and are cast to
-// the key columns' types, so both sides order and compare alike.
-func page(ctx context.Context, pool *pgxpool.Pool, t pgconn.Table, cols, keys string, keyTypes []string, keyIdx []int, after, upTo []string, limit int) ([]keyedRow, error) {
+// page reads rows with key in (after, upTo] (and matching cond, when not
+// empty) in key order; nil bounds are open; limit 0 means no limit. Key
+// values travel as text and are cast to the key columns' types, so both
+// sides order and compare alike.
+func page(ctx context.Context, pool *pgxpool.Pool, t pgconn.Table, cols, keys string, keyTypes []string, keyIdx []int, cond string, after, upTo []string, limit int) ([]keyedRow, error) {
 	var where []string
+	if cond != "" {
+		where = append(where, "("+cond+")")
+	}
 	args := []any{pgx.QueryResultFormats{pgx.TextFormatCode}}
 	bound := func(op string, vals []string) {
 		ph := make([]string, len(vals))

@@ -199,7 +199,9 @@ func (c *Cycle) cycle(ctx context.Context, pos Position, hasPrev bool, prev, nex
 			out.Abort()
 		}
 	}()
-	scan, err := c.Source.Scan(ctx, from)
+	// A window cycle without a list reads the whole table once, so the
+	// targets get the rows outside the window too.
+	scan, err := c.Source.Scan(ctx, pgsource.ScanOptions{WindowFrom: from, Whole: !hasPrev})
 	if err != nil {
 		return nil, err
 	}
@@ -358,7 +360,7 @@ func (p *pgRows) next() (scanRow, bool, error) {
 	}
 	p.last = ord
 	*p.count++
-	return scanRow{ord: ord, owned: p.src.Owned(r), deleted: p.src.IsDeleted(r)}, true, nil
+	return scanRow{ord: ord, owned: p.src.Owned(r), deleted: p.src.IsDeleted(r), outside: !p.scan.InWindow(r)}, true, nil
 }
 
 // lastTag returns the order key in the tag of the last batch when that

@@ -15,6 +15,10 @@ type scanRow struct {
 	ord     []byte
 	owned   [][]byte
 	deleted bool // the row is marked deleted (soft-delete column)
+	// outside is true for a row read although it lies outside the window
+	// (a window cycle without a list reads the whole table once): it is
+	// sent like any other but stays out of the new list.
+	outside bool
 }
 
 // rowIter yields this cycle's rows in strictly increasing ord.
@@ -50,7 +54,7 @@ type mergeEvent struct {
 }
 
 // merge walks rows and old (nil: no list) in step. It adds every row that
-// is not marked deleted to out and calls fn for each finding. Rows whose
+// is not marked deleted (nor outside) to out and calls fn for each finding. Rows whose
 // ord is at or below dirty are emitted whatever their hash.
 func merge(rows rowIter, old entryIter, dirty []byte, out *listWriter, layout *Layout, fn func(mergeEvent) error) error {
 	var cur entry
@@ -97,8 +101,10 @@ func merge(rows rowIter, old entryIter, dirty []byte, out *listWriter, layout *L
 		default:
 			packed := event.PackRow(r.owned)
 			h := event.RowHash(packed)
-			if err := out.Add(r.ord, layout.packKey(r.owned), h); err != nil {
-				return err
+			if !r.outside {
+				if err := out.Add(r.ord, layout.packKey(r.owned), h); err != nil {
+					return err
+				}
 			}
 			switch {
 			case !inList:

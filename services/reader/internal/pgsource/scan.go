@@ -64,32 +64,46 @@ func (s *Source) OrdKey(dst []byte, r Row) ([]byte, error) {
 	return dst, nil
 }
 
-// Scan streams the table's rows in order-key order: all of them, or, when
-// windowFrom is not empty, those whose window column is at or after it (a
-// timestamp with time zone as text). Rows whose key has a NULL are left
-// out (they cannot identify a record). The read is one query, so it sees
-// one snapshot of the table; it holds a connection until Close.
-func (s *Source) Scan(ctx context.Context, windowFrom string) (*Scan, error) {
+// ScanOptions select the rows of a Scan.
+type ScanOptions struct {
+	// WindowFrom, when not empty, restricts the scan to the rows whose
+	// window column is at or after it (a timestamp with time zone as text).
+	WindowFrom string
+	// Whole reads every row even with WindowFrom, and reports for each
+	// whether it lies in the window (InWindow).
+	Whole bool
+}
+
+// Scan streams the table's rows in order-key order (see ScanOptions).
+// Rows whose key has a NULL are left out (they cannot identify a record).
+// The read is one query, so it sees one snapshot of the table; it holds a
+// connection until Close.
+func (s *Source) Scan(ctx context.Context, o ScanOptions) (*Scan, error) {
 	orderBy, extra := s.ordSQL()
 	var b strings.Builder
 	fmt.Fprintf(&b, "SELECT %s%s", s.colList, s.extraCols(false))
 	for _, e := range extra {
 		b.WriteString(", " + e)
 	}
-	fmt.Fprintf(&b, " FROM %s", s.table.Quoted())
 	var where []string
 	args := []any{pgx.QueryResultFormats{pgx.TextFormatCode}}
+	if o.WindowFrom != "" {
+		if s.winCol == "" {
+			return nil, errs.Permanentf("source table %s: a window scan needs a window column", s.table)
+		}
+		in := fmt.Sprintf("%s >= $1::text::timestamptz", pgconn.Quote(s.winCol))
+		if o.Whole {
+			fmt.Fprintf(&b, ", coalesce(%s, false)", in)
+		} else {
+			where = append(where, in)
+		}
+		args = append(args, o.WindowFrom)
+	}
+	fmt.Fprintf(&b, " FROM %s", s.table.Quoted())
 	if s.keyNull {
 		for _, j := range s.keyIdx {
 			where = append(where, pgconn.Quote(s.cols[j].Name)+" IS NOT NULL")
 		}
-	}
-	if windowFrom != "" {
-		if s.winCol == "" {
-			return nil, errs.Permanentf("source table %s: a window scan needs a window column", s.table)
-		}
-		where = append(where, fmt.Sprintf("%s >= $1::text::timestamptz", pgconn.Quote(s.winCol)))
-		args = append(args, windowFrom)
 	}
 	if len(where) > 0 {
 		b.WriteString(" WHERE " + strings.Join(where, " AND "))
@@ -99,7 +113,11 @@ func (s *Source) Scan(ctx context.Context, windowFrom string) (*Scan, error) {
 	if err != nil {
 		return nil, pgconn.Classify(fmt.Errorf("scan %s: %w", s.table, err))
 	}
-	return &Scan{rows: rows, table: s.table}, nil
+	sc := &Scan{rows: rows, table: s.table, inWin: -1}
+	if o.WindowFrom != "" && o.Whole {
+		sc.inWin = s.ordIdx + len(extra)
+	}
+	return sc, nil
 }
 
 // Scan is an open scan. Not safe for concurrent use.
@@ -107,6 +125,13 @@ type Scan struct {
 	rows  pgx.Rows
 	table pgconn.Table
 	err   error
+	inWin int
+}
+
+// InWindow reports whether a row of a Whole scan lies in the window (true
+// for every row of other scans).
+func (sc *Scan) InWindow(r Row) bool {
+	return sc.inWin < 0 || string(r[sc.inWin]) == "t"
 }
 
 // Next returns the next row, or false at the end or on an error (see Err).
