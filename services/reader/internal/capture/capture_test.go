@@ -272,7 +272,7 @@ func TestWindow(t *testing.T) {
 		t.Fatalf("unchanged: %s", describe(batches))
 	}
 	e.exec(t,
-		"DELETE FROM public.t WHERE id IN (6, 2)",                                     // inside, outside the window
+		"DELETE FROM public.t WHERE id IN (6, 2)",                                            // inside, outside the window
 		"UPDATE public.t SET v = 'moved out', day = now() - interval '40 days' WHERE id = 7", // leaves the window
 		"UPDATE public.t SET day = now() - interval '40 days' WHERE id = 8",                  // leaves the window; only its date changed
 		"UPDATE public.t SET v = 'changed outside' WHERE id = 3",

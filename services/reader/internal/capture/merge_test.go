@@ -289,9 +289,13 @@ func TestTransition(t *testing.T) {
 		err   string
 	}{
 		{name: "fresh watermark", setup: Setup{Pattern: "watermark", Source: src, Column: "updated_at"},
-			check: func(t *testing.T, p Position, note string) { expect(t, p.Phase == "" && p.Column == "updated_at" && note == "", p) }},
+			check: func(t *testing.T, p Position, note string) {
+				expect(t, p.Phase == "" && p.Column == "updated_at" && note == "", p)
+			}},
 		{name: "fresh synthetic", setup: Setup{Pattern: "synthetic", Source: src},
-			check: func(t *testing.T, p Position, _ string) { expect(t, p.Phase == PhaseCycle && p.Cycle == 1 && p.Lineage != "", p) }},
+			check: func(t *testing.T, p Position, _ string) {
+				expect(t, p.Phase == PhaseCycle && p.Cycle == 1 && p.Lineage != "", p)
+			}},
 		{name: "same pattern: unchanged", pos: wm, setup: Setup{Pattern: "watermark", Source: src, Column: "updated_at"},
 			check: func(t *testing.T, p Position, note string) { expect(t, equalPosition(p, wm) && note == "", p) }},
 		{name: "a legacy position is watermark", pos: legacy, setup: Setup{Pattern: "watermark", Source: src, Column: "updated_at"},
@@ -312,7 +316,9 @@ func TestTransition(t *testing.T) {
 				expect(t, p.Phase == PhaseCycle && p.Cycle == 1 && p.Lineage != "" && p.Watermark == "" && note != "", p)
 			}},
 		{name: "synthetic to window keeps the list", pos: cycle, setup: Setup{Pattern: "window", Source: src},
-			check: func(t *testing.T, p Position, _ string) { expect(t, p.Lineage == "L" && p.Cycle == 7 && p.Pattern == "window", p) }},
+			check: func(t *testing.T, p Position, _ string) {
+				expect(t, p.Lineage == "L" && p.Cycle == 7 && p.Pattern == "window", p)
+			}},
 		{name: "synthetic to watermark starts at the last cycle's bound", pos: cycle, setup: Setup{Pattern: "watermark", Source: src, Column: "u"},
 			check: func(t *testing.T, p Position, _ string) {
 				expect(t, p.Phase == PhaseWatermark && p.Watermark == "B" && p.WatermarkKey == nil && p.Column == "u", p)

@@ -79,7 +79,9 @@ func TestScanOrderIsByteOrder(t *testing.T) {
 	}
 }
 
-func quoteLit(s string) string { return "E'" + strings.NewReplacer(`\`, `\\`, "'", `\'`, "\t", `\t`).Replace(s) + "'" }
+func quoteLit(s string) string {
+	return "E'" + strings.NewReplacer(`\`, `\\`, "'", `\'`, "\t", `\t`).Replace(s) + "'"
+}
 
 // TestScanWindowAndSoftDelete: a window scan reads only rows at or after
 // its start (a whole one reads all and says which are inside); a row whose
