@@ -89,12 +89,14 @@ func (c *Cycle) Run(ctx context.Context, pos Position, last *onewayv1.Batch, emi
 	prev := filepath.Join(dir, "prev")
 	hasPrev := true
 	err = retry.Do(ctx, c.Retry, func(ctx context.Context) error {
-		return c.Store.GetFile(ctx, c.ObjectName, pos.Lineage, prev)
+		err := c.Store.GetFile(ctx, c.ObjectName, pos.Lineage, prev)
+		if errors.Is(err, errNoList) {
+			hasPrev = false
+			return nil
+		}
+		return err
 	})
-	switch {
-	case errors.Is(err, errNoList):
-		hasPrev = false
-	case err != nil:
+	if err != nil {
 		return err
 	}
 

@@ -104,13 +104,15 @@ func (w *Watermark) Run(ctx context.Context, pos Position, _ *onewayv1.Batch, em
 		var data []byte
 		err := w.read(ctx, func(ctx context.Context) (err error) {
 			data, err = w.Store.GetBytes(ctx, w.ObjectName, pos.Lineage)
+			if errors.Is(err, errNoList) {
+				return nil
+			}
 			return err
 		})
-		switch {
-		case errors.Is(err, errNoList):
-		case err != nil:
+		if err != nil {
 			return err
-		default:
+		}
+		if data != nil {
 			if ov, err = unmarshalOverlap(data); err != nil {
 				return err
 			}

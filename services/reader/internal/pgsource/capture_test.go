@@ -148,9 +148,9 @@ func TestScanWindowAndSoftDelete(t *testing.T) {
 // ---- delete feed -----------------------------------------------------------------
 
 // TestWatermarkRowsWithDeleteFeed: rows of the deleted-records table come
-// in watermark order with the table's rows, a delete before a row of the
-// same watermark and key (delete, then re-insert in one transaction), and
-// paging with the cursors the source returns reads each once.
+// in watermark order with the table's rows, except deletes of keys that are
+// in the table again; paging with the cursors the source returns reads
+// each once.
 func TestWatermarkRowsWithDeleteFeed(t *testing.T) {
 	t.Parallel()
 	_, pool := newDB(t)
@@ -168,7 +168,9 @@ func TestWatermarkRowsWithDeleteFeed(t *testing.T) {
 		fmt.Sprintf(`INSERT INTO audit.inv_deleted VALUES (4, '%[1]s'), (2, '%[2]s'), (9, '%[2]s'), (6, '%[3]s')`, t1, t2, t3))
 	src := open(t, pool, Spec{Table: pgconn.Table{Schema: "public", Name: "inv"}, Key: []string{"id"},
 		WatermarkColumn: "updated_at", DeleteTable: pgconn.Table{Schema: "audit", Name: "inv_deleted"}, DeletePointer: "deleted_at"})
-	want := "r1 -4 -2 r2 r3 -9 r5 -6"
+	// Key 2 was deleted and is in the table again: its delete is obsolete
+	// and left out (the row carries its current state).
+	want := "r1 -4 r2 r3 -9 r5 -6"
 	for _, limit := range []int{1, 2, 3, 100} {
 		var got []string
 		c := Cursor{Mark: "2000-01-01 00:00:00+00"}
@@ -204,8 +206,8 @@ func TestWatermarkRowsWithDeleteFeed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rows) != 6 {
-		t.Errorf("%d rows below %s, want 6", len(rows), t3)
+	if len(rows) != 5 {
+		t.Errorf("%d rows below %s, want 5", len(rows), t3)
 	}
 }
 

@@ -178,8 +178,8 @@ func Open(ctx context.Context, pool *pgxpool.Pool, spec Spec, log *slog.Logger) 
 		if !ok {
 			return nil, errs.Permanentf("source table %s: window column %q does not exist", spec.Table, spec.WindowColumn)
 		}
-		switch c.Type {
-		case "date", "timestamp with time zone", "timestamp without time zone":
+		switch kindOf(c.Type) {
+		case markDate, markTime:
 		default:
 			return nil, errs.Permanentf("source table %s: window column %q has type %s; the window pattern needs a date or timestamp column",
 				spec.Table, spec.WindowColumn, c.Type)
@@ -214,7 +214,7 @@ func (s *Source) openWatermark(ctx context.Context, spec Spec, idx map[string]in
 	s.wmIdx, s.wmType = i, s.cols[i].Type
 	s.wmKind = kindOf(s.wmType)
 	switch {
-	case s.wmKind == markTime && s.wmType == "timestamp without time zone":
+	case s.wmKind == markTime && strings.HasSuffix(s.wmType, "without time zone"):
 		s.log.Warn("watermark column has no time zone: the commit-safe bound is computed in UTC, so the applications must write it in UTC (or use timestamptz)",
 			"table", spec.Table.String(), "column", spec.WatermarkColumn)
 	case s.wmKind == markTime:
@@ -305,8 +305,8 @@ SELECT EXISTS (SELECT 1 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.in
 
 func kindOf(typ string) markKind {
 	switch {
-	case typ == "timestamp with time zone", typ == "timestamp without time zone":
-		return markTime
+	case strings.HasPrefix(typ, "timestamp") && (strings.HasSuffix(typ, " with time zone") || strings.HasSuffix(typ, " without time zone")):
+		return markTime // also timestamp(n)
 	case typ == "date":
 		return markDate
 	case isInteger(typ), typ == "numeric", strings.HasPrefix(typ, "numeric("):
@@ -633,19 +633,28 @@ func (s *Source) WatermarkRows(ctx context.Context, c Cursor, bound Bound, limit
 	var sel []string
 	for i, col := range s.cols {
 		if isKey[i] {
-			sel = append(sel, pgconn.Quote(col.Name))
+			sel = append(sel, "d."+pgconn.Quote(col.Name))
 		} else {
 			sel = append(sel, fmt.Sprintf("NULL::%s", col.Type))
 		}
 	}
-	ptr := pgconn.Quote(s.delPtr)
+	ptr := "d." + pgconn.Quote(s.delPtr)
 	sel = append(sel, "true")
 	if s.epochIdx >= 0 {
 		sel = append(sel, fmt.Sprintf("extract(epoch from %s)::float8", ptr))
 	}
 	sel = append(sel, ptr+"::text", "0")
-	deletes := fmt.Sprintf("SELECT %s FROM %s WHERE %s %s $1::text::%s AND %s ORDER BY %s, %s LIMIT %d",
-		strings.Join(sel, ", "), s.delTab.Quoted(), ptr, lt, boundType, after(ptr, 0), ptr, s.keyList, limit)
+	// A delete of a key that is in the table again is obsolete: the row is
+	// (or was) read with its current state. Dropping it keeps a re-insert
+	// whose watermark is older than the delete's (transactions start and
+	// commit in different orders) from being deleted after it.
+	var same []string
+	for _, k := range s.keyNames() {
+		same = append(same, fmt.Sprintf("s.%[1]s = d.%[1]s", pgconn.Quote(k)))
+	}
+	deletes := fmt.Sprintf("SELECT %s FROM %s d WHERE %s %s $1::text::%s AND %s AND NOT EXISTS (SELECT 1 FROM %s s WHERE %s) ORDER BY %s, %s LIMIT %d",
+		strings.Join(sel, ", "), s.delTab.Quoted(), ptr, lt, boundType, after(ptr, 0), s.table.Quoted(), strings.Join(same, " AND "),
+		ptr, s.keyList, limit)
 	// The outer order: the mark as the column's type, then key, then kind.
 	q := fmt.Sprintf("SELECT * FROM ((%s) UNION ALL (%s)) u ORDER BY u.%s::%s, %s, u.%s LIMIT %d",
 		table, deletes, colName(s.markIdx), s.wmType, pgconn.QuoteList("u.", s.keyNames()), colName(s.kindIdx), limit)
