@@ -1032,3 +1032,48 @@ func TestCapturePatterns(t *testing.T) {
 		})
 	}
 }
+
+// Every example config loads; each pattern's example sets its pattern.
+func TestPatternExampleFiles(t *testing.T) {
+	env := envOf(map[string]string{
+		"ONEWAY_SOURCE_URL": "postgres://oneway:srcsecret@source:5432/erp",
+		"ONEWAY_TARGET_URL": "postgres://oneway:tgtsecret@target:5432/reporting",
+		"ONEWAY_LEDGER_URL": "postgres://oneway:ledgersecret@stage:5432/oneway",
+	})
+	want := map[string]Capture{
+		"invoices-synthetic.yaml": {Pattern: PatternSynthetic, BatchSize: 1000, PollInterval: Duration{30 * time.Second}},
+		"invoices-window.yaml": {Pattern: PatternWindow, Column: "updated_at", BatchSize: 1000, PollInterval: Duration{time.Minute},
+			Window: Duration{720 * time.Hour}},
+		"invoices-watermark-cdc.yaml": {Pattern: PatternWatermarkCDC, Column: "updated_at", BatchSize: 1000, PollInterval: Duration{time.Second},
+			Overlap: Duration{5 * time.Second}},
+	}
+	files, err := filepath.Glob("../../deploy/examples/*.yaml")
+	require.NoError(t, err)
+	require.NotEmpty(t, files)
+	for _, path := range files {
+		t.Run(filepath.Base(path), func(t *testing.T) {
+			data, err := os.ReadFile(path)
+			require.NoError(t, err)
+			p, err := Parse(path, data, env)
+			require.NoError(t, err)
+			if w, ok := want[filepath.Base(path)]; ok {
+				require.Equal(t, w, p.Source.Capture)
+			}
+		})
+	}
+	for name := range want {
+		require.FileExists(t, filepath.Join("../../deploy/examples", name))
+	}
+	// The delete feed commented out in invoices.yaml is valid once enabled.
+	data, err := os.ReadFile("../../deploy/examples/invoices.yaml")
+	require.NoError(t, err)
+	enabled := strings.NewReplacer(
+		"    # delete_feed:\n", "    delete_feed:\n",
+		"    #   soft_delete_column: deleted_at\n", "      soft_delete_column: deleted_at\n",
+		"    #   table: public.invoices_deleted\n", "      table: public.invoices_deleted\n",
+		"    #   column: deleted_at\n", "      column: deleted_at\n").Replace(string(data))
+	require.NotEqual(t, string(data), enabled)
+	p, err := Parse("invoices.yaml", []byte(enabled), env)
+	require.NoError(t, err)
+	require.Equal(t, DeleteFeed{SoftDeleteColumn: "deleted_at", Table: "public.invoices_deleted", Column: "deleted_at"}, p.Source.Capture.DeleteFeed)
+}
