@@ -101,7 +101,7 @@ func (c *Cycle) Run(ctx context.Context, pos Position, last *onewayv1.Batch, emi
 	}
 
 	// What may have been published past the saved position.
-	dirty := maxOrd(pos.Dirty, lastTag(last, pos.Cycle))
+	dirty := maxOrd(pos.Dirty, lastTag(last, pos.Lineage, pos.Cycle))
 	for n := 0; ; n++ {
 		next := filepath.Join(dir, "next-"+strconv.Itoa(n))
 		var lastSent []byte
@@ -216,9 +216,7 @@ func (c *Cycle) cycle(ctx context.Context, pos Position, hasPrev bool, prev, nex
 		// then load new keys by COPY.
 		pattern = onewayv1.CapturePattern_CAPTURE_PATTERN_SNAPSHOT
 	}
-	tag := func(ord []byte) string {
-		return "cycle/" + strconv.FormatUint(pos.Cycle, 10) + "/" + base64.RawURLEncoding.EncodeToString(ord)
-	}
+	tag := func(ord []byte) string { return cycleTag(pos.Lineage, pos.Cycle, ord) }
 	var page []mergeEvent
 	flush := func() error {
 		if len(page) == 0 {
@@ -365,18 +363,25 @@ func (p *pgRows) next() (scanRow, bool, error) {
 	return scanRow{ord: ord, owned: p.src.Owned(r), deleted: p.src.IsDeleted(r), outside: !p.scan.InWindow(r)}, true, nil
 }
 
+// cycleTag is the Position of the last change of a cycle's batch: the
+// cycle and the order key of that change, so that a restarted cycle knows
+// how far it may have published (lastTag).
+func cycleTag(lineage string, cycle uint64, ord []byte) string {
+	return "cycle/" + lineage + "/" + strconv.FormatUint(cycle, 10) + "/" + base64.RawURLEncoding.EncodeToString(ord)
+}
+
 // lastTag returns the order key in the tag of the last batch when that
 // batch belongs to the given cycle, else nil.
-func lastTag(b *onewayv1.Batch, cycle uint64) []byte {
+func lastTag(b *onewayv1.Batch, lineage string, cycle uint64) []byte {
 	if b == nil || len(b.GetChanges()) == 0 {
 		return nil
 	}
 	tag := b.GetChanges()[len(b.GetChanges())-1].GetPosition()
-	parts := strings.SplitN(tag, "/", 3)
-	if len(parts) != 3 || parts[0] != "cycle" || parts[1] != strconv.FormatUint(cycle, 10) {
+	parts := strings.SplitN(tag, "/", 4)
+	if len(parts) != 4 || parts[0] != "cycle" || parts[1] != lineage || parts[2] != strconv.FormatUint(cycle, 10) {
 		return nil
 	}
-	ord, err := base64.RawURLEncoding.DecodeString(parts[2])
+	ord, err := base64.RawURLEncoding.DecodeString(parts[3])
 	if err != nil {
 		return nil
 	}

@@ -365,15 +365,18 @@ func TestLastTag(t *testing.T) {
 		return &onewayv1.Batch{Changes: []*onewayv1.Change{{}, {Position: tag}}}
 	}
 	ord := []byte{0x80, 0, 1}
-	if got := lastTag(b("cycle/4/gAAB"), 4); string(got) != string(ord) {
+	if tag := cycleTag("L", 4, ord); tag != "cycle/L/4/gAAB" {
+		t.Errorf("tag %q", tag)
+	}
+	if got := lastTag(b("cycle/L/4/gAAB"), "L", 4); string(got) != string(ord) {
 		t.Errorf("tag of cycle 4: %x", got)
 	}
-	for _, tag := range []string{"cycle/3/gAAB", "cycle/4", "", "watermark/4/gAAB", "cycle/4/!!"} {
-		if got := lastTag(b(tag), 4); got != nil {
+	for _, tag := range []string{"cycle/L/3/gAAB", "cycle/M/4/gAAB", "cycle/L/4", "", "watermark/L/4/gAAB", "cycle/L/4/!!"} {
+		if got := lastTag(b(tag), "L", 4); got != nil {
 			t.Errorf("tag %q read as %x", tag, got)
 		}
 	}
-	if lastTag(nil, 1) != nil {
+	if lastTag(nil, "L", 1) != nil {
 		t.Error("nil batch")
 	}
 }
