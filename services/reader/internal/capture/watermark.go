@@ -76,7 +76,7 @@ func (w *Watermark) Run(ctx context.Context, pos Position, _ *onewayv1.Batch, em
 	if pos.Phase == "" {
 		// The snapshot starts below a bound: every row the snapshot may miss
 		// (changed while it runs) has a watermark at or after it.
-		for waited := false; ; waited = true {
+		for n := 0; ; n++ {
 			b, err := bound()
 			if err != nil {
 				return err
@@ -85,7 +85,7 @@ func (w *Watermark) Run(ctx context.Context, pos Position, _ *onewayv1.Batch, em
 				pos.Phase, pos.SnapshotBound = PhaseSnapshot, b.Value
 				break
 			}
-			if waited {
+			if n == 1 {
 				w.Log.Info("waiting for the transactions open at the start to end before the snapshot (numeric watermark)")
 			}
 			if !w.wait(ctx) {
