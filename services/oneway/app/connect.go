@@ -35,14 +35,14 @@ func (f *storeFlags) bind(cmd *cobra.Command) {
 // must be stopped). closeBus releases everything.
 func (f *storeFlags) connect(ctx context.Context, cfg *config.Pipeline, name string, log *slog.Logger) (b *natsbus.Bus, closeBus func(), err error) {
 	var cleanup []func()
-	closeBus = func() {
+	release := func() {
 		for i := len(cleanup) - 1; i >= 0; i-- {
 			cleanup[i]()
 		}
 	}
 	defer func() {
 		if err != nil {
-			closeBus()
+			release()
 		}
 	}()
 	url := f.natsURL
@@ -75,5 +75,5 @@ func (f *storeFlags) connect(ctx context.Context, cfg *config.Pipeline, name str
 		return nil, nil, err
 	}
 	cleanup = append(cleanup, b.Close)
-	return b, closeBus, nil
+	return b, release, nil
 }
