@@ -133,9 +133,9 @@ type DeleteFeed struct {
 	// the watermark patterns; read in the same order as the watermark, so
 	// a delete and a later re-insert of a key keep their order.
 	Table string `yaml:"table,omitempty"`
-	// Column is the pointer column of Table, of the same kind as the
-	// watermark column and set the same way (e.g. DEFAULT now()). Required
-	// with Table.
+	// Column is the pointer column of Table, of the watermark column's type
+	// and set the same way (DEFAULT now(); for a number, from the same
+	// sequence). Required with Table.
 	Column string `yaml:"column,omitempty"`
 }
 
