@@ -49,6 +49,23 @@ func ReaderPositionKey(pipeline, side string) string {
 	return pipeline + ".reader." + side + ".position"
 }
 
+// CaptureBucket is the Object Store bucket holding the capture state that
+// does not fit a KV value: the per-key hash lists of the synthetic and
+// window patterns, the overlap hashes of watermark_cdc.
+const CaptureBucket = "ONEWAY_CAPTURE"
+
+// CaptureObject is the name of one piece of a reader's capture state
+// ("hashes", "overlap") in CaptureBucket.
+func CaptureObject(pipeline, side, name string) string {
+	return pipeline + ".reader." + side + "." + name
+}
+
+// CaptureObjects lists the names of every capture state object of a
+// pipeline side.
+func CaptureObjects(pipeline, side string) []string {
+	return []string{CaptureObject(pipeline, side, "hashes"), CaptureObject(pipeline, side, "overlap")}
+}
+
 // ReaderLeaseKey is the state key of the lease that makes one reader of a
 // pipeline side active.
 func ReaderLeaseKey(pipeline, side string) string { return pipeline + ".reader." + side + ".lease" }

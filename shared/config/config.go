@@ -115,17 +115,55 @@ type Source struct {
 
 // Capture says how a source's changes are detected.
 type Capture struct {
-	// Pattern is the capture pattern. Default "watermark", the only one
-	// implemented so far.
+	// Pattern is the capture pattern: "watermark" (default), "synthetic",
+	// "window" or "watermark_cdc" ("watermark+cdc" is accepted and printed
+	// as watermark_cdc). "cdc" is not implemented yet.
 	Pattern string `yaml:"pattern"`
-	// Column is the watermark column, required for the watermark pattern.
+	// Column is the pattern's column: the watermark column (a timestamp, or
+	// a number that a sequence sets) for watermark; a date or timestamp
+	// column for watermark_cdc and for window (the column the window
+	// slides over). Not used by synthetic.
 	Column string `yaml:"column"`
 	// BatchSize is the number of rows per message. Default 1000; 1..100000.
 	BatchSize int `yaml:"batch_size"`
-	// PollInterval is the time between polls. Default 1s; must be > 0.
+	// PollInterval is the time between polls (watermark, watermark_cdc) or
+	// between the end of one full cycle and the start of the next
+	// (synthetic, window). Default 1s for the watermark patterns, 1m for
+	// synthetic and window; must be > 0.
 	PollInterval Duration `yaml:"poll_interval"`
 	// Lookback re-reads rows this far behind the watermark. Default 0.
 	Lookback Duration `yaml:"lookback"`
+	// Window is the span of the window pattern: each cycle compares the rows
+	// whose Column is at or after now() minus Window. Required (> 0) for
+	// the window pattern, not allowed with the others.
+	Window Duration `yaml:"window,omitempty"`
+	// Overlap is how far behind the watermark each watermark_cdc poll starts
+	// reading again, for columns whose values arrive late or coarse (a
+	// date, a time truncated to the second, a time set by the application).
+	// Rows read again are filtered by their hashes. Default 0 (the rows at
+	// the watermark itself are always read again); only for watermark_cdc.
+	Overlap Duration `yaml:"overlap,omitempty"`
+	// DeleteFeed tells the watermark patterns where deletes are recorded
+	// (a watermark alone does not see them).
+	DeleteFeed DeleteFeed `yaml:"delete_feed,omitempty"`
+}
+
+// DeleteFeed says where a source records its deletes.
+type DeleteFeed struct {
+	// SoftDeleteColumn is a column of the source table that marks a row as
+	// deleted when it is set (not NULL; for a boolean column, true). Such
+	// rows become delete events in every pattern. It must not be a key
+	// column; it need not be an owned column.
+	SoftDeleteColumn string `yaml:"soft_delete_column,omitempty"`
+	// Table is a table or view with one row per deleted record: the key
+	// columns (named as in the source) and Column, its pointer. Only for
+	// the watermark patterns; read in the same order as the watermark, so
+	// a delete and a later re-insert of a key keep their order.
+	Table string `yaml:"table,omitempty"`
+	// Column is the pointer column of Table, of the watermark column's type
+	// and set the same way (DEFAULT now(); for a number, from the same
+	// sequence). Required with Table.
+	Column string `yaml:"column,omitempty"`
 }
 
 // Target is a database the changes are written to.

@@ -506,9 +506,21 @@ func TestValidationErrors(t *testing.T) {
 		{"watermark not in columns", variant(t, "key: [id]", "key: [id]\n  columns: [id, amount]"), "source.capture.column", 9, `watermark column "updated_at" is not in source.columns`},
 
 		{"pattern cdc", variant(t, "column: updated_at", "pattern: cdc"), "source.capture.pattern", 8, `capture pattern "cdc" is not implemented yet`},
-		{"pattern synthetic", variant(t, "column: updated_at", "pattern: synthetic"), "source.capture.pattern", 8, `capture pattern "synthetic" is not implemented yet`},
-		{"pattern window", variant(t, "column: updated_at", "pattern: window"), "source.capture.pattern", 8, `capture pattern "window" is not implemented yet`},
-		{"pattern watermark+cdc", variant(t, "column: updated_at", "pattern: watermark+cdc"), "source.capture.pattern", 8, `capture pattern "watermark+cdc" is not implemented yet`},
+		{"synthetic with a column", variant(t, "column: updated_at", "column: updated_at\n    pattern: synthetic"), "source.capture.column", 8, "not used by the synthetic pattern"},
+		{"window without a span", variant(t, "column: updated_at", "column: updated_at\n    pattern: window"), "source.capture.window", 8, "required for the window pattern"},
+		{"window without a column", variant(t, "column: updated_at", "pattern: window\n    window: 720h"), "source.capture.column", 8, "required for the window pattern"},
+		{"window span negative", variant(t, "column: updated_at", "column: updated_at\n    pattern: window\n    window: -1h"), "source.capture.window", 10, "a span > 0"},
+		{"window span on watermark", variant(t, "column: updated_at", "column: updated_at\n    window: 1h"), "source.capture.window", 9, "only for the window pattern"},
+		{"watermark_cdc without a column", variant(t, "column: updated_at", "pattern: watermark_cdc"), "source.capture.column", 8, "required for the watermark_cdc pattern"},
+		{"overlap on watermark", variant(t, "column: updated_at", "column: updated_at\n    overlap: 1h"), "source.capture.overlap", 9, "only for the watermark_cdc pattern"},
+		{"overlap negative", variant(t, "column: updated_at", "column: updated_at\n    pattern: watermark_cdc\n    overlap: -1s"), "source.capture.overlap", 10, "must be >= 0"},
+		{"soft delete column is the key", variant(t, "column: updated_at", "column: updated_at\n    delete_feed: {soft_delete_column: id}"), "source.capture.delete_feed.soft_delete_column", 9, "is a key column"},
+		{"soft delete column bad", variant(t, "column: updated_at", "column: updated_at\n    delete_feed:\n      soft_delete_column: 'a b'"), "source.capture.delete_feed.soft_delete_column", 10, "not a valid identifier"},
+		{"delete table without pointer", variant(t, "column: updated_at", "column: updated_at\n    delete_feed:\n      table: invoices_deleted"), "source.capture.delete_feed.column", 10, "required with delete_feed.table"},
+		{"delete pointer without table", variant(t, "column: updated_at", "column: updated_at\n    delete_feed:\n      column: deleted_at"), "source.capture.delete_feed.column", 10, "only with delete_feed.table"},
+		{"delete table is the source", variant(t, "column: updated_at", "column: updated_at\n    delete_feed: {table: invoices, column: deleted_at}"), "source.capture.delete_feed.table", 9, "is the source table"},
+		{"delete table bad", variant(t, "column: updated_at", "column: updated_at\n    delete_feed: {table: a.b.c, column: deleted_at}"), "source.capture.delete_feed.table", 9, "more than one dot"},
+		{"delete table with synthetic", variant(t, "column: updated_at", "pattern: synthetic\n    delete_feed: {table: gone, column: deleted_at}"), "source.capture.delete_feed.table", 9, "synthetic finds deletes itself"},
 		{"pattern unknown", variant(t, "column: updated_at", "column: updated_at\n    pattern: magic"), "source.capture.pattern", 9, `unknown capture pattern "magic"`},
 		{"watermark column missing", variant(t, "column: updated_at", "batch_size: 10"), "source.capture.column", 8, "required for the watermark pattern"},
 		{"capture missing", variant(t, "  capture:\n    column: updated_at\n", ""), "source.capture.column", 3, "required for the watermark pattern"},
@@ -1010,4 +1022,82 @@ func TestSplitMySQLTable(t *testing.T) {
 	if _, _, err := SplitMySQLTable("a.b.c"); err == nil {
 		t.Error("SplitMySQLTable(a.b.c): no error")
 	}
+}
+
+func TestCapturePatterns(t *testing.T) {
+	tests := []struct {
+		name, capture string
+		want          Capture
+	}{
+		{"synthetic: a cycle a minute by default", "pattern: synthetic",
+			Capture{Pattern: PatternSynthetic, BatchSize: 1000, PollInterval: Duration{time.Minute}}},
+		{"window", "pattern: window\n    column: issued_on\n    window: 720h\n    poll_interval: 30s",
+			Capture{Pattern: PatternWindow, Column: "issued_on", BatchSize: 1000, PollInterval: Duration{30 * time.Second}, Window: Duration{720 * time.Hour}}},
+		{"watermark_cdc", "pattern: watermark_cdc\n    column: updated_on\n    overlap: 24h",
+			Capture{Pattern: PatternWatermarkCDC, Column: "updated_on", BatchSize: 1000, PollInterval: Duration{time.Second}, Overlap: Duration{24 * time.Hour}}},
+		{"watermark+cdc is watermark_cdc", "pattern: watermark+cdc\n    column: updated_on",
+			Capture{Pattern: PatternWatermarkCDC, Column: "updated_on", BatchSize: 1000, PollInterval: Duration{time.Second}}},
+		{"watermark with a delete feed", "column: updated_at\n    delete_feed:\n      soft_delete_column: deleted_at\n      table: audit.invoices_deleted\n      column: deleted_at",
+			Capture{Pattern: PatternWatermark, Column: "updated_at", BatchSize: 1000, PollInterval: Duration{time.Second},
+				DeleteFeed: DeleteFeed{SoftDeleteColumn: "deleted_at", Table: "audit.invoices_deleted", Column: "deleted_at"}}},
+		{"synthetic with a soft delete column", "pattern: synthetic\n    delete_feed: {soft_delete_column: deleted}",
+			Capture{Pattern: PatternSynthetic, BatchSize: 1000, PollInterval: Duration{time.Minute}, DeleteFeed: DeleteFeed{SoftDeleteColumn: "deleted"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := Parse("t.yaml", []byte(variant(t, "column: updated_at", tt.capture)), noEnv)
+			require.NoError(t, err)
+			require.Equal(t, tt.want, p.Source.Capture)
+			var out strings.Builder
+			require.NoError(t, p.Print(&out))
+			again, err := Parse("printed.yaml", []byte(out.String()), noEnv)
+			require.NoError(t, err, "printed config:\n%s", out.String())
+			require.Equal(t, tt.want, again.Source.Capture)
+		})
+	}
+}
+
+// Every example config loads; each pattern's example sets its pattern.
+func TestPatternExampleFiles(t *testing.T) {
+	env := envOf(map[string]string{
+		"ONEWAY_SOURCE_URL": "postgres://oneway:srcsecret@source:5432/erp",
+		"ONEWAY_TARGET_URL": "postgres://oneway:tgtsecret@target:5432/reporting",
+		"ONEWAY_LEDGER_URL": "postgres://oneway:ledgersecret@stage:5432/oneway",
+	})
+	want := map[string]Capture{
+		"invoices-synthetic.yaml": {Pattern: PatternSynthetic, BatchSize: 1000, PollInterval: Duration{30 * time.Second}},
+		"invoices-window.yaml": {Pattern: PatternWindow, Column: "updated_at", BatchSize: 1000, PollInterval: Duration{time.Minute},
+			Window: Duration{720 * time.Hour}},
+		"invoices-watermark-cdc.yaml": {Pattern: PatternWatermarkCDC, Column: "updated_at", BatchSize: 1000, PollInterval: Duration{time.Second},
+			Overlap: Duration{5 * time.Second}},
+	}
+	files, err := filepath.Glob("../../deploy/examples/*.yaml")
+	require.NoError(t, err)
+	require.NotEmpty(t, files)
+	for _, path := range files {
+		t.Run(filepath.Base(path), func(t *testing.T) {
+			data, err := os.ReadFile(path)
+			require.NoError(t, err)
+			p, err := Parse(path, data, env)
+			require.NoError(t, err)
+			if w, ok := want[filepath.Base(path)]; ok {
+				require.Equal(t, w, p.Source.Capture)
+			}
+		})
+	}
+	for name := range want {
+		require.FileExists(t, filepath.Join("../../deploy/examples", name))
+	}
+	// The delete feed commented out in invoices.yaml is valid once enabled.
+	data, err := os.ReadFile("../../deploy/examples/invoices.yaml")
+	require.NoError(t, err)
+	enabled := strings.NewReplacer(
+		"    # delete_feed:\n", "    delete_feed:\n",
+		"    #   soft_delete_column: deleted_at\n", "      soft_delete_column: deleted_at\n",
+		"    #   table: public.invoices_deleted\n", "      table: public.invoices_deleted\n",
+		"    #   column: deleted_at\n", "      column: deleted_at\n").Replace(string(data))
+	require.NotEqual(t, string(data), enabled)
+	p, err := Parse("invoices.yaml", []byte(enabled), env)
+	require.NoError(t, err)
+	require.Equal(t, DeleteFeed{SoftDeleteColumn: "deleted_at", Table: "public.invoices_deleted", Column: "deleted_at"}, p.Source.Capture.DeleteFeed)
 }

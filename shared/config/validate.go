@@ -21,6 +21,7 @@ const (
 	defaultPattern         = PatternWatermark
 	defaultBatchSize       = 1000
 	defaultPollInterval    = time.Second
+	defaultCycleInterval   = time.Minute
 	defaultDelete          = "hard"
 	defaultOrphans         = "keep"
 	defaultLedgerSchema    = "oneway"
@@ -30,14 +31,26 @@ const (
 	defaultFetchBatch      = 8
 )
 
-// Capture patterns. Only PatternWatermark is implemented.
+// Capture patterns. PatternCDC is not implemented yet.
 const (
 	PatternWatermark    = "watermark"
 	PatternCDC          = "cdc"
 	PatternSynthetic    = "synthetic"
 	PatternWindow       = "window"
-	PatternWatermarkCDC = "watermark+cdc"
+	PatternWatermarkCDC = "watermark_cdc"
 )
+
+// patternAliases are other spellings of a pattern, rewritten on load.
+var patternAliases = map[string]string{"watermark+cdc": PatternWatermarkCDC}
+
+// Patterns lists the implemented capture patterns.
+var Patterns = []string{PatternWatermark, PatternSynthetic, PatternWindow, PatternWatermarkCDC}
+
+// IsCyclePattern reports whether pattern reads a whole table (synthetic) or
+// a whole window (window) each cycle and compares it with the last cycle.
+func IsCyclePattern(pattern string) bool {
+	return pattern == PatternSynthetic || pattern == PatternWindow
+}
 
 // Kinds of sources and targets. Sources: postgres; targets: postgres, http.
 const (
@@ -116,11 +129,17 @@ func (p *Pipeline) applyDefaults(pos *positions) {
 	if unset("source.capture.pattern") {
 		c.Pattern = defaultPattern
 	}
+	if alias, ok := patternAliases[c.Pattern]; ok {
+		c.Pattern = alias
+	}
 	if unset("source.capture.batch_size") {
 		c.BatchSize = defaultBatchSize
 	}
 	if unset("source.capture.poll_interval") {
 		c.PollInterval = Duration{defaultPollInterval}
+		if IsCyclePattern(c.Pattern) {
+			c.PollInterval = Duration{defaultCycleInterval}
+		}
 	}
 
 	for i := range p.Targets {
@@ -309,29 +328,94 @@ func checkColumns(c *checker, path string, cols []string) {
 }
 
 func (cp *Capture) validate(c *checker, s *Source) {
+	const f = "source.capture."
+	// column checks the pattern's column: required or not allowed, a valid
+	// identifier, and owned when the owned columns are listed.
+	column := func(required bool, what string) {
+		switch {
+		case !required && cp.Column != "":
+			c.add(f+"column", "not used by the %s pattern; remove it", cp.Pattern)
+		case !required:
+		case cp.Column == "":
+			c.add(f+"column", "required for the %s pattern (the %s)", cp.Pattern, what)
+		case ValidIdentifier(cp.Column) != nil:
+			c.add(f+"column", "%v", ValidIdentifier(cp.Column))
+		case len(s.Columns) > 0 && !slices.Contains(s.Columns, cp.Column):
+			c.add(f+"column", "%s %q is not in source.columns", what, cp.Column)
+		}
+	}
+	implemented := true
 	switch cp.Pattern {
 	case PatternWatermark:
-		switch {
-		case cp.Column == "":
-			c.add("source.capture.column", "required for the %s pattern", PatternWatermark)
-		case ValidIdentifier(cp.Column) != nil:
-			c.add("source.capture.column", "%v", ValidIdentifier(cp.Column))
-		case len(s.Columns) > 0 && !slices.Contains(s.Columns, cp.Column):
-			c.add("source.capture.column", "watermark column %q is not in source.columns", cp.Column)
-		}
-	case PatternCDC, PatternSynthetic, PatternWindow, PatternWatermarkCDC:
-		c.add("source.capture.pattern", "capture pattern %q is not implemented yet", cp.Pattern)
+		column(true, "watermark column")
+	case PatternWatermarkCDC:
+		column(true, "watermark column")
+	case PatternWindow:
+		column(true, "date or timestamp column the window slides over")
+	case PatternSynthetic:
+		column(false, "")
+	case PatternCDC:
+		implemented = false
+		c.add(f+"pattern", "capture pattern %q is not implemented yet (implemented: %s)", cp.Pattern, strings.Join(Patterns, ", "))
 	default:
-		c.add("source.capture.pattern", "unknown capture pattern %q (supported: %s)", cp.Pattern, PatternWatermark)
+		implemented = false
+		c.add(f+"pattern", "unknown capture pattern %q (supported: %s)", cp.Pattern, strings.Join(Patterns, ", "))
 	}
 	if cp.BatchSize < 1 || cp.BatchSize > 100_000 {
-		c.add("source.capture.batch_size", "must be between 1 and 100000, got %d", cp.BatchSize)
+		c.add(f+"batch_size", "must be between 1 and 100000, got %d", cp.BatchSize)
 	}
 	if cp.PollInterval.Duration <= 0 {
-		c.add("source.capture.poll_interval", "must be > 0, got %s", cp.PollInterval)
+		c.add(f+"poll_interval", "must be > 0, got %s", cp.PollInterval)
 	}
 	if cp.Lookback.Duration < 0 {
-		c.add("source.capture.lookback", "must be >= 0, got %s", cp.Lookback)
+		c.add(f+"lookback", "must be >= 0, got %s", cp.Lookback)
+	}
+	switch {
+	case cp.Pattern == PatternWindow && cp.Window.Duration <= 0:
+		c.add(f+"window", "required for the window pattern: a span > 0 such as 720h, got %s", cp.Window)
+	case cp.Pattern != PatternWindow && implemented && cp.Window.Duration != 0:
+		c.add(f+"window", "only for the window pattern (pattern is %s)", cp.Pattern)
+	}
+	switch {
+	case cp.Overlap.Duration < 0:
+		c.add(f+"overlap", "must be >= 0, got %s", cp.Overlap)
+	case cp.Pattern != PatternWatermarkCDC && implemented && cp.Overlap.Duration != 0:
+		c.add(f+"overlap", "only for the %s pattern (pattern is %s)", PatternWatermarkCDC, cp.Pattern)
+	}
+	cp.DeleteFeed.validate(c, s, cp.Pattern, implemented)
+}
+
+func (d *DeleteFeed) validate(c *checker, s *Source, pattern string, implemented bool) {
+	const f = "source.capture.delete_feed."
+	if col := d.SoftDeleteColumn; col != "" {
+		switch {
+		case ValidIdentifier(col) != nil:
+			c.add(f+"soft_delete_column", "%v", ValidIdentifier(col))
+		case slices.Contains(s.Key, col):
+			c.add(f+"soft_delete_column", "%q is a key column; a deleted mark needs a column of its own", col)
+		case col == s.Capture.Column && pattern != PatternSynthetic:
+			c.add(f+"soft_delete_column", "%q is the capture column; a deleted mark needs a column of its own", col)
+		}
+	}
+	watermark := pattern == PatternWatermark || pattern == PatternWatermarkCDC
+	switch {
+	case d.Table == "" && d.Column != "":
+		c.add(f+"column", "only with delete_feed.table (the pointer column of the deleted-records table)")
+	case d.Table == "":
+	case implemented && !watermark:
+		c.add(f+"table", "only for the %s and %s patterns: %s finds deletes itself", PatternWatermark, PatternWatermarkCDC, pattern)
+	default:
+		if _, _, err := SplitTable(d.Table); err != nil {
+			c.add(f+"table", "%v", err)
+		} else if d.Table == s.Table {
+			c.add(f+"table", "is the source table; use soft_delete_column to mark deleted rows in it")
+		}
+		switch {
+		case d.Column == "":
+			c.add(f+"column", "required with delete_feed.table: the pointer column, of the same kind as the watermark column")
+		case ValidIdentifier(d.Column) != nil:
+			c.add(f+"column", "%v", ValidIdentifier(d.Column))
+		}
 	}
 }
 

@@ -116,7 +116,7 @@ func runVerify(ctx context.Context, cfg *config.Pipeline, only string, out io.Wr
 		if err != nil {
 			return err
 		}
-		rep, err := compare(ctx, src, srcTable, layout, dst, every("compare"))
+		rep, err := compare(ctx, src, srcTable, layout, cfg.Source.Capture.DeleteFeed.SoftDeleteColumn, dst, every("compare"))
 		if err != nil {
 			return err
 		}
@@ -148,8 +148,10 @@ func runVerify(ctx context.Context, cfg *config.Pipeline, only string, out io.Wr
 }
 
 // compare reads the source in key order against dst, and closes dst.
-func compare(ctx context.Context, src *pgxpool.Pool, t pgconn.Table, l *verify.Layout, dst verify.Side, progress func(int64)) (verify.Report, error) {
-	s, err := verify.OpenPostgres(ctx, src, t, l)
+// Source rows marked deleted by softDeleteColumn (the source's delete
+// feed) are left out.
+func compare(ctx context.Context, src *pgxpool.Pool, t pgconn.Table, l *verify.Layout, softDeleteColumn string, dst verify.Side, progress func(int64)) (verify.Report, error) {
+	s, err := verify.OpenPostgresLive(ctx, src, t, l, softDeleteColumn)
 	if err != nil {
 		return verify.Report{}, errors.Join(fmt.Errorf("source: %w", err), dst.Close())
 	}

@@ -20,6 +20,13 @@ import (
 // sessions must use pgconn.SessionParams, as pgconn.Open sets them, so
 // that values print alike on both sides.
 func OpenPostgres(ctx context.Context, pool *pgxpool.Pool, t pgconn.Table, l *Layout) (Side, error) {
+	return OpenPostgresLive(ctx, pool, t, l, "")
+}
+
+// OpenPostgresLive is OpenPostgres leaving out the rows that
+// softDeleteColumn marks deleted (true, or not NULL for other types): a
+// source whose delete feed is that column has deleted those records.
+func OpenPostgresLive(ctx context.Context, pool *pgxpool.Pool, t pgconn.Table, l *Layout, softDeleteColumn string) (Side, error) {
 	cols, found, err := pgconn.Columns(ctx, pool, t)
 	if err != nil {
 		return nil, err
@@ -39,7 +46,19 @@ func OpenPostgres(ctx context.Context, pool *pgxpool.Pool, t pgconn.Table, l *La
 	for i, k := range l.Key {
 		order[i] = orderBy(l.classes[k], pgconn.Quote(own[k].Name), own[k].Type)
 	}
-	sql := fmt.Sprintf("SELECT %s FROM %s ORDER BY %s", pgconn.QuoteList("", names), t.Quoted(), strings.Join(order, ", "))
+	where := ""
+	if softDeleteColumn != "" {
+		sd, err := pgconn.Pick(t, cols, []string{softDeleteColumn})
+		if err != nil {
+			return nil, err
+		}
+		if sd[0].Type == "boolean" {
+			where = fmt.Sprintf(" WHERE NOT coalesce(%s, false)", pgconn.Quote(softDeleteColumn))
+		} else {
+			where = fmt.Sprintf(" WHERE %s IS NULL", pgconn.Quote(softDeleteColumn))
+		}
+	}
+	sql := fmt.Sprintf("SELECT %s FROM %s%s ORDER BY %s", pgconn.QuoteList("", names), t.Quoted(), where, strings.Join(order, ", "))
 	rows, err := pool.Query(ctx, sql, pgx.QueryResultFormats{pgx.TextFormatCode})
 	if err != nil {
 		return nil, pgconn.Classify(fmt.Errorf("read %s: %w", t, err))
