@@ -497,3 +497,20 @@ func execArgs(layout *onewayv1.Batch, refs []target.Ref) ([]any, error) {
 	}
 	return args, nil
 }
+
+var _ target.LedgerResetter = (*Target)(nil)
+
+// ResetLedger empties this target's ledger table (see
+// target.LedgerResetter). TRUNCATE waits for the transactions applying
+// now.
+func (t *Target) ResetLedger(ctx context.Context) error {
+	_, err := t.pool.Exec(ctx, "TRUNCATE "+t.ledger.Quoted())
+	if pgconn.Code(err) == "42P01" { // undefined_table: no batch yet
+		return nil
+	}
+	if err != nil {
+		return pgconn.Classify(fmt.Errorf("reset ledger %s: %w", t.ledger, err))
+	}
+	t.log.Warn("ledger reset: every replayed change will be written", "ledger", t.ledger.String())
+	return nil
+}

@@ -379,3 +379,19 @@ func classify(err error) error {
 	}
 	return err // SQLITE_INTERRUPT, SQLITE_NOMEM, ...: retry
 }
+
+var _ target.LedgerResetter = (*Target)(nil)
+
+// ResetLedger empties this target's ledger table (see
+// target.LedgerResetter).
+func (t *Target) ResetLedger(ctx context.Context) error {
+	_, err := t.db.ExecContext(ctx, "DELETE FROM "+quote(t.spec.LedgerTable))
+	if err != nil && strings.Contains(err.Error(), "no such table") {
+		return nil
+	}
+	if err != nil {
+		return classify(fmt.Errorf("reset ledger %s: %w", t.spec.LedgerTable, err))
+	}
+	t.log.Warn("ledger reset: every replayed change will be written", "ledger", t.spec.LedgerTable)
+	return nil
+}

@@ -124,3 +124,14 @@ func CheckItems(items []Item) error {
 	}
 	return nil
 }
+
+// LedgerResetter is a Writer whose ledger can be cleared, so that the next
+// Apply of any version writes. A rebuild replay (`oneway replay --rebuild`)
+// uses it for a target that lost rows (truncated, restored from an old
+// backup): the replayed changes are then newer than the ledger. It is safe
+// while other writers apply: their newer versions re-enter the ledger and
+// still fence the replay's older ones. Idempotent; a ledger not created
+// yet is nothing to clear.
+type LedgerResetter interface {
+	ResetLedger(ctx context.Context) error
+}
