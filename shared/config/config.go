@@ -98,11 +98,15 @@ type Admin struct {
 
 // Source is the System of Record a pipeline reads from.
 type Source struct {
-	// Kind of the source; only "postgres" is supported.
+	// Kind of the source: "postgres", or "kafka" (a topic of Debezium
+	// change events, capture pattern cdc).
 	Kind string `yaml:"kind"`
-	// URL is the connection string of the source database.
+	// URL is the connection string of the source database (postgres; not
+	// used by kafka, whose brokers are in Kafka).
 	URL Secret `yaml:"url"`
 	// Table is "schema.table", or "table" for a table in schema "public".
+	// For kafka, the table the events are about: the batches' table name
+	// and the targets' default table.
 	Table string `yaml:"table"`
 	// Key lists the columns identifying a row; at least one, no duplicates.
 	Key []string `yaml:"key"`
@@ -111,6 +115,26 @@ type Source struct {
 	Columns []string `yaml:"columns"`
 	// Capture says how changes are detected.
 	Capture Capture `yaml:"capture"`
+	// Types maps each owned column to its PostgreSQL type ("bigint",
+	// "numeric(12,2)", "timestamptz", …), for sources without a catalog
+	// (kafka, where it and Columns are required). Aliases are rewritten to
+	// the catalog's spelling on load ("timestamptz" → "timestamp with time
+	// zone"); see CanonicalType. Not allowed for postgres.
+	Types map[string]string `yaml:"types,omitempty"`
+	// Kafka configures a source of kind "kafka".
+	Kafka KafkaSource `yaml:"kafka,omitempty"`
+}
+
+// KafkaSource is a Kafka topic of Debezium-format change events, read in a
+// consumer group.
+type KafkaSource struct {
+	// Brokers are the bootstrap brokers, host:port. Required.
+	Brokers []string `yaml:"brokers"`
+	// Topic holds the change events of Table. Required.
+	Topic string `yaml:"topic"`
+	// Group is the consumer group whose committed offsets are the reader's
+	// position. Default oneway-<pipeline>.
+	Group string `yaml:"group"`
 }
 
 // Capture says how a source's changes are detected.

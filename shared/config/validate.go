@@ -128,6 +128,17 @@ func (p *Pipeline) applyDefaults(pos *positions) {
 	c := &p.Source.Capture
 	if unset("source.capture.pattern") {
 		c.Pattern = defaultPattern
+		if p.Source.Kind == KindKafka {
+			c.Pattern = PatternCDC
+		}
+	}
+	if p.Source.Kind == KindKafka && unset("source.kafka.group") {
+		p.Source.Kafka.Group = "oneway-" + p.Pipeline
+	}
+	for col, typ := range p.Source.Types {
+		if canon, err := CanonicalType(typ); err == nil {
+			p.Source.Types[col] = canon
+		}
 	}
 	if alias, ok := patternAliases[c.Pattern]; ok {
 		c.Pattern = alias
@@ -281,12 +292,25 @@ func (s *Source) validate(c *checker) {
 	switch s.Kind {
 	case "":
 		c.add("source.kind", "required")
-	case KindPostgres:
+	case KindPostgres, KindKafka:
 	default:
-		c.add("source.kind", "unsupported kind %q (supported: %s)", s.Kind, KindPostgres)
+		c.add("source.kind", "unsupported kind %q (supported: %s, %s)", s.Kind, KindPostgres, KindKafka)
 	}
-	if s.URL == "" {
+	switch {
+	case s.Kind == KindKafka && s.URL != "":
+		c.add("source.url", "not used by kind %q: its brokers go in source.kafka.brokers", KindKafka)
+	case s.Kind != KindKafka && s.URL == "":
 		c.add("source.url", "required")
+	}
+	if s.Kind == KindKafka {
+		s.validateKafka(c)
+	} else {
+		if len(s.Types) > 0 {
+			c.add("source.types", "only for kind %q: a %s source reads its column types from its catalog", KindKafka, s.Kind)
+		}
+		if !reflect.DeepEqual(s.Kafka, KafkaSource{}) {
+			c.add("source.kafka", "only allowed when kind is %q", KindKafka)
+		}
 	}
 	if s.Table == "" {
 		c.add("source.table", "required")
@@ -355,6 +379,10 @@ func (cp *Capture) validate(c *checker, s *Source) {
 	case PatternSynthetic:
 		column(false, "")
 	case PatternCDC:
+		if s.Kind == KindKafka {
+			column(false, "")
+			break
+		}
 		implemented = false
 		c.add(f+"pattern", "capture pattern %q is not implemented yet (implemented: %s)", cp.Pattern, strings.Join(Patterns, ", "))
 	default:
