@@ -17,6 +17,10 @@ type Setup struct {
 	// NumericWatermark is true when Column is a number (bounded by samples,
 	// not by time).
 	NumericWatermark bool
+	// Stream is true for a change stream that resumes from positions it
+	// keeps itself (a Kafka consumer group's committed offsets): see
+	// streamTransition.
+	Stream bool
 }
 
 func isWatermarkPattern(p string) bool {
@@ -52,6 +56,9 @@ func isWatermarkPattern(p string) bool {
 // column, or written by a pattern this reader does not know (run `oneway
 // resync`).
 func Transition(pos Position, s Setup) (Position, string, error) {
+	if s.Stream {
+		return streamTransition(pos, s)
+	}
 	resync := "run `oneway resync` to start this pipeline over (a full re-read, which the writers' ledger deduplicates)"
 	fresh := func(note string) (Position, string, error) {
 		p := Position{Pattern: s.Pattern, Source: s.Source}
