@@ -52,6 +52,9 @@ only when the target's orphan policy is "delete".`,
 }
 
 func runVerify(ctx context.Context, cfg *config.Pipeline, only string, out io.Writer, log *slog.Logger) error {
+	if cfg.Source.Kind != config.KindPostgres {
+		return cli.Exit(cli.ExitUsage, fmt.Errorf("verify reads the source table back and needs a postgres source; a %s source has no read-back (query the targets, or verify against the database the events come from)", cfg.Source.Kind))
+	}
 	schema, table, err := config.SplitTable(cfg.Source.Table)
 	if err != nil {
 		return cli.Exit(cli.ExitUsage, err)

@@ -60,6 +60,9 @@ func (r *Reader) Name() string { return "reader" }
 
 // Run reads until ctx ends. It returns nil after a clean stop.
 func (r *Reader) Run(ctx context.Context) error {
+	if r.cfg.Source.Kind == config.KindKafka {
+		return r.runKafka(ctx)
+	}
 	src := r.cfg.Source
 	pool, err := pgconn.Open(ctx, src.URL.Value(), "oneway-reader-"+r.cfg.Pipeline, 4)
 	if err != nil {
