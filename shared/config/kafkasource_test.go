@@ -78,6 +78,7 @@ func TestKafkaSourceErrors(t *testing.T) {
 		{"types not a map", v("  types:\n    id: int8\n    name: varchar(40)\n    at: timestamptz(3)\n", "  types: [int8]\n"), "source.types", 7, "expected a mapping"},
 		{"other pattern", v("  kafka:", "  capture: {pattern: synthetic}\n  kafka:"), "source.capture.pattern", 11, "the pattern is cdc"},
 		{"kafka on postgres", strings.Replace(base, "  key: [id]", "  key: [id]\n  kafka: {topic: x}", 1), "source.kafka", 7, `only allowed when kind is "kafka"`},
+		{"production", "production: true\n" + kafkaBase, "source.kafka.brokers", 13, "production mode refuses it"},
 		{"types on postgres", strings.Replace(base, "  key: [id]", "  key: [id]\n  types: {id: bigint}", 1), "source.types", 7, `only for kind "kafka"`},
 	}
 	for _, tt := range tests {

@@ -52,7 +52,7 @@ func IsCyclePattern(pattern string) bool {
 	return pattern == PatternSynthetic || pattern == PatternWindow
 }
 
-// Kinds of sources and targets. Sources: postgres; targets: postgres, http.
+// Kinds of sources and targets. Sources: postgres, kafka; targets: every kind in targetKinds.
 const (
 	KindPostgres = "postgres"
 	KindSQLite   = "sqlite"
