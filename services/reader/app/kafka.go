@@ -72,4 +72,3 @@ func kafkaSpec(cfg *config.Pipeline, budget int, r *Reader) debezium.Spec {
 func kafkaSourceName(cfg *config.Pipeline) string {
 	return "kafka:" + cfg.Source.Kafka.Topic + "→" + sourceName(cfg)
 }
-
