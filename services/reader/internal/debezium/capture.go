@@ -131,6 +131,8 @@ func publishedOffsets(b *onewayv1.Batch) map[int]int64 {
 func (c *Capture) Run(ctx context.Context, pos capture.Position, last *onewayv1.Batch, emit func(capture.Page) error) error {
 	s := c.spec
 	published := publishedOffsets(last)
+	tr := &kafka.Transport{ClientID: "oneway-reader-" + s.Layout.Pipeline}
+	defer tr.CloseIdleConnections()
 	r := kafka.NewReader(kafka.ReaderConfig{
 		Brokers: s.Brokers, GroupID: s.Group, Topic: s.Topic,
 		StartOffset:      kafka.FirstOffset,
@@ -175,7 +177,7 @@ func (c *Capture) Run(ctx context.Context, pos capture.Position, last *onewayv1.
 				msgs, changes, owner, reported = nil, nil, nil, false
 				continue
 			}
-			if !reported && c.caughtUp(ctx, next) {
+			if !reported && c.caughtUp(ctx, tr, next) {
 				if err := emit(capture.Page{Next: pos, CaughtUp: true}); err != nil {
 					return err
 				}
@@ -268,11 +270,11 @@ func (c *Capture) flush(r *kafka.Reader, pos capture.Position, msgs []kafka.Mess
 // this term reads (or, for a partition it has not read from, the group's
 // committed offset, or the partition's first offset). Errors count as not
 // caught up; the next idle period asks again.
-func (c *Capture) caughtUp(ctx context.Context, next map[int]int64) bool {
+func (c *Capture) caughtUp(ctx context.Context, tr *kafka.Transport, next map[int]int64) bool {
 	s := c.spec
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	cl := &kafka.Client{Addr: kafka.TCP(s.Brokers...), Timeout: 5 * time.Second}
+	cl := &kafka.Client{Addr: kafka.TCP(s.Brokers...), Timeout: 5 * time.Second, Transport: tr}
 	md, err := cl.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{s.Topic}})
 	if err != nil || len(md.Topics) != 1 || md.Topics[0].Error != nil {
 		s.Log.Debug("kafka end offsets unknown", "topic", s.Topic, "error", err)
