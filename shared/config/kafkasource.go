@@ -67,6 +67,9 @@ func (s *Source) validateKafka(c *checker) {
 	if p := s.Capture.Pattern; p != PatternCDC {
 		c.add("source.capture.pattern", "kind %q reads change events: the pattern is %s (leave it out), got %q", KindKafka, PatternCDC, p)
 	}
+	if s.Capture.Lookback.Duration != 0 {
+		c.add("source.capture.lookback", "not used by kind %q", KindKafka)
+	}
 	if s.Capture.DeleteFeed.SoftDeleteColumn != "" {
 		c.add("source.capture.delete_feed.soft_delete_column", "not used by kind %q: deletes are events of their own (op d)", KindKafka)
 	}

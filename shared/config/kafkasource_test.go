@@ -76,6 +76,7 @@ func TestKafkaSourceErrors(t *testing.T) {
 		{"bad numeric", v("name: varchar(40)", "name: numeric(4,6)"), "source.types.name", 9, "scale <= precision"},
 		{"no types", v("  types:\n    id: int8\n    name: varchar(40)\n    at: timestamptz(3)\n", ""), "source.columns[0]", 6, "has no type"},
 		{"types not a map", v("  types:\n    id: int8\n    name: varchar(40)\n    at: timestamptz(3)\n", "  types: [int8]\n"), "source.types", 7, "expected a mapping"},
+		{"lookback", v("  kafka:", "  capture: {lookback: 1s}\n  kafka:"), "source.capture.lookback", 11, "not used by kind"},
 		{"other pattern", v("  kafka:", "  capture: {pattern: synthetic}\n  kafka:"), "source.capture.pattern", 11, "the pattern is cdc"},
 		{"kafka on postgres", strings.Replace(base, "  key: [id]", "  key: [id]\n  kafka: {topic: x}", 1), "source.kafka", 7, `only allowed when kind is "kafka"`},
 		{"production", "production: true\n" + kafkaBase, "source.kafka.brokers", 13, "production mode refuses it"},

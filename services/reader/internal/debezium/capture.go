@@ -51,10 +51,14 @@ type Spec struct {
 // the commit makes Kafka deliver the messages again.
 //
 // Each change's Position is "kafka:<partition>:<offset>". On a new term,
-// Run reads the last batch on the source subject (last) and skips, only
-// committing, the messages at or below the offsets it holds: they were
-// published and their commit was lost (the reader commits each page before
-// publishing the next, so only the last page can be in that state).
+// Run reads the last batch on the source subject (last): when a
+// partition's first message of the term lies within that batch's offsets,
+// the group resumed inside the last page, which was published and whose
+// commit was lost (the reader commits each page before publishing the
+// next, so only the last page can be in that state); the messages up to
+// the batch's last offset are then committed without being published
+// again. A term that starts anywhere else (a new group, offsets reset to
+// read the topic again) publishes everything it reads.
 //
 // Order: Debezium keys each event by the record's key, so all the events of
 // one key are in one partition, where Kafka keeps them in offset order.
@@ -104,10 +108,13 @@ func positionOf(m kafka.Message) string {
 	return "kafka:" + strconv.Itoa(m.Partition) + ":" + strconv.FormatInt(m.Offset, 10)
 }
 
-// publishedOffsets returns, by partition, the highest offset among the
+// span is a range of offsets of one partition.
+type span struct{ min, max int64 }
+
+// publishedOffsets returns, by partition, the range of offsets of the
 // changes of b (the last batch on the subject).
-func publishedOffsets(b *onewayv1.Batch) map[int]int64 {
-	out := map[int]int64{}
+func publishedOffsets(b *onewayv1.Batch) map[int]span {
+	out := map[int]span{}
 	for _, c := range b.GetChanges() {
 		rest, ok := strings.CutPrefix(c.GetPosition(), "kafka:")
 		if !ok {
@@ -119,9 +126,11 @@ func publishedOffsets(b *onewayv1.Batch) map[int]int64 {
 		if !ok || err1 != nil || err2 != nil {
 			continue
 		}
-		if cur, seen := out[p]; !seen || o > cur {
-			out[p] = o
+		cur, seen := out[p]
+		if !seen {
+			cur = span{o, o}
 		}
+		out[p] = span{min(cur.min, o), max(cur.max, o)}
 	}
 	return out
 }
@@ -153,7 +162,8 @@ func (c *Capture) Run(ctx context.Context, pos capture.Position, last *onewayv1.
 	}()
 	s.Log.Info("kafka source reading", "topic", s.Topic, "group", s.Group, "brokers", strings.Join(s.Brokers, ","))
 
-	next := map[int]int64{} // the next offset of each partition this term
+	next := map[int]int64{}   // the next offset of each partition this term
+	skipTo := map[int]int64{} // the last offset of the last page, when the term resumed inside it
 	var msgs []kafka.Message
 	var changes []*onewayv1.Change
 	var owner []int // owner[i]: the index in msgs of changes[i]'s message
@@ -187,12 +197,16 @@ func (c *Capture) Run(ctx context.Context, pos capture.Position, last *onewayv1.
 		case err != nil:
 			return fmt.Errorf("fetch from kafka topic %s: %w", s.Topic, err)
 		}
-		if n, seen := next[m.Partition]; seen && m.Offset < n {
+		n, seen := next[m.Partition]
+		if seen && m.Offset < n {
 			continue // delivered again after a rebalance; already emitted
+		}
+		if sp, ok := published[m.Partition]; !seen && ok && m.Offset >= sp.min && m.Offset <= sp.max {
+			skipTo[m.Partition] = sp.max
 		}
 		next[m.Partition] = m.Offset + 1
 		msgs = append(msgs, m)
-		if o, ok := published[m.Partition]; ok && m.Offset <= o {
+		if to, ok := skipTo[m.Partition]; ok && m.Offset <= to {
 			continue // published before a crash; only its commit is missing
 		}
 		ev, ok, err := c.dec.Decode(m.Key, m.Value)

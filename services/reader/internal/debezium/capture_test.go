@@ -34,6 +34,7 @@ type harness struct {
 	cluster *kfake.Cluster
 	js      jetstream.JetStream
 	stream  jetstream.Stream
+	group   string
 }
 
 func newHarness(t *testing.T, partitions int32) *harness {
@@ -49,12 +50,12 @@ func newHarness(t *testing.T, partitions int32) *harness {
 	ctx := context.Background()
 	st, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "ONEWAY_CUSTOMERS", Subjects: []string{testSubject}})
 	require.NoError(t, err)
-	return &harness{t: t, cluster: cluster, js: js, stream: st}
+	return &harness{t: t, cluster: cluster, js: js, stream: st, group: testGroup}
 }
 
 func (h *harness) spec() Spec {
 	return Spec{
-		Brokers: h.cluster.ListenAddrs(), Topic: testTopic, Group: testGroup,
+		Brokers: h.cluster.ListenAddrs(), Topic: testTopic, Group: h.group,
 		Layout: capture.Layout{Pipeline: "customers", Table: "public.customers", KeyIdx: []int{0}, Budget: 1 << 20,
 			Columns: []*onewayv1.Column{{Name: "id", Type: "bigint", Key: true}, {Name: "name", Type: "text"}}},
 		BatchSize: 7, Idle: 200 * time.Millisecond, SessionTimeout: 6 * time.Second,
@@ -254,6 +255,23 @@ func TestCaptureRedeliversUncommitted(t *testing.T) {
 	h.run(0)
 	require.Len(t, h.subject(), 20, "the uncommitted page's %d changes are read again", n)
 	require.Equal(t, h.ends(), h.committed())
+}
+
+// A term that does not resume inside the last page (here a new consumer
+// group; offsets reset to read the topic again are the same) publishes
+// everything it reads, even the offsets the last batch holds.
+func TestCaptureRereadsFromAnotherStart(t *testing.T) {
+	h := newHarness(t, 3)
+	var events []string
+	for id := 1; id <= 30; id++ {
+		events = append(events, upsertEvent(id, "a"))
+	}
+	h.produce(events...)
+	h.run(0)
+	require.Len(t, h.subject(), 30)
+	h.group = "oneway-customers-again"
+	h.run(0)
+	require.Len(t, h.subject(), 60, "a re-read publishes every change again")
 }
 
 // A malformed event stops the capture with an error naming topic,
