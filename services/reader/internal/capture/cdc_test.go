@@ -97,7 +97,7 @@ func (e *cdcEnv) exec(t *testing.T, sql ...string) {
 func (e *cdcEnv) open(t *testing.T, budget int64) *CDC {
 	t.Helper()
 	c, err := pgcdc.Open(t.Context(), pgcdc.Config{URL: e.url, Application: "cdc-capture-test", Slot: e.slot, Publication: "pub_t",
-		Tables: []pgcdc.TableSpec{{Table: pgconn.Table{Schema: "public", Name: "t"}, Key: []string{"id"}}},
+		Tables:    []pgcdc.TableSpec{{Table: pgconn.Table{Schema: "public", Name: "t"}, Key: []string{"id"}}},
 		WALBudget: budget, ChunkChanges: 5, StatusInterval: 200 * time.Millisecond}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
