@@ -6,14 +6,15 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
-	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
 	"github.com/oneway-sync/oneway/integration/testenv"
+	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
 	"github.com/oneway-sync/oneway/shared/bus"
 	"github.com/oneway-sync/oneway/shared/event"
 	"github.com/oneway-sync/oneway/shared/natsbus/bustest"
@@ -240,4 +241,51 @@ func TestCDCPattern(t *testing.T) {
 	// The rows the truncate removed stay in the target (orphans: keep).
 	mustVerify(t, cfg, 0)
 	up.Stop(t, 30*time.Second)
+}
+
+// Switching to cdc starts with a snapshot through the new slot and writes
+// no unchanged row again; cdc then resumes from its slot across restarts;
+// switching away is refused until `oneway resync`, which drops the slot.
+func TestSwitchToAndFromCDC(t *testing.T) {
+	src := testenv.Connect(t, pgtest.NewDatabase(t))
+	dst := testenv.Connect(t, pgtest.NewDatabase(t))
+	src.Exec(t, testenv.InvoicesDDL)
+	testenv.SeedInvoices(t, src, 1, 2000)
+	slot := cdcSlot(t)
+	cfg := filepath.Join(t.TempDir(), "pipeline.yaml")
+	data := t.TempDir()
+	cdc := fmt.Sprintf("    pattern: cdc\n    slot: %s\n    publication: %s\n    poll_interval: 300ms", slot, slot)
+
+	writePatternConfig(t, cfg, "", src.URL, dst.URL, "invoices", "", "    pattern: synthetic\n    poll_interval: 100ms")
+	upSynced(t, cfg, data)
+	mustVerify(t, cfg, 0)
+
+	writePatternConfig(t, cfg, "", src.URL, dst.URL, "invoices", "", cdc)
+	src.Exec(t, "UPDATE public.invoices SET status = 'paid' WHERE id % 50 = 0")
+	upSynced(t, cfg, data) // the snapshot through the slot
+	mustVerify(t, cfg, 0)
+	// Changes while the reader is stopped wait in the slot.
+	src.Exec(t, "UPDATE public.invoices SET status = 'late' WHERE id % 50 = 1", "DELETE FROM public.invoices WHERE id % 50 = 2")
+	upSynced(t, cfg, data)
+	mustVerify(t, cfg, 0)
+	if n := dst.Int(t, `SELECT count(*) FROM oneway.ledger_1 l JOIN public.invoices i USING (id)
+		WHERE i.status = 'open' AND l.oneway_applies <> 1`); n != 0 {
+		t.Fatalf("%d unchanged rows were written more than once", n)
+	}
+
+	writePatternConfig(t, cfg, "", src.URL, dst.URL, "invoices", "", "    column: updated_at\n    poll_interval: 100ms")
+	r := testenv.Run(t, time.Minute, "oneway", upArgs(cfg, data, "--exit-when-synced")...)
+	if r.Code == 0 || !strings.Contains(r.Stderr, "run `oneway resync` first (it drops the slot)") || !strings.Contains(r.Stderr, slot) {
+		t.Fatalf("a switch from cdc: exit %d, want a refusal naming the slot and oneway resync\n%s", r.Code, r.Stderr)
+	}
+	r = testenv.Run(t, time.Minute, "oneway", "resync", "--config", cfg, "--data-dir", data)
+	if r.Code != 0 || !strings.Contains(r.Stdout, "dropped replication slot "+slot) {
+		t.Fatalf("resync: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
+	}
+	if n := src.Int(t, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1", slot); n != 0 {
+		t.Fatal("the slot is still there after resync")
+	}
+	src.Exec(t, "UPDATE public.invoices SET status = 'watermark' WHERE id % 50 = 3")
+	upSynced(t, cfg, data)
+	mustVerify(t, cfg, 0)
 }

@@ -62,12 +62,6 @@ func (r *Reader) Name() string { return "reader" }
 // Run reads until ctx ends. It returns nil after a clean stop.
 func (r *Reader) Run(ctx context.Context) error {
 	src := r.cfg.Source
-	pool, err := pgconn.Open(ctx, src.URL.Value(), "oneway-reader-"+r.cfg.Pipeline, 4)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-
 	if _, err := r.bus.EnsureStream(ctx, natsbus.PipelineStream(r.cfg)); err != nil {
 		return err
 	}
@@ -90,6 +84,11 @@ func (r *Reader) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		pool, err := pgconn.Open(ctx, src.URL.Value(), "oneway-reader-"+r.cfg.Pipeline, 4)
+		if err != nil {
+			return err
+		}
+		defer pool.Close()
 		var source *pgsource.Source
 		err = retry.Do(ctx, r.retryPolicy(), func(ctx context.Context) error {
 			var err error
