@@ -87,8 +87,8 @@ func (c *CDC) Run(ctx context.Context, pos Position, _ *onewayv1.Batch, emit fun
 	if pos.Phase == "" {
 		pos.Phase = PhaseSnapshot
 	}
-	wait := c.Retry.Initial
-	failures := 0
+	initial := max(c.Retry.Initial, 50*time.Millisecond)
+	wait, failures := initial, 0
 	for {
 		progressed := false
 		counted := func(p Page) error {
@@ -110,7 +110,7 @@ func (c *CDC) Run(ctx context.Context, pos Position, _ *onewayv1.Batch, emit fun
 			return err
 		}
 		if progressed {
-			wait, failures = c.Retry.Initial, 0
+			wait, failures = initial, 0
 		}
 		if !errs.IsUnavailable(err) {
 			failures++
@@ -126,7 +126,7 @@ func (c *CDC) Run(ctx context.Context, pos Position, _ *onewayv1.Batch, emit fun
 			return nil
 		case <-time.After(wait):
 		}
-		wait = min(wait*2, c.Retry.Max)
+		wait = min(wait*2, max(c.Retry.Max, initial))
 	}
 }
 
