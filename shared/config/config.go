@@ -140,8 +140,8 @@ type KafkaSource struct {
 // Capture says how a source's changes are detected.
 type Capture struct {
 	// Pattern is the capture pattern: "watermark" (default), "synthetic",
-	// "window" or "watermark_cdc" ("watermark+cdc" is accepted and printed
-	// as watermark_cdc). "cdc" is not implemented yet.
+	// "window", "watermark_cdc" ("watermark+cdc" is accepted and printed
+	// as watermark_cdc) or "cdc" (PostgreSQL logical replication).
 	Pattern string `yaml:"pattern"`
 	// Column is the pattern's column: the watermark column (a timestamp, or
 	// a number that a sequence sets) for watermark; a date or timestamp
@@ -170,6 +170,21 @@ type Capture struct {
 	// DeleteFeed tells the watermark patterns where deletes are recorded
 	// (a watermark alone does not see them).
 	DeleteFeed DeleteFeed `yaml:"delete_feed,omitempty"`
+	// Slot is the logical replication slot of the cdc pattern. Slot names
+	// are global to the PostgreSQL cluster: two pipelines on one cluster
+	// need different slots. Default oneway_<pipeline>; [a-z_][a-z0-9_]{0,62};
+	// only for cdc.
+	Slot string `yaml:"slot,omitempty"`
+	// Publication is the publication the cdc pattern creates (or reuses and
+	// extends) FOR TABLE the source table. Default oneway_<pipeline>; same
+	// rules as Slot; only for cdc.
+	Publication string `yaml:"publication,omitempty"`
+	// WALBudget is how many bytes of WAL the cdc slot may keep on the source
+	// before the reader warns (log, and oneway_cdc_slot_over_budget = 1): a
+	// stopped or slow reader makes the source keep every WAL segment since
+	// its last confirmed position. Default 10 GiB; 0 disables the alert;
+	// only for cdc.
+	WALBudget int64 `yaml:"wal_budget"`
 }
 
 // DeleteFeed says where a source records its deletes.

@@ -505,7 +505,15 @@ func TestValidationErrors(t *testing.T) {
 		{"key not in columns", variant(t, "key: [id]", "key: [id, region]\n  columns: [id, updated_at]"), "source.key[1]", 6, `key column "region" is not in source.columns`},
 		{"watermark not in columns", variant(t, "key: [id]", "key: [id]\n  columns: [id, amount]"), "source.capture.column", 9, `watermark column "updated_at" is not in source.columns`},
 
-		{"pattern cdc", variant(t, "column: updated_at", "pattern: cdc"), "source.capture.pattern", 8, `capture pattern "cdc" is not implemented yet`},
+		{"cdc with a column", variant(t, "column: updated_at", "column: updated_at\n    pattern: cdc"), "source.capture.column", 8, "not used by the cdc pattern"},
+		{"cdc slot bad", variant(t, "column: updated_at", "pattern: cdc\n    slot: Oneway-Inv"), "source.capture.slot", 9, `a-z, 0-9 and _, not starting with a digit, got "Oneway-Inv"`},
+		{"cdc slot too long", variant(t, "column: updated_at", "pattern: cdc\n    slot: "+strings.Repeat("s", 64)), "source.capture.slot", 9, "1 to 63 characters"},
+		{"cdc publication bad", variant(t, "column: updated_at", "pattern: cdc\n    publication: 9pub"), "source.capture.publication", 9, `got "9pub"`},
+		{"cdc wal_budget negative", variant(t, "column: updated_at", "pattern: cdc\n    wal_budget: -1"), "source.capture.wal_budget", 9, "must be >= 0 bytes"},
+		{"cdc soft delete", variant(t, "column: updated_at", "pattern: cdc\n    delete_feed: {soft_delete_column: deleted_at}"), "source.capture.delete_feed.soft_delete_column", 9, "not used by the cdc pattern"},
+		{"cdc delete table", variant(t, "column: updated_at", "pattern: cdc\n    delete_feed: {table: gone, column: deleted_at}"), "source.capture.delete_feed.table", 9, "cdc finds deletes itself"},
+		{"slot on watermark", variant(t, "column: updated_at", "column: updated_at\n    slot: s"), "source.capture.slot", 9, "only for the cdc pattern"},
+		{"wal_budget on synthetic", variant(t, "column: updated_at", "pattern: synthetic\n    wal_budget: 5"), "source.capture.wal_budget", 9, "only for the cdc pattern"},
 		{"synthetic with a column", variant(t, "column: updated_at", "column: updated_at\n    pattern: synthetic"), "source.capture.column", 8, "not used by the synthetic pattern"},
 		{"window without a span", variant(t, "column: updated_at", "column: updated_at\n    pattern: window"), "source.capture.window", 8, "required for the window pattern"},
 		{"window without a column", variant(t, "column: updated_at", "pattern: window\n    window: 720h"), "source.capture.column", 8, "required for the window pattern"},
@@ -592,6 +600,7 @@ source:
   capture:
     pattern: cdc
     batch_size: 0
+    wal_budget: -5
 targets:
   - name: pg
     kind: postgres
@@ -615,11 +624,11 @@ targets:
 		"5 source.url",
 		"6 source.table",
 		"7 source.key",
-		"9 source.capture.pattern",
 		"10 source.capture.batch_size",
-		"12 targets[0].soft_delete_column",
-		"19 targets[1].orphans",
-		"16 targets[1].name",
+		"11 source.capture.wal_budget",
+		"13 targets[0].soft_delete_column",
+		"20 targets[1].orphans",
+		"17 targets[1].name",
 	}, got)
 }
 
@@ -1037,6 +1046,10 @@ func TestCapturePatterns(t *testing.T) {
 			Capture{Pattern: PatternWatermarkCDC, Column: "updated_on", BatchSize: 1000, PollInterval: Duration{time.Second}, Overlap: Duration{24 * time.Hour}}},
 		{"watermark+cdc is watermark_cdc", "pattern: watermark+cdc\n    column: updated_on",
 			Capture{Pattern: PatternWatermarkCDC, Column: "updated_on", BatchSize: 1000, PollInterval: Duration{time.Second}}},
+		{"cdc: slot and publication from the pipeline, 10 GiB budget", "pattern: cdc",
+			Capture{Pattern: PatternCDC, BatchSize: 1000, PollInterval: Duration{time.Second}, Slot: "oneway_inv", Publication: "oneway_inv", WALBudget: 10 << 30}},
+		{"cdc with its own names and no budget", "pattern: cdc\n    slot: inv_slot\n    publication: inv_pub\n    wal_budget: 0",
+			Capture{Pattern: PatternCDC, BatchSize: 1000, PollInterval: Duration{time.Second}, Slot: "inv_slot", Publication: "inv_pub"}},
 		{"watermark with a delete feed", "column: updated_at\n    delete_feed:\n      soft_delete_column: deleted_at\n      table: audit.invoices_deleted\n      column: deleted_at",
 			Capture{Pattern: PatternWatermark, Column: "updated_at", BatchSize: 1000, PollInterval: Duration{time.Second},
 				DeleteFeed: DeleteFeed{SoftDeleteColumn: "deleted_at", Table: "audit.invoices_deleted", Column: "deleted_at"}}},
@@ -1068,6 +1081,8 @@ func TestPatternExampleFiles(t *testing.T) {
 		"invoices-synthetic.yaml": {Pattern: PatternSynthetic, BatchSize: 1000, PollInterval: Duration{30 * time.Second}},
 		"invoices-window.yaml": {Pattern: PatternWindow, Column: "updated_at", BatchSize: 1000, PollInterval: Duration{time.Minute},
 			Window: Duration{720 * time.Hour}},
+		"invoices-cdc.yaml": {Pattern: PatternCDC, BatchSize: 1000, PollInterval: Duration{time.Second},
+			Slot: "oneway_invoices_cdc", Publication: "oneway_invoices_cdc", WALBudget: 10 << 30},
 		"invoices-watermark-cdc.yaml": {Pattern: PatternWatermarkCDC, Column: "updated_at", BatchSize: 1000, PollInterval: Duration{time.Second},
 			Overlap: Duration{5 * time.Second}},
 	}

@@ -29,9 +29,10 @@ const (
 	defaultMaxAttempts     = 5
 	defaultAckWait         = 10 * time.Second
 	defaultFetchBatch      = 8
+	defaultWALBudget       = 10 << 30
 )
 
-// Capture patterns. PatternCDC is not implemented yet.
+// Capture patterns.
 const (
 	PatternWatermark    = "watermark"
 	PatternCDC          = "cdc"
@@ -44,7 +45,7 @@ const (
 var patternAliases = map[string]string{"watermark+cdc": PatternWatermarkCDC}
 
 // Patterns lists the implemented capture patterns.
-var Patterns = []string{PatternWatermark, PatternSynthetic, PatternWindow, PatternWatermarkCDC}
+var Patterns = []string{PatternWatermark, PatternSynthetic, PatternWindow, PatternWatermarkCDC, PatternCDC}
 
 // IsCyclePattern reports whether pattern reads a whole table (synthetic) or
 // a whole window (window) each cycle and compares it with the last cycle.
@@ -152,6 +153,17 @@ func (p *Pipeline) applyDefaults(pos *positions) {
 			c.PollInterval = Duration{defaultCycleInterval}
 		}
 	}
+	if c.Pattern == PatternCDC && p.Source.Kind == KindPostgres {
+		if unset("source.capture.slot") {
+			c.Slot = DefaultCDCName(p.Pipeline)
+		}
+		if unset("source.capture.publication") {
+			c.Publication = DefaultCDCName(p.Pipeline)
+		}
+		if unset("source.capture.wal_budget") {
+			c.WALBudget = defaultWALBudget
+		}
+	}
 
 	for i := range p.Targets {
 		t := &p.Targets[i]
@@ -217,8 +229,10 @@ func (p *Pipeline) Validate() error {
 // checker collects validation problems.
 type checker struct {
 	file string
-	pos  *positions
-	errs []error
+	// pipeline is the pipeline's name, from which default names derive.
+	pipeline string
+	pos      *positions
+	errs     []error
 }
 
 func (c *checker) add(field, format string, args ...any) {
@@ -227,7 +241,7 @@ func (c *checker) add(field, format string, args ...any) {
 
 // validate checks p; pos, which may be nil, supplies line numbers.
 func (p *Pipeline) validate(pos *positions) error {
-	c := &checker{file: p.File, pos: pos}
+	c := &checker{file: p.File, pos: pos, pipeline: p.Pipeline}
 
 	switch {
 	case p.Pipeline == "":
@@ -379,12 +393,7 @@ func (cp *Capture) validate(c *checker, s *Source) {
 	case PatternSynthetic:
 		column(false, "")
 	case PatternCDC:
-		if s.Kind == KindKafka {
-			column(false, "")
-			break
-		}
-		implemented = false
-		c.add(f+"pattern", "capture pattern %q is not implemented yet (implemented: %s)", cp.Pattern, strings.Join(Patterns, ", "))
+		column(false, "")
 	default:
 		implemented = false
 		c.add(f+"pattern", "unknown capture pattern %q (supported: %s)", cp.Pattern, strings.Join(Patterns, ", "))
@@ -410,8 +419,48 @@ func (cp *Capture) validate(c *checker, s *Source) {
 	case cp.Pattern != PatternWatermarkCDC && implemented && cp.Overlap.Duration != 0:
 		c.add(f+"overlap", "only for the %s pattern (pattern is %s)", PatternWatermarkCDC, cp.Pattern)
 	}
+	if cp.Pattern == PatternCDC && s.Kind == KindKafka {
+		for _, n := range []struct {
+			field string
+			set   bool
+		}{{"slot", cp.Slot != ""}, {"publication", cp.Publication != ""}, {"wal_budget", cp.WALBudget != 0}} {
+			if n.set {
+				c.add(f+n.field, "only for a %s source's %s pattern (the source is %s)", KindPostgres, PatternCDC, KindKafka)
+			}
+		}
+	} else if cp.Pattern == PatternCDC {
+		for _, n := range []struct{ field, value string }{{"slot", cp.Slot}, {"publication", cp.Publication}} {
+			// A default derived from a bad pipeline name is reported there;
+			// a source of an unknown kind got no default.
+			if s.Kind == KindPostgres && !cdcNameRe.MatchString(n.value) && n.value != DefaultCDCName(c.pipeline) {
+				c.add(f+n.field, "must be 1 to 63 characters of a-z, 0-9 and _, not starting with a digit, got %q", n.value)
+			}
+		}
+		if cp.WALBudget < 0 {
+			c.add(f+"wal_budget", "must be >= 0 bytes (0 disables the alert), got %d", cp.WALBudget)
+		}
+		if cp.DeleteFeed.SoftDeleteColumn != "" {
+			c.add(f+"delete_feed.soft_delete_column", "not used by the cdc pattern: it sees deletes in the replication stream")
+		}
+	} else if implemented {
+		for _, n := range []struct {
+			field string
+			set   bool
+		}{{"slot", cp.Slot != ""}, {"publication", cp.Publication != ""}, {"wal_budget", cp.WALBudget != 0}} {
+			if n.set {
+				c.add(f+n.field, "only for the %s pattern (pattern is %s)", PatternCDC, cp.Pattern)
+			}
+		}
+	}
 	cp.DeleteFeed.validate(c, s, cp.Pattern, implemented)
 }
+
+// cdcNameRe is the shape of a replication slot or publication name.
+var cdcNameRe = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
+
+// DefaultCDCName is the default slot and publication name of a pipeline's
+// cdc pattern.
+func DefaultCDCName(pipeline string) string { return "oneway_" + pipeline }
 
 func (d *DeleteFeed) validate(c *checker, s *Source, pattern string, implemented bool) {
 	const f = "source.capture.delete_feed."

@@ -24,7 +24,10 @@ func resyncCommand() *cobra.Command {
 		Long: `resync clears the reader's saved position and its capture state (the hash
 lists of synthetic and window, the overlap hashes of watermark_cdc), so the
 next start of the pipeline reads the source from the start: a snapshot, or a
-first cycle without a hash list. Use it after restoring the source from a
+first cycle without a hash list. For the cdc pattern (or a pipeline switched
+away from it) it also drops the replication slot on the source, so the next
+start takes a new snapshot with a new slot; run it after a TRUNCATE of the
+source table or when the slot was lost. Use it after restoring the source from a
 backup, after changing the table or key, or whenever you want a full pass.
 
 Targets are not touched, and a full pass does not rewrite them: the
@@ -60,7 +63,7 @@ func runResync(ctx context.Context, cfg *config.Pipeline, store storeFlags, out 
 		return err
 	}
 	defer closeBus()
-	rep, err := readerapp.Resync(ctx, b, cfg.Pipeline, cfg.NATS.Replicas)
+	rep, err := readerapp.Resync(ctx, b, cfg, log)
 	if errors.Is(err, readerapp.ErrReaderActive) {
 		return cli.Exit(cli.ExitFailure, fmt.Errorf("pipeline %s: %w", cfg.Pipeline, err))
 	}
@@ -81,11 +84,16 @@ func runResync(ctx context.Context, cfg *config.Pipeline, store storeFlags, out 
 			fmt.Fprintf(out, ", watermark %s", p.Watermark)
 		case p.Cycle > 0:
 			fmt.Fprintf(out, ", cycle %d", p.Cycle)
+		case p.LSN != "":
+			fmt.Fprintf(out, ", LSN %s", p.LSN)
 		}
 		fmt.Fprintln(out, ")")
 	}
 	for _, o := range rep.Objects {
 		fmt.Fprintf(out, "pipeline %s: deleted capture state %s\n", cfg.Pipeline, o)
+	}
+	for _, s := range rep.Slots {
+		fmt.Fprintf(out, "pipeline %s: dropped replication slot %s on the source\n", cfg.Pipeline, s)
 	}
 	fmt.Fprintf(out, "pipeline %s: the next start reads the source from the start (pattern %s); targets keep their rows, and the writers skip what they already have\n",
 		cfg.Pipeline, cfg.Source.Capture.Pattern)

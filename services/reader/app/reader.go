@@ -20,6 +20,7 @@ import (
 
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
 	"github.com/oneway-sync/oneway/services/reader/internal/capture"
+	"github.com/oneway-sync/oneway/services/reader/internal/pgcdc"
 	"github.com/oneway-sync/oneway/services/reader/internal/pgsource"
 	"github.com/oneway-sync/oneway/shared/bus"
 	"github.com/oneway-sync/oneway/shared/config"
@@ -64,25 +65,6 @@ func (r *Reader) Run(ctx context.Context) error {
 		return r.runKafka(ctx)
 	}
 	src := r.cfg.Source
-	pool, err := pgconn.Open(ctx, src.URL.Value(), "oneway-reader-"+r.cfg.Pipeline, 4)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-
-	spec, err := sourceSpec(r.cfg)
-	if err != nil {
-		return err
-	}
-	var source *pgsource.Source
-	err = retry.Do(ctx, r.retryPolicy(), func(ctx context.Context) error {
-		var err error
-		source, err = pgsource.Open(ctx, pool, spec, r.log)
-		return pgconn.Classify(err)
-	})
-	if err != nil {
-		return fmt.Errorf("open source: %w", err)
-	}
 	if _, err := r.bus.EnsureStream(ctx, natsbus.PipelineStream(r.cfg)); err != nil {
 		return err
 	}
@@ -90,15 +72,44 @@ func (r *Reader) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	obj, err := r.bus.CaptureStore(ctx, r.cfg.NATS.Replicas)
-	if err != nil {
-		return err
-	}
-	capt := r.newCapture(source, capture.NewStore(obj))
-	_, numeric := source.HasWatermark()
-	setup := capture.Setup{Pattern: src.Capture.Pattern, Source: sourceName(r.cfg), NumericWatermark: numeric}
-	if !config.IsCyclePattern(src.Capture.Pattern) {
-		setup.Column = src.Capture.Column
+	setup := capture.Setup{Pattern: src.Capture.Pattern, Source: sourceName(r.cfg)}
+	var capt capture.Capture
+	if src.Capture.Pattern == config.PatternCDC {
+		cdc, err := r.openCDC(ctx)
+		if err != nil {
+			return err
+		}
+		defer cdc.Close()
+		capt = r.newCDC(cdc)
+		setup.Slot = src.Capture.Slot
+	} else {
+		spec, err := sourceSpec(r.cfg)
+		if err != nil {
+			return err
+		}
+		pool, err := pgconn.Open(ctx, src.URL.Value(), "oneway-reader-"+r.cfg.Pipeline, 4)
+		if err != nil {
+			return err
+		}
+		defer pool.Close()
+		var source *pgsource.Source
+		err = retry.Do(ctx, r.retryPolicy(), func(ctx context.Context) error {
+			var err error
+			source, err = pgsource.Open(ctx, pool, spec, r.log)
+			return pgconn.Classify(err)
+		})
+		if err != nil {
+			return fmt.Errorf("open source: %w", err)
+		}
+		obj, err := r.bus.CaptureStore(ctx, r.cfg.NATS.Replicas)
+		if err != nil {
+			return err
+		}
+		capt = r.newCapture(source, capture.NewStore(obj))
+		_, setup.NumericWatermark = source.HasWatermark()
+		if !config.IsCyclePattern(src.Capture.Pattern) {
+			setup.Column = src.Capture.Column
+		}
 	}
 	holder := holderID()
 	for {
@@ -179,6 +190,64 @@ func (r *Reader) newCapture(source *pgsource.Source, store *capture.Store) captu
 			Store: store, ObjectName: bus.CaptureObject(r.cfg.Pipeline, "source", "overlap"),
 			Log: r.log, Retry: r.retryPolicy()}
 	}
+}
+
+// cdcConfig is what the cdc pattern captures.
+func cdcConfig(cfg *config.Pipeline, application string) (pgcdc.Config, error) {
+	src := cfg.Source
+	schema, table, err := config.SplitTable(src.Table)
+	if err != nil {
+		return pgcdc.Config{}, errs.Permanent(fmt.Errorf("source table: %w", err))
+	}
+	return pgcdc.Config{
+		URL: src.URL.Value(), Application: application,
+		Slot: src.Capture.Slot, Publication: src.Capture.Publication,
+		Tables:    []pgcdc.TableSpec{{Table: pgconn.Table{Schema: schema, Name: table}, Key: src.Key, Columns: src.Columns}},
+		WALBudget: src.Capture.WALBudget, ChunkChanges: src.Capture.BatchSize,
+	}, nil
+}
+
+// openCDC checks the source and prepares its publication (pgcdc.Open),
+// retrying while the source is unreachable.
+func (r *Reader) openCDC(ctx context.Context) (*pgcdc.Capture, error) {
+	cfg, err := cdcConfig(r.cfg, "oneway-reader-"+r.cfg.Pipeline)
+	if err != nil {
+		return nil, err
+	}
+	var c *pgcdc.Capture
+	err = retry.Do(ctx, r.retryPolicy(), func(ctx context.Context) error {
+		var err error
+		c, err = pgcdc.Open(ctx, cfg, r.log)
+		return pgconn.Classify(err)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open source for cdc: %w", err)
+	}
+	return c, nil
+}
+
+// newCDC builds the cdc pattern's capture; its slot state feeds the cdc
+// gauges.
+func (r *Reader) newCDC(c *pgcdc.Capture) *capture.CDC {
+	capt := r.cfg.Source.Capture
+	cdc := &capture.CDC{Source: c,
+		Layout: capture.Layout{Pipeline: r.cfg.Pipeline, Table: r.cfg.Source.Table,
+			Budget: int(r.bus.NC.MaxPayload()) * 3 / 4},
+		BatchSize: capt.BatchSize, Idle: capt.PollInterval.Duration, Slot: capt.Slot,
+		Log: r.log, Retry: r.retryPolicy()}
+	if m := r.metrics; m != nil {
+		p := r.cfg.Pipeline
+		cdc.OnSlotState = func(st pgcdc.SlotState) {
+			m.CDCSlotLag.WithLabelValues(p).Set(float64(st.LagBytes))
+			m.CDCSlotRetained.WithLabelValues(p).Set(float64(st.RetainedBytes))
+			over := 0.0
+			if st.OverBudget {
+				over = 1
+			}
+			m.CDCSlotOverBudget.WithLabelValues(p).Set(over)
+		}
+	}
+	return cdc
 }
 
 // errFenced means another reader appended to the subject: this one is no
@@ -353,6 +422,9 @@ func (r *Reader) publish(ctx context.Context, kv jetstream.KeyValue, st jetstrea
 					r.cfg.Source.Table, k, len(data), max)
 			}
 			msgID := r.msgID(pos, it.Batch)
+			if it.ID != "" {
+				msgID = r.cfg.Pipeline + ":source:" + it.ID
+			}
 			var seq uint64
 			err = retry.Do(ctx, retry.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second,
 				OnRetry: func(err error, wait time.Duration) {

@@ -15,6 +15,8 @@
 //     it with the previous cycle's (key, hash) list, kept in JetStream.
 //   - window: synthetic restricted to the rows whose date lies in a
 //     sliding window.
+//   - cdc: logical replication (pgcdc): a snapshot consistent with a
+//     replication slot, then the slot's stream of committed changes.
 package capture
 
 import (
@@ -68,6 +70,11 @@ type Page struct {
 	// CaughtUp marks the end of a poll or cycle: everything the source
 	// held below the bound (or in the cycle) was published.
 	CaughtUp bool
+	// ID, when set, names the page for JetStream's duplicate detection
+	// (the Msg-Id is built from it): a page produced again after a restart
+	// must get the same ID, and no other page may. When empty, the reader
+	// derives the Msg-Id from the page's start position and content.
+	ID string
 }
 
 // Position is where the reader is, stored as JSON in the state bucket. It
@@ -81,8 +88,8 @@ type Position struct {
 	// table, key or watermark column is refused.
 	Source string `json:"source,omitempty"`
 	Column string `json:"column,omitempty"`
-	// Phase is "snapshot" or "watermark" (watermark patterns), or "cycle"
-	// (synthetic and window).
+	// Phase is "snapshot" or "watermark" (watermark patterns), "cycle"
+	// (synthetic and window), or "snapshot" or "stream" (cdc).
 	Phase string `json:"phase"`
 	// SnapshotBound is the watermark bound when the snapshot began; the
 	// watermark phase starts there.
@@ -108,6 +115,12 @@ type Position struct {
 	// cycle began: every change it did not see has a watermark at or after
 	// it, so a switch to a watermark pattern starts there.
 	DoneBound string `json:"done_bound,omitempty"`
+	// Slot is the replication slot of the cdc pattern, and LSN its stream
+	// position: in the snapshot phase the point the stream continues from
+	// once the pages are done (empty before the slot exists), in the stream
+	// phase the end of the last transaction JetStream acknowledged.
+	Slot string `json:"slot,omitempty"`
+	LSN  string `json:"lsn,omitempty"`
 }
 
 // Phases.

@@ -281,6 +281,7 @@ func TestTransition(t *testing.T) {
 	wm := Position{Pattern: "watermark", Source: src, Column: "updated_at", Phase: PhaseWatermark, Watermark: "W", WatermarkKey: []string{"9"}}
 	legacy := Position{Phase: PhaseWatermark, Watermark: "W", WatermarkKey: []string{"9"}}
 	cycle := Position{Pattern: "synthetic", Source: src, Phase: PhaseCycle, Cycle: 7, Lineage: "L", DoneBound: "B"}
+	cdcPos := Position{Pattern: "cdc", Source: src, Phase: PhaseStream, Slot: "s1", LSN: "0/16B3748"}
 	tests := []struct {
 		name  string
 		pos   Position
@@ -334,7 +335,25 @@ func TestTransition(t *testing.T) {
 			check: func(t *testing.T, p Position, _ string) { expect(t, p.Phase == "", p) }},
 		{name: "another table", pos: wm, setup: Setup{Pattern: "watermark", Source: "public.u(id)", Column: "updated_at"}, err: "oneway resync"},
 		{name: "another watermark column", pos: wm, setup: Setup{Pattern: "watermark", Source: src, Column: "changed_at"}, err: "watermark column changed"},
-		{name: "an unknown pattern", pos: Position{Pattern: "cdc", Source: src, Phase: "stream"}, setup: Setup{Pattern: "watermark", Source: src, Column: "u"}, err: `pattern "cdc"`},
+		{name: "an unknown pattern", pos: Position{Pattern: "magic", Source: src, Phase: "x"}, setup: Setup{Pattern: "watermark", Source: src, Column: "u"}, err: `pattern "magic"`},
+		{name: "fresh cdc: a snapshot with the slot", setup: Setup{Pattern: "cdc", Source: src, Slot: "s1"},
+			check: func(t *testing.T, p Position, note string) {
+				expect(t, p.Pattern == "cdc" && p.Phase == PhaseSnapshot && p.Slot == "s1" && p.LSN == "" && note == "", p)
+			}},
+		{name: "cdc stays cdc", pos: cdcPos, setup: Setup{Pattern: "cdc", Source: src, Slot: "s1"},
+			check: func(t *testing.T, p Position, note string) { expect(t, equalPosition(p, cdcPos) && note == "", p) }},
+		{name: "watermark to cdc: a snapshot", pos: wm, setup: Setup{Pattern: "cdc", Source: src, Slot: "s1"},
+			check: func(t *testing.T, p Position, note string) {
+				expect(t, p.Pattern == "cdc" && p.Phase == PhaseSnapshot && p.Slot == "s1" && p.Watermark == "" && strings.Contains(note, "snapshot"), p)
+			}},
+		{name: "synthetic to cdc: a snapshot", pos: cycle, setup: Setup{Pattern: "cdc", Source: src, Slot: "s1"},
+			check: func(t *testing.T, p Position, note string) {
+				expect(t, p.Phase == PhaseSnapshot && p.Lineage == "" && p.Cycle == 0 && strings.Contains(note, "deleted"), p)
+			}},
+		{name: "cdc with another slot", pos: cdcPos, setup: Setup{Pattern: "cdc", Source: src, Slot: "s2"}, err: "slot changed from s1 to s2"},
+		{name: "cdc to watermark: resync drops the slot first", pos: cdcPos, setup: Setup{Pattern: "watermark", Source: src, Column: "u"}, err: "run `oneway resync` first (it drops the slot)"},
+		{name: "cdc to synthetic: resync first", pos: cdcPos, setup: Setup{Pattern: "synthetic", Source: src}, err: "replication slot s1"},
+		{name: "cdc of another table", pos: cdcPos, setup: Setup{Pattern: "cdc", Source: "public.u(id)", Slot: "s1"}, err: "oneway resync"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -21,6 +21,8 @@ type Setup struct {
 	// keeps itself (a Kafka consumer group's committed offsets): see
 	// streamTransition.
 	Stream bool
+	// Slot is the replication slot of the cdc pattern.
+	Slot string
 }
 
 func isWatermarkPattern(p string) bool {
@@ -51,10 +53,17 @@ func isWatermarkPattern(p string) bool {
 //     change that cycle did not read has a watermark at or after it. With
 //     no completed cycle, or a numeric watermark column (the bound is a
 //     time), it starts with a snapshot instead.
+//   - any other pattern → cdc: a snapshot taken with the new replication
+//     slot, then its stream. The snapshot sends every row (the writers skip
+//     unchanged ones); a row deleted after the last read of the old pattern
+//     is not in it and stays in the targets (verify shows it), as the
+//     watermark patterns never saw deletes anyway.
 //
 // Refused: a position of another table or key, of another watermark
-// column, or written by a pattern this reader does not know (run `oneway
-// resync`).
+// column, of another replication slot, or written by a pattern this reader
+// does not know (run `oneway resync`); and cdc → any other pattern, because
+// the cdc slot would keep WAL on the source for ever: `oneway resync`
+// drops it, then the new pattern starts afresh.
 func Transition(pos Position, s Setup) (Position, string, error) {
 	if s.Stream {
 		return streamTransition(pos, s)
@@ -67,6 +76,8 @@ func Transition(pos Position, s Setup) (Position, string, error) {
 			if s.Pattern == config.PatternWatermarkCDC {
 				p.Lineage = NewLineage()
 			}
+		} else if s.Pattern == config.PatternCDC {
+			p.Phase, p.Slot = PhaseSnapshot, s.Slot
 		} else {
 			p.Phase, p.Cycle, p.Lineage = PhaseCycle, 1, NewLineage()
 		}
@@ -83,6 +94,19 @@ func Transition(pos Position, s Setup) (Position, string, error) {
 		return pos, "", errs.Permanentf("the saved reader position is for %s but the config reads %s: %s", pos.Source, s.Source, resync)
 	}
 	switch {
+	case old == config.PatternCDC && s.Pattern == config.PatternCDC:
+		if pos.Slot != s.Slot {
+			return pos, "", errs.Permanentf("the replication slot changed from %s to %s: the saved position is a position of slot %s; run `oneway resync` (it drops slot %s) to start over with a snapshot from the new slot",
+				pos.Slot, s.Slot, pos.Slot, pos.Slot)
+		}
+		p := pos
+		p.Source = s.Source
+		return p, "", nil
+	case old == config.PatternCDC:
+		return pos, "", errs.Permanentf("the saved reader position belongs to the cdc pattern, whose replication slot %s keeps WAL on the source for as long as it exists: run `oneway resync` first (it drops the slot), then start with pattern %s (a full first read, which the writers' ledger deduplicates)",
+			pos.Slot, s.Pattern)
+	case s.Pattern == config.PatternCDC:
+		return fresh(fmt.Sprintf("switched from %s to cdc: it starts with a snapshot consistent with the replication slot %s, which sends every row again (the writers skip unchanged ones); a row deleted after the last read of %s is not in the snapshot, so it stays in the targets (`oneway verify` shows it)", old, s.Slot, old))
 	case isWatermarkPattern(old) && isWatermarkPattern(s.Pattern):
 		if pos.Column != "" && pos.Column != s.Column {
 			return pos, "", errs.Permanentf("the watermark column changed from %q to %q: the saved watermark is a value of the old column; %s", pos.Column, s.Column, resync)
