@@ -133,4 +133,8 @@ func TestKafkaTarget(t *testing.T) {
 	if paid != 50 {
 		t.Fatalf("%d keys paid in the topic, want 50", paid)
 	}
+	// verify folds the topic and compares it.
+	if out := mustVerify(t, cfg, 0).Stdout; !strings.Contains(out, "target topic (topic invoices): OK  source_rows=1000 target_rows=1000") {
+		t.Fatalf("verify does not compare the topic:\n%s", out)
+	}
 }

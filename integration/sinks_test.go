@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"testing"
 	"time"
 
@@ -164,6 +165,13 @@ func TestSQLiteJSONLAndNATSTargets(t *testing.T) {
 	check(100)
 	reader.Stop(t, 30*time.Second)
 	writer.Stop(t, 30*time.Second)
+	// verify reads every kind back: the tables, the file and the stream.
+	report := mustVerify(t, cfg, 0).Stdout
+	for _, tg := range []string{"pg", "lite", "lines", "bus"} {
+		if !regexp.MustCompile(`target ` + tg + ` \([^)]+\): OK  source_rows=2000 target_rows=2000 `).MatchString(report) {
+			t.Fatalf("verify does not compare target %s:\n%s", tg, report)
+		}
+	}
 }
 
 func assertEnvelopes(t *testing.T, what string, byKey map[string]envelope, wantPaid int) {

@@ -3,7 +3,12 @@
 // Every service derives names here, so they cannot drift apart.
 package bus
 
-import "strings"
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strconv"
+	"strings"
+)
 
 // Subjects of one pipeline. All live in the pipeline's stream.
 func SourceSubject(pipeline string) string { return "oneway." + pipeline + ".source" }
@@ -44,6 +49,23 @@ func ReaderPositionKey(pipeline, side string) string {
 	return pipeline + ".reader." + side + ".position"
 }
 
+// CaptureBucket is the Object Store bucket holding the capture state that
+// does not fit a KV value: the per-key hash lists of the synthetic and
+// window patterns, the overlap hashes of watermark_cdc.
+const CaptureBucket = "ONEWAY_CAPTURE"
+
+// CaptureObject is the name of one piece of a reader's capture state
+// ("hashes", "overlap") in CaptureBucket.
+func CaptureObject(pipeline, side, name string) string {
+	return pipeline + ".reader." + side + "." + name
+}
+
+// CaptureObjects lists the names of every capture state object of a
+// pipeline side.
+func CaptureObjects(pipeline, side string) []string {
+	return []string{CaptureObject(pipeline, side, "hashes"), CaptureObject(pipeline, side, "overlap")}
+}
+
 // ReaderLeaseKey is the state key of the lease that makes one reader of a
 // pipeline side active.
 func ReaderLeaseKey(pipeline, side string) string { return pipeline + ".reader." + side + ".lease" }
@@ -61,3 +83,14 @@ const (
 	// message on a retry subject re-drives.
 	HeaderRetryOf = "Oneway-Retry-Of"
 )
+
+// IdempotencyKey is the idempotency key of one change of a target: the
+// first 32 hex digits of sha256(pipeline NUL target NUL key NUL version).
+// The same change gets the same key on every delivery and from every
+// writer; sinks carry it (NATS Nats-Msg-Id, HTTP Idempotency-Key), and
+// `oneway verify` uses it to tell a target's messages from others on a
+// shared subject.
+func IdempotencyKey(pipeline, target, key string, version int64) string {
+	h := sha256.Sum256([]byte(pipeline + "\x00" + target + "\x00" + key + "\x00" + strconv.FormatInt(version, 10)))
+	return hex.EncodeToString(h[:])[:32]
+}

@@ -98,11 +98,15 @@ type Admin struct {
 
 // Source is the System of Record a pipeline reads from.
 type Source struct {
-	// Kind of the source; only "postgres" is supported.
+	// Kind of the source: "postgres", or "kafka" (a topic of Debezium
+	// change events, capture pattern cdc).
 	Kind string `yaml:"kind"`
-	// URL is the connection string of the source database.
+	// URL is the connection string of the source database (postgres; not
+	// used by kafka, whose brokers are in Kafka).
 	URL Secret `yaml:"url"`
 	// Table is "schema.table", or "table" for a table in schema "public".
+	// For kafka, the table the events are about: the batches' table name
+	// and the targets' default table.
 	Table string `yaml:"table"`
 	// Key lists the columns identifying a row; at least one, no duplicates.
 	Key []string `yaml:"key"`
@@ -111,37 +115,113 @@ type Source struct {
 	Columns []string `yaml:"columns"`
 	// Capture says how changes are detected.
 	Capture Capture `yaml:"capture"`
+	// Types maps each owned column to its PostgreSQL type ("bigint",
+	// "numeric(12,2)", "timestamptz", …), for sources without a catalog
+	// (kafka, where it and Columns are required). Aliases are rewritten to
+	// the catalog's spelling on load ("timestamptz" → "timestamp with time
+	// zone"); see CanonicalType. Not allowed for postgres.
+	Types map[string]string `yaml:"types,omitempty"`
+	// Kafka configures a source of kind "kafka".
+	Kafka KafkaSource `yaml:"kafka,omitempty"`
+}
+
+// KafkaSource is a Kafka topic of Debezium-format change events, read in a
+// consumer group.
+type KafkaSource struct {
+	// Brokers are the bootstrap brokers, host:port. Required.
+	Brokers []string `yaml:"brokers"`
+	// Topic holds the change events of Table. Required.
+	Topic string `yaml:"topic"`
+	// Group is the consumer group whose committed offsets are the reader's
+	// position. Default oneway-<pipeline>.
+	Group string `yaml:"group"`
 }
 
 // Capture says how a source's changes are detected.
 type Capture struct {
-	// Pattern is the capture pattern. Default "watermark", the only one
-	// implemented so far.
+	// Pattern is the capture pattern: "watermark" (default), "synthetic",
+	// "window", "watermark_cdc" ("watermark+cdc" is accepted and printed
+	// as watermark_cdc) or "cdc" (PostgreSQL logical replication).
 	Pattern string `yaml:"pattern"`
-	// Column is the watermark column, required for the watermark pattern.
+	// Column is the pattern's column: the watermark column (a timestamp, or
+	// a number that a sequence sets) for watermark; a date or timestamp
+	// column for watermark_cdc and for window (the column the window
+	// slides over). Not used by synthetic.
 	Column string `yaml:"column"`
 	// BatchSize is the number of rows per message. Default 1000; 1..100000.
 	BatchSize int `yaml:"batch_size"`
-	// PollInterval is the time between polls. Default 1s; must be > 0.
+	// PollInterval is the time between polls (watermark, watermark_cdc) or
+	// between the end of one full cycle and the start of the next
+	// (synthetic, window). Default 1s for the watermark patterns, 1m for
+	// synthetic and window; must be > 0.
 	PollInterval Duration `yaml:"poll_interval"`
 	// Lookback re-reads rows this far behind the watermark. Default 0.
 	Lookback Duration `yaml:"lookback"`
+	// Window is the span of the window pattern: each cycle compares the rows
+	// whose Column is at or after now() minus Window. Required (> 0) for
+	// the window pattern, not allowed with the others.
+	Window Duration `yaml:"window,omitempty"`
+	// Overlap is how far behind the watermark each watermark_cdc poll starts
+	// reading again, for columns whose values arrive late or coarse (a
+	// date, a time truncated to the second, a time set by the application).
+	// Rows read again are filtered by their hashes. Default 0 (the rows at
+	// the watermark itself are always read again); only for watermark_cdc.
+	Overlap Duration `yaml:"overlap,omitempty"`
+	// DeleteFeed tells the watermark patterns where deletes are recorded
+	// (a watermark alone does not see them).
+	DeleteFeed DeleteFeed `yaml:"delete_feed,omitempty"`
+	// Slot is the logical replication slot of the cdc pattern. Slot names
+	// are global to the PostgreSQL cluster: two pipelines on one cluster
+	// need different slots. Default oneway_<pipeline>; [a-z_][a-z0-9_]{0,62};
+	// only for cdc.
+	Slot string `yaml:"slot,omitempty"`
+	// Publication is the publication the cdc pattern creates (or reuses and
+	// extends) FOR TABLE the source table. Default oneway_<pipeline>; same
+	// rules as Slot; only for cdc.
+	Publication string `yaml:"publication,omitempty"`
+	// WALBudget is how many bytes of WAL the cdc slot may keep on the source
+	// before the reader warns (log, and oneway_cdc_slot_over_budget = 1): a
+	// stopped or slow reader makes the source keep every WAL segment since
+	// its last confirmed position. Default 10 GiB; 0 disables the alert;
+	// only for cdc.
+	WALBudget int64 `yaml:"wal_budget"`
+}
+
+// DeleteFeed says where a source records its deletes.
+type DeleteFeed struct {
+	// SoftDeleteColumn is a column of the source table that marks a row as
+	// deleted when it is set (not NULL; for a boolean column, true). Such
+	// rows become delete events in every pattern. It must not be a key
+	// column; it need not be an owned column.
+	SoftDeleteColumn string `yaml:"soft_delete_column,omitempty"`
+	// Table is a table or view with one row per deleted record: the key
+	// columns (named as in the source) and Column, its pointer. Only for
+	// the watermark patterns; read in the same order as the watermark, so
+	// a delete and a later re-insert of a key keep their order.
+	Table string `yaml:"table,omitempty"`
+	// Column is the pointer column of Table, of the watermark column's type
+	// and set the same way (DEFAULT now(); for a number, from the same
+	// sequence). Required with Table.
+	Column string `yaml:"column,omitempty"`
 }
 
 // Target is a database the changes are written to.
 type Target struct {
 	// Name of the target: ^[a-z][a-z0-9_]{0,39}$, unique in the pipeline.
 	Name string `yaml:"name"`
-	// Kind of the target: "postgres", "sqlite", "http", "nats", "kafka" or
-	// "jsonl".
+	// Kind of the target: "postgres", "sqlite", "http", "nats", "kafka",
+	// "jsonl" or "mysql" (MySQL or MariaDB).
 	Kind string `yaml:"kind"`
 	// URL says where the target is, by kind: postgres, the connection
 	// string; sqlite and jsonl, the file path; http, the request URL
 	// template (text/template with .Key, .KeyParts, .Fields and .Op; the
 	// func "path" escapes a path segment); nats, the NATS server URL;
-	// kafka, the brokers (host:port, comma-separated).
+	// kafka, the brokers (host:port, comma-separated); mysql, a
+	// go-sql-driver DSN, user:pass@tcp(host:port)/db[?params].
 	URL Secret `yaml:"url"`
-	// Table is the target table. Default: the source table.
+	// Table is the target table. Default: the source table. For mysql,
+	// "db.table" names the database; "public.table" and "table" mean the
+	// URL's database.
 	Table string `yaml:"table"`
 	// CreateTable creates the target table when missing. Default true; use
 	// CreatesTable to read it.

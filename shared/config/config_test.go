@@ -505,10 +505,30 @@ func TestValidationErrors(t *testing.T) {
 		{"key not in columns", variant(t, "key: [id]", "key: [id, region]\n  columns: [id, updated_at]"), "source.key[1]", 6, `key column "region" is not in source.columns`},
 		{"watermark not in columns", variant(t, "key: [id]", "key: [id]\n  columns: [id, amount]"), "source.capture.column", 9, `watermark column "updated_at" is not in source.columns`},
 
-		{"pattern cdc", variant(t, "column: updated_at", "pattern: cdc"), "source.capture.pattern", 8, `capture pattern "cdc" is not implemented yet`},
-		{"pattern synthetic", variant(t, "column: updated_at", "pattern: synthetic"), "source.capture.pattern", 8, `capture pattern "synthetic" is not implemented yet`},
-		{"pattern window", variant(t, "column: updated_at", "pattern: window"), "source.capture.pattern", 8, `capture pattern "window" is not implemented yet`},
-		{"pattern watermark+cdc", variant(t, "column: updated_at", "pattern: watermark+cdc"), "source.capture.pattern", 8, `capture pattern "watermark+cdc" is not implemented yet`},
+		{"cdc with a column", variant(t, "column: updated_at", "column: updated_at\n    pattern: cdc"), "source.capture.column", 8, "not used by the cdc pattern"},
+		{"cdc slot bad", variant(t, "column: updated_at", "pattern: cdc\n    slot: Oneway-Inv"), "source.capture.slot", 9, `a-z, 0-9 and _, not starting with a digit, got "Oneway-Inv"`},
+		{"cdc slot too long", variant(t, "column: updated_at", "pattern: cdc\n    slot: "+strings.Repeat("s", 64)), "source.capture.slot", 9, "1 to 63 characters"},
+		{"cdc publication bad", variant(t, "column: updated_at", "pattern: cdc\n    publication: 9pub"), "source.capture.publication", 9, `got "9pub"`},
+		{"cdc wal_budget negative", variant(t, "column: updated_at", "pattern: cdc\n    wal_budget: -1"), "source.capture.wal_budget", 9, "must be >= 0 bytes"},
+		{"cdc soft delete", variant(t, "column: updated_at", "pattern: cdc\n    delete_feed: {soft_delete_column: deleted_at}"), "source.capture.delete_feed.soft_delete_column", 9, "not used by the cdc pattern"},
+		{"cdc delete table", variant(t, "column: updated_at", "pattern: cdc\n    delete_feed: {table: gone, column: deleted_at}"), "source.capture.delete_feed.table", 9, "cdc finds deletes itself"},
+		{"slot on watermark", variant(t, "column: updated_at", "column: updated_at\n    slot: s"), "source.capture.slot", 9, "only for the cdc pattern"},
+		{"wal_budget on synthetic", variant(t, "column: updated_at", "pattern: synthetic\n    wal_budget: 5"), "source.capture.wal_budget", 9, "only for the cdc pattern"},
+		{"synthetic with a column", variant(t, "column: updated_at", "column: updated_at\n    pattern: synthetic"), "source.capture.column", 8, "not used by the synthetic pattern"},
+		{"window without a span", variant(t, "column: updated_at", "column: updated_at\n    pattern: window"), "source.capture.window", 8, "required for the window pattern"},
+		{"window without a column", variant(t, "column: updated_at", "pattern: window\n    window: 720h"), "source.capture.column", 8, "required for the window pattern"},
+		{"window span negative", variant(t, "column: updated_at", "column: updated_at\n    pattern: window\n    window: -1h"), "source.capture.window", 10, "a span > 0"},
+		{"window span on watermark", variant(t, "column: updated_at", "column: updated_at\n    window: 1h"), "source.capture.window", 9, "only for the window pattern"},
+		{"watermark_cdc without a column", variant(t, "column: updated_at", "pattern: watermark_cdc"), "source.capture.column", 8, "required for the watermark_cdc pattern"},
+		{"overlap on watermark", variant(t, "column: updated_at", "column: updated_at\n    overlap: 1h"), "source.capture.overlap", 9, "only for the watermark_cdc pattern"},
+		{"overlap negative", variant(t, "column: updated_at", "column: updated_at\n    pattern: watermark_cdc\n    overlap: -1s"), "source.capture.overlap", 10, "must be >= 0"},
+		{"soft delete column is the key", variant(t, "column: updated_at", "column: updated_at\n    delete_feed: {soft_delete_column: id}"), "source.capture.delete_feed.soft_delete_column", 9, "is a key column"},
+		{"soft delete column bad", variant(t, "column: updated_at", "column: updated_at\n    delete_feed:\n      soft_delete_column: 'a b'"), "source.capture.delete_feed.soft_delete_column", 10, "not a valid identifier"},
+		{"delete table without pointer", variant(t, "column: updated_at", "column: updated_at\n    delete_feed:\n      table: invoices_deleted"), "source.capture.delete_feed.column", 10, "required with delete_feed.table"},
+		{"delete pointer without table", variant(t, "column: updated_at", "column: updated_at\n    delete_feed:\n      column: deleted_at"), "source.capture.delete_feed.column", 10, "only with delete_feed.table"},
+		{"delete table is the source", variant(t, "column: updated_at", "column: updated_at\n    delete_feed: {table: invoices, column: deleted_at}"), "source.capture.delete_feed.table", 9, "is the source table"},
+		{"delete table bad", variant(t, "column: updated_at", "column: updated_at\n    delete_feed: {table: a.b.c, column: deleted_at}"), "source.capture.delete_feed.table", 9, "more than one dot"},
+		{"delete table with synthetic", variant(t, "column: updated_at", "pattern: synthetic\n    delete_feed: {table: gone, column: deleted_at}"), "source.capture.delete_feed.table", 9, "synthetic finds deletes itself"},
 		{"pattern unknown", variant(t, "column: updated_at", "column: updated_at\n    pattern: magic"), "source.capture.pattern", 9, `unknown capture pattern "magic"`},
 		{"watermark column missing", variant(t, "column: updated_at", "batch_size: 10"), "source.capture.column", 8, "required for the watermark pattern"},
 		{"capture missing", variant(t, "  capture:\n    column: updated_at\n", ""), "source.capture.column", 3, "required for the watermark pattern"},
@@ -580,6 +600,7 @@ source:
   capture:
     pattern: cdc
     batch_size: 0
+    wal_budget: -5
 targets:
   - name: pg
     kind: postgres
@@ -603,11 +624,11 @@ targets:
 		"5 source.url",
 		"6 source.table",
 		"7 source.key",
-		"9 source.capture.pattern",
 		"10 source.capture.batch_size",
-		"12 targets[0].soft_delete_column",
-		"19 targets[1].orphans",
-		"16 targets[1].name",
+		"11 source.capture.wal_budget",
+		"13 targets[0].soft_delete_column",
+		"20 targets[1].orphans",
+		"17 targets[1].name",
 	}, got)
 }
 
@@ -698,6 +719,11 @@ func TestSecretRedaction(t *testing.T) {
 		{"host=a sslpassword=secret", "host=a sslpassword=xxxxx"},
 		{"user:secret@localhost:4222", "user:xxxxx@localhost:4222"},
 		{"localhost:4222", "localhost:4222"},
+		{"u:secret@tcp(127.0.0.1:3306)/db", "u:xxxxx@tcp(127.0.0.1:3306)/db"},
+		{"u:secret@tcp(h:3306)/db?parseTime=true&loc=UTC", "u:xxxxx@tcp(h:3306)/db?parseTime=true&loc=UTC"},
+		{"u:se@c/r?e=t@unix(/run/mysqld/mysqld.sock)/db", "u:xxxxx@unix(/run/mysqld/mysqld.sock)/db"},
+		{"u:secret@/db", "u:xxxxx@/db"},
+		{"u@tcp(h)/db", "u@tcp(h)/db"},
 	}
 	for _, tt := range tests {
 		s := Secret(tt.in)
@@ -986,4 +1012,107 @@ func TestNestedDefaultIsAnError(t *testing.T) {
 func TestReservedPipelineName(t *testing.T) {
 	_, err := Parse("out.yaml", []byte(strings.Replace(base, "pipeline: inv", "pipeline: out", 1)), noEnv)
 	require.ErrorContains(t, err, `pipeline: "out" is reserved`)
+}
+
+// A MySQL target table names its database before the dot; "public" (the
+// default inherited from a PostgreSQL source) and no dot mean the DSN's.
+func TestSplitMySQLTable(t *testing.T) {
+	tests := []struct{ in, db, table string }{
+		{"public.invoices", "", "invoices"},
+		{"invoices", "", "invoices"},
+		{"crm.invoices", "crm", "invoices"},
+	}
+	for _, tt := range tests {
+		db, table, err := SplitMySQLTable(tt.in)
+		if err != nil || db != tt.db || table != tt.table {
+			t.Errorf("SplitMySQLTable(%q) = %q, %q, %v; want %q, %q", tt.in, db, table, err, tt.db, tt.table)
+		}
+	}
+	if _, _, err := SplitMySQLTable("a.b.c"); err == nil {
+		t.Error("SplitMySQLTable(a.b.c): no error")
+	}
+}
+
+func TestCapturePatterns(t *testing.T) {
+	tests := []struct {
+		name, capture string
+		want          Capture
+	}{
+		{"synthetic: a cycle a minute by default", "pattern: synthetic",
+			Capture{Pattern: PatternSynthetic, BatchSize: 1000, PollInterval: Duration{time.Minute}}},
+		{"window", "pattern: window\n    column: issued_on\n    window: 720h\n    poll_interval: 30s",
+			Capture{Pattern: PatternWindow, Column: "issued_on", BatchSize: 1000, PollInterval: Duration{30 * time.Second}, Window: Duration{720 * time.Hour}}},
+		{"watermark_cdc", "pattern: watermark_cdc\n    column: updated_on\n    overlap: 24h",
+			Capture{Pattern: PatternWatermarkCDC, Column: "updated_on", BatchSize: 1000, PollInterval: Duration{time.Second}, Overlap: Duration{24 * time.Hour}}},
+		{"watermark+cdc is watermark_cdc", "pattern: watermark+cdc\n    column: updated_on",
+			Capture{Pattern: PatternWatermarkCDC, Column: "updated_on", BatchSize: 1000, PollInterval: Duration{time.Second}}},
+		{"cdc: slot and publication from the pipeline, 10 GiB budget", "pattern: cdc",
+			Capture{Pattern: PatternCDC, BatchSize: 1000, PollInterval: Duration{time.Second}, Slot: "oneway_inv", Publication: "oneway_inv", WALBudget: 10 << 30}},
+		{"cdc with its own names and no budget", "pattern: cdc\n    slot: inv_slot\n    publication: inv_pub\n    wal_budget: 0",
+			Capture{Pattern: PatternCDC, BatchSize: 1000, PollInterval: Duration{time.Second}, Slot: "inv_slot", Publication: "inv_pub"}},
+		{"watermark with a delete feed", "column: updated_at\n    delete_feed:\n      soft_delete_column: deleted_at\n      table: audit.invoices_deleted\n      column: deleted_at",
+			Capture{Pattern: PatternWatermark, Column: "updated_at", BatchSize: 1000, PollInterval: Duration{time.Second},
+				DeleteFeed: DeleteFeed{SoftDeleteColumn: "deleted_at", Table: "audit.invoices_deleted", Column: "deleted_at"}}},
+		{"synthetic with a soft delete column", "pattern: synthetic\n    delete_feed: {soft_delete_column: deleted}",
+			Capture{Pattern: PatternSynthetic, BatchSize: 1000, PollInterval: Duration{time.Minute}, DeleteFeed: DeleteFeed{SoftDeleteColumn: "deleted"}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := Parse("t.yaml", []byte(variant(t, "column: updated_at", tt.capture)), noEnv)
+			require.NoError(t, err)
+			require.Equal(t, tt.want, p.Source.Capture)
+			var out strings.Builder
+			require.NoError(t, p.Print(&out))
+			again, err := Parse("printed.yaml", []byte(out.String()), noEnv)
+			require.NoError(t, err, "printed config:\n%s", out.String())
+			require.Equal(t, tt.want, again.Source.Capture)
+		})
+	}
+}
+
+// Every example config loads; each pattern's example sets its pattern.
+func TestPatternExampleFiles(t *testing.T) {
+	env := envOf(map[string]string{
+		"ONEWAY_SOURCE_URL": "postgres://oneway:srcsecret@source:5432/erp",
+		"ONEWAY_TARGET_URL": "postgres://oneway:tgtsecret@target:5432/reporting",
+		"ONEWAY_LEDGER_URL": "postgres://oneway:ledgersecret@stage:5432/oneway",
+	})
+	want := map[string]Capture{
+		"invoices-synthetic.yaml": {Pattern: PatternSynthetic, BatchSize: 1000, PollInterval: Duration{30 * time.Second}},
+		"invoices-window.yaml": {Pattern: PatternWindow, Column: "updated_at", BatchSize: 1000, PollInterval: Duration{time.Minute},
+			Window: Duration{720 * time.Hour}},
+		"invoices-cdc.yaml": {Pattern: PatternCDC, BatchSize: 1000, PollInterval: Duration{time.Second},
+			Slot: "oneway_invoices_cdc", Publication: "oneway_invoices_cdc", WALBudget: 10 << 30},
+		"invoices-watermark-cdc.yaml": {Pattern: PatternWatermarkCDC, Column: "updated_at", BatchSize: 1000, PollInterval: Duration{time.Second},
+			Overlap: Duration{5 * time.Second}},
+	}
+	files, err := filepath.Glob("../../deploy/examples/*.yaml")
+	require.NoError(t, err)
+	require.NotEmpty(t, files)
+	for _, path := range files {
+		t.Run(filepath.Base(path), func(t *testing.T) {
+			data, err := os.ReadFile(path)
+			require.NoError(t, err)
+			p, err := Parse(path, data, env)
+			require.NoError(t, err)
+			if w, ok := want[filepath.Base(path)]; ok {
+				require.Equal(t, w, p.Source.Capture)
+			}
+		})
+	}
+	for name := range want {
+		require.FileExists(t, filepath.Join("../../deploy/examples", name))
+	}
+	// The delete feed commented out in invoices.yaml is valid once enabled.
+	data, err := os.ReadFile("../../deploy/examples/invoices.yaml")
+	require.NoError(t, err)
+	enabled := strings.NewReplacer(
+		"    # delete_feed:\n", "    delete_feed:\n",
+		"    #   soft_delete_column: deleted_at\n", "      soft_delete_column: deleted_at\n",
+		"    #   table: public.invoices_deleted\n", "      table: public.invoices_deleted\n",
+		"    #   column: deleted_at\n", "      column: deleted_at\n").Replace(string(data))
+	require.NotEqual(t, string(data), enabled)
+	p, err := Parse("invoices.yaml", []byte(enabled), env)
+	require.NoError(t, err)
+	require.Equal(t, DeleteFeed{SoftDeleteColumn: "deleted_at", Table: "public.invoices_deleted", Column: "deleted_at"}, p.Source.Capture.DeleteFeed)
 }

@@ -143,6 +143,24 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, path string) {
 			d.decode(c, s.Index(i), indexPath(path, i))
 		}
 		v.Set(s)
+	case reflect.Map:
+		if n.Kind != yaml.MappingNode {
+			d.fail(n.Line, path, "expected a mapping, got %s", describe(n))
+			return
+		}
+		if v.Type().Key().Kind() != reflect.String {
+			d.fail(n.Line, path, "cannot decode into %s", v.Type())
+			return
+		}
+		m := reflect.MakeMap(v.Type())
+		for _, e := range d.entries(n, path, 0) {
+			child := fieldPath(path, e.key)
+			d.pos.lines[child] = e.line
+			val := reflect.New(v.Type().Elem()).Elem()
+			d.decode(e.value, val, child)
+			m.SetMapIndex(reflect.ValueOf(e.key).Convert(v.Type().Key()), val)
+		}
+		v.Set(m)
 	case reflect.Pointer:
 		e := reflect.New(v.Type().Elem())
 		d.decode(n, e.Elem(), path)

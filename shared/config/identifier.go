@@ -60,3 +60,14 @@ func SplitTable(s string) (schema, table string, err error) {
 	}
 	return schema, table, nil
 }
+
+// SplitMySQLTable splits a MySQL target's table: "db.table" names the
+// database; "table" and "public.table" (the PostgreSQL default schema)
+// mean the DSN's database, returned as "".
+func SplitMySQLTable(s string) (database, table string, err error) {
+	database, table, err = SplitTable(s)
+	if database == defaultSchema {
+		database = ""
+	}
+	return database, table, err
+}

@@ -55,6 +55,9 @@ func redact(s string) string {
 		return s
 	}
 	if !strings.Contains(s, "://") {
+		if r, ok := redactMySQLDSN(s); ok {
+			return r
+		}
 		if strings.Contains(s, "=") {
 			return keywordPasswordRe.ReplaceAllString(s, "${1}"+mask)
 		}
@@ -104,4 +107,30 @@ func redactUserinfo(u string, start int) string {
 		masked = user + ":" + mask
 	}
 	return u[:start] + masked + u[start+at:]
+}
+
+// mysqlNetRe is the protocol(address) part of a MySQL DSN.
+var mysqlNetRe = regexp.MustCompile(`^[A-Za-z0-9]+\(.*\)$`)
+
+// redactMySQLDSN masks the password of a go-sql-driver DSN,
+// "user:pass@tcp(host:port)/db?params", splitting it as the driver does:
+// at the last "/", then the last "@" before it, then the first ":". ok is
+// false when s is not shaped like one.
+func redactMySQLDSN(s string) (string, bool) {
+	slash := strings.LastIndexByte(s, '/')
+	if slash <= 0 {
+		return "", false
+	}
+	at := strings.LastIndexByte(s[:slash], '@')
+	if at < 0 {
+		return "", false
+	}
+	if netAddr := s[at+1 : slash]; netAddr != "" && !mysqlNetRe.MatchString(netAddr) {
+		return "", false
+	}
+	colon := strings.IndexByte(s[:at], ':')
+	if colon < 0 {
+		return s, true // a user without a password
+	}
+	return s[:colon+1] + mask + s[at:], true
 }

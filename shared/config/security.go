@@ -95,6 +95,9 @@ func (p *Pipeline) validateProduction(c *checker) {
 	if p.Source.Kind == KindPostgres {
 		checkPG("source.url", p.Source.URL)
 	}
+	if p.Source.Kind == KindKafka {
+		c.add("source.kafka.brokers", "the kafka source has no TLS support yet; production mode refuses it")
+	}
 	for i := range p.Targets {
 		t := &p.Targets[i]
 		path := indexPath("targets", i)

@@ -21,6 +21,7 @@ const (
 	defaultPattern         = PatternWatermark
 	defaultBatchSize       = 1000
 	defaultPollInterval    = time.Second
+	defaultCycleInterval   = time.Minute
 	defaultDelete          = "hard"
 	defaultOrphans         = "keep"
 	defaultLedgerSchema    = "oneway"
@@ -28,18 +29,31 @@ const (
 	defaultMaxAttempts     = 5
 	defaultAckWait         = 10 * time.Second
 	defaultFetchBatch      = 8
+	defaultWALBudget       = 10 << 30
 )
 
-// Capture patterns. Only PatternWatermark is implemented.
+// Capture patterns.
 const (
 	PatternWatermark    = "watermark"
 	PatternCDC          = "cdc"
 	PatternSynthetic    = "synthetic"
 	PatternWindow       = "window"
-	PatternWatermarkCDC = "watermark+cdc"
+	PatternWatermarkCDC = "watermark_cdc"
 )
 
-// Kinds of sources and targets. Sources: postgres; targets: postgres, http.
+// patternAliases are other spellings of a pattern, rewritten on load.
+var patternAliases = map[string]string{"watermark+cdc": PatternWatermarkCDC}
+
+// Patterns lists the implemented capture patterns.
+var Patterns = []string{PatternWatermark, PatternSynthetic, PatternWindow, PatternWatermarkCDC, PatternCDC}
+
+// IsCyclePattern reports whether pattern reads a whole table (synthetic) or
+// a whole window (window) each cycle and compares it with the last cycle.
+func IsCyclePattern(pattern string) bool {
+	return pattern == PatternSynthetic || pattern == PatternWindow
+}
+
+// Kinds of sources and targets. Sources: postgres, kafka; targets: every kind in targetKinds.
 const (
 	KindPostgres = "postgres"
 	KindSQLite   = "sqlite"
@@ -47,12 +61,13 @@ const (
 	KindNATS     = "nats"
 	KindKafka    = "kafka"
 	KindJSONL    = "jsonl"
+	KindMySQL    = "mysql"
 )
 
 // targetKinds lists the target kinds; sideLedgerKinds those that need a
 // ledger_url because they cannot compare versions themselves.
 var (
-	targetKinds     = []string{KindPostgres, KindSQLite, KindHTTP, KindNATS, KindKafka, KindJSONL}
+	targetKinds     = []string{KindPostgres, KindSQLite, KindHTTP, KindNATS, KindKafka, KindJSONL, KindMySQL}
 	sideLedgerKinds = []string{KindHTTP, KindNATS, KindKafka, KindJSONL}
 )
 
@@ -114,12 +129,40 @@ func (p *Pipeline) applyDefaults(pos *positions) {
 	c := &p.Source.Capture
 	if unset("source.capture.pattern") {
 		c.Pattern = defaultPattern
+		if p.Source.Kind == KindKafka {
+			c.Pattern = PatternCDC
+		}
+	}
+	if p.Source.Kind == KindKafka && unset("source.kafka.group") {
+		p.Source.Kafka.Group = "oneway-" + p.Pipeline
+	}
+	for col, typ := range p.Source.Types {
+		if canon, err := CanonicalType(typ); err == nil {
+			p.Source.Types[col] = canon
+		}
+	}
+	if alias, ok := patternAliases[c.Pattern]; ok {
+		c.Pattern = alias
 	}
 	if unset("source.capture.batch_size") {
 		c.BatchSize = defaultBatchSize
 	}
 	if unset("source.capture.poll_interval") {
 		c.PollInterval = Duration{defaultPollInterval}
+		if IsCyclePattern(c.Pattern) {
+			c.PollInterval = Duration{defaultCycleInterval}
+		}
+	}
+	if c.Pattern == PatternCDC && p.Source.Kind == KindPostgres {
+		if unset("source.capture.slot") {
+			c.Slot = DefaultCDCName(p.Pipeline)
+		}
+		if unset("source.capture.publication") {
+			c.Publication = DefaultCDCName(p.Pipeline)
+		}
+		if unset("source.capture.wal_budget") {
+			c.WALBudget = defaultWALBudget
+		}
 	}
 
 	for i := range p.Targets {
@@ -186,8 +229,10 @@ func (p *Pipeline) Validate() error {
 // checker collects validation problems.
 type checker struct {
 	file string
-	pos  *positions
-	errs []error
+	// pipeline is the pipeline's name, from which default names derive.
+	pipeline string
+	pos      *positions
+	errs     []error
 }
 
 func (c *checker) add(field, format string, args ...any) {
@@ -196,7 +241,7 @@ func (c *checker) add(field, format string, args ...any) {
 
 // validate checks p; pos, which may be nil, supplies line numbers.
 func (p *Pipeline) validate(pos *positions) error {
-	c := &checker{file: p.File, pos: pos}
+	c := &checker{file: p.File, pos: pos, pipeline: p.Pipeline}
 
 	switch {
 	case p.Pipeline == "":
@@ -261,12 +306,25 @@ func (s *Source) validate(c *checker) {
 	switch s.Kind {
 	case "":
 		c.add("source.kind", "required")
-	case KindPostgres:
+	case KindPostgres, KindKafka:
 	default:
-		c.add("source.kind", "unsupported kind %q (supported: %s)", s.Kind, KindPostgres)
+		c.add("source.kind", "unsupported kind %q (supported: %s, %s)", s.Kind, KindPostgres, KindKafka)
 	}
-	if s.URL == "" {
+	switch {
+	case s.Kind == KindKafka && s.URL != "":
+		c.add("source.url", "not used by kind %q: its brokers go in source.kafka.brokers", KindKafka)
+	case s.Kind != KindKafka && s.URL == "":
 		c.add("source.url", "required")
+	}
+	if s.Kind == KindKafka {
+		s.validateKafka(c)
+	} else {
+		if len(s.Types) > 0 {
+			c.add("source.types", "only for kind %q: a %s source reads its column types from its catalog", KindKafka, s.Kind)
+		}
+		if !reflect.DeepEqual(s.Kafka, KafkaSource{}) {
+			c.add("source.kafka", "only allowed when kind is %q", KindKafka)
+		}
 	}
 	if s.Table == "" {
 		c.add("source.table", "required")
@@ -308,29 +366,133 @@ func checkColumns(c *checker, path string, cols []string) {
 }
 
 func (cp *Capture) validate(c *checker, s *Source) {
+	const f = "source.capture."
+	// column checks the pattern's column: required or not allowed, a valid
+	// identifier, and owned when the owned columns are listed.
+	column := func(required bool, what string) {
+		switch {
+		case !required && cp.Column != "":
+			c.add(f+"column", "not used by the %s pattern; remove it", cp.Pattern)
+		case !required:
+		case cp.Column == "":
+			c.add(f+"column", "required for the %s pattern (the %s)", cp.Pattern, what)
+		case ValidIdentifier(cp.Column) != nil:
+			c.add(f+"column", "%v", ValidIdentifier(cp.Column))
+		case len(s.Columns) > 0 && !slices.Contains(s.Columns, cp.Column):
+			c.add(f+"column", "%s %q is not in source.columns", what, cp.Column)
+		}
+	}
+	implemented := true
 	switch cp.Pattern {
 	case PatternWatermark:
-		switch {
-		case cp.Column == "":
-			c.add("source.capture.column", "required for the %s pattern", PatternWatermark)
-		case ValidIdentifier(cp.Column) != nil:
-			c.add("source.capture.column", "%v", ValidIdentifier(cp.Column))
-		case len(s.Columns) > 0 && !slices.Contains(s.Columns, cp.Column):
-			c.add("source.capture.column", "watermark column %q is not in source.columns", cp.Column)
-		}
-	case PatternCDC, PatternSynthetic, PatternWindow, PatternWatermarkCDC:
-		c.add("source.capture.pattern", "capture pattern %q is not implemented yet", cp.Pattern)
+		column(true, "watermark column")
+	case PatternWatermarkCDC:
+		column(true, "watermark column")
+	case PatternWindow:
+		column(true, "date or timestamp column the window slides over")
+	case PatternSynthetic:
+		column(false, "")
+	case PatternCDC:
+		column(false, "")
 	default:
-		c.add("source.capture.pattern", "unknown capture pattern %q (supported: %s)", cp.Pattern, PatternWatermark)
+		implemented = false
+		c.add(f+"pattern", "unknown capture pattern %q (supported: %s)", cp.Pattern, strings.Join(Patterns, ", "))
 	}
 	if cp.BatchSize < 1 || cp.BatchSize > 100_000 {
-		c.add("source.capture.batch_size", "must be between 1 and 100000, got %d", cp.BatchSize)
+		c.add(f+"batch_size", "must be between 1 and 100000, got %d", cp.BatchSize)
 	}
 	if cp.PollInterval.Duration <= 0 {
-		c.add("source.capture.poll_interval", "must be > 0, got %s", cp.PollInterval)
+		c.add(f+"poll_interval", "must be > 0, got %s", cp.PollInterval)
 	}
 	if cp.Lookback.Duration < 0 {
-		c.add("source.capture.lookback", "must be >= 0, got %s", cp.Lookback)
+		c.add(f+"lookback", "must be >= 0, got %s", cp.Lookback)
+	}
+	switch {
+	case cp.Pattern == PatternWindow && cp.Window.Duration <= 0:
+		c.add(f+"window", "required for the window pattern: a span > 0 such as 720h, got %s", cp.Window)
+	case cp.Pattern != PatternWindow && implemented && cp.Window.Duration != 0:
+		c.add(f+"window", "only for the window pattern (pattern is %s)", cp.Pattern)
+	}
+	switch {
+	case cp.Overlap.Duration < 0:
+		c.add(f+"overlap", "must be >= 0, got %s", cp.Overlap)
+	case cp.Pattern != PatternWatermarkCDC && implemented && cp.Overlap.Duration != 0:
+		c.add(f+"overlap", "only for the %s pattern (pattern is %s)", PatternWatermarkCDC, cp.Pattern)
+	}
+	if cp.Pattern == PatternCDC && s.Kind == KindKafka {
+		for _, n := range []struct {
+			field string
+			set   bool
+		}{{"slot", cp.Slot != ""}, {"publication", cp.Publication != ""}, {"wal_budget", cp.WALBudget != 0}} {
+			if n.set {
+				c.add(f+n.field, "only for a %s source's %s pattern (the source is %s)", KindPostgres, PatternCDC, KindKafka)
+			}
+		}
+	} else if cp.Pattern == PatternCDC {
+		for _, n := range []struct{ field, value string }{{"slot", cp.Slot}, {"publication", cp.Publication}} {
+			// A default derived from a bad pipeline name is reported there;
+			// a source of an unknown kind got no default.
+			if s.Kind == KindPostgres && !cdcNameRe.MatchString(n.value) && n.value != DefaultCDCName(c.pipeline) {
+				c.add(f+n.field, "must be 1 to 63 characters of a-z, 0-9 and _, not starting with a digit, got %q", n.value)
+			}
+		}
+		if cp.WALBudget < 0 {
+			c.add(f+"wal_budget", "must be >= 0 bytes (0 disables the alert), got %d", cp.WALBudget)
+		}
+		if cp.DeleteFeed.SoftDeleteColumn != "" {
+			c.add(f+"delete_feed.soft_delete_column", "not used by the cdc pattern: it sees deletes in the replication stream")
+		}
+	} else if implemented {
+		for _, n := range []struct {
+			field string
+			set   bool
+		}{{"slot", cp.Slot != ""}, {"publication", cp.Publication != ""}, {"wal_budget", cp.WALBudget != 0}} {
+			if n.set {
+				c.add(f+n.field, "only for the %s pattern (pattern is %s)", PatternCDC, cp.Pattern)
+			}
+		}
+	}
+	cp.DeleteFeed.validate(c, s, cp.Pattern, implemented)
+}
+
+// cdcNameRe is the shape of a replication slot or publication name.
+var cdcNameRe = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,62}$`)
+
+// DefaultCDCName is the default slot and publication name of a pipeline's
+// cdc pattern.
+func DefaultCDCName(pipeline string) string { return "oneway_" + pipeline }
+
+func (d *DeleteFeed) validate(c *checker, s *Source, pattern string, implemented bool) {
+	const f = "source.capture.delete_feed."
+	if col := d.SoftDeleteColumn; col != "" {
+		switch {
+		case ValidIdentifier(col) != nil:
+			c.add(f+"soft_delete_column", "%v", ValidIdentifier(col))
+		case slices.Contains(s.Key, col):
+			c.add(f+"soft_delete_column", "%q is a key column; a deleted mark needs a column of its own", col)
+		case col == s.Capture.Column && pattern != PatternSynthetic:
+			c.add(f+"soft_delete_column", "%q is the capture column; a deleted mark needs a column of its own", col)
+		}
+	}
+	watermark := pattern == PatternWatermark || pattern == PatternWatermarkCDC
+	switch {
+	case d.Table == "" && d.Column != "":
+		c.add(f+"column", "only with delete_feed.table (the pointer column of the deleted-records table)")
+	case d.Table == "":
+	case implemented && !watermark:
+		c.add(f+"table", "only for the %s and %s patterns: %s finds deletes itself", PatternWatermark, PatternWatermarkCDC, pattern)
+	default:
+		if _, _, err := SplitTable(d.Table); err != nil {
+			c.add(f+"table", "%v", err)
+		} else if d.Table == s.Table {
+			c.add(f+"table", "is the source table; use soft_delete_column to mark deleted rows in it")
+		}
+		switch {
+		case d.Column == "":
+			c.add(f+"column", "required with delete_feed.table: the pointer column, of the same kind as the watermark column")
+		case ValidIdentifier(d.Column) != nil:
+			c.add(f+"column", "%v", ValidIdentifier(d.Column))
+		}
 	}
 }
 

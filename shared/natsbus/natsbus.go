@@ -235,6 +235,21 @@ func (b *Bus) StateKV(ctx context.Context, replicas int) (jetstream.KeyValue, er
 	return kv, nil
 }
 
+// CaptureStore opens (creating if needed) the Object Store bucket of
+// capture state (hash lists, overlap hashes).
+func (b *Bus) CaptureStore(ctx context.Context, replicas int) (jetstream.ObjectStore, error) {
+	st, err := b.JS.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket:      bus.CaptureBucket,
+		Description: "oneway capture state: hash lists and overlap hashes",
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(replicas, 1),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open capture state bucket %s: %w", bus.CaptureBucket, err)
+	}
+	return st, nil
+}
+
 // PublishAsync publishes data with a Nats-Msg-Id so that a retry of the same
 // message is a duplicate, not a second event. When the async window is full
 // it waits for acks to come back and tries again, until ctx ends: it never

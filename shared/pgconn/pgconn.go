@@ -169,3 +169,12 @@ func Classify(err error) error {
 	}
 	return err
 }
+
+// Code returns the SQLSTATE of a PostgreSQL error in err's chain, or "".
+func Code(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code
+	}
+	return ""
+}

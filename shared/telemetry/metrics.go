@@ -45,6 +45,15 @@ type Metrics struct {
 	DeadLetters *prometheus.CounterVec // {pipeline,target}
 	// BuildInfo is always 1; its labels carry the build.
 	BuildInfo *prometheus.GaugeVec // {version,commit,go_version}
+	// CDCSlotLag is the WAL between the source's current position and what
+	// the cdc pattern's replication slot has confirmed, in bytes.
+	CDCSlotLag *prometheus.GaugeVec // {pipeline}
+	// CDCSlotRetained is the WAL the slot keeps on the source's disk, in
+	// bytes; the WAL budget applies to it.
+	CDCSlotRetained *prometheus.GaugeVec // {pipeline}
+	// CDCSlotOverBudget is 1 while the slot retains more WAL than its
+	// budget (source.capture.wal_budget), else 0.
+	CDCSlotOverBudget *prometheus.GaugeVec // {pipeline}
 }
 
 // NewMetrics creates and registers every metric on a fresh registry and sets
@@ -86,6 +95,18 @@ func NewMetrics(version, commit string) *Metrics {
 			Name: "oneway_build_info",
 			Help: "Always 1; labels describe the running build.",
 		}, []string{"version", "commit", "go_version"}),
+		CDCSlotLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "oneway_cdc_slot_lag_bytes",
+			Help: "WAL bytes between the source's current position and the position the cdc replication slot confirmed.",
+		}, []string{"pipeline"}),
+		CDCSlotRetained: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "oneway_cdc_slot_retained_bytes",
+			Help: "WAL bytes the cdc replication slot keeps on the source's disk.",
+		}, []string{"pipeline"}),
+		CDCSlotOverBudget: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "oneway_cdc_slot_over_budget",
+			Help: "1 while the cdc replication slot retains more WAL than source.capture.wal_budget, else 0.",
+		}, []string{"pipeline"}),
 	}
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(),
@@ -98,6 +119,9 @@ func NewMetrics(version, commit string) *Metrics {
 		m.ReaderPosition,
 		m.DeadLetters,
 		m.BuildInfo,
+		m.CDCSlotLag,
+		m.CDCSlotRetained,
+		m.CDCSlotOverBudget,
 	)
 	m.BuildInfo.WithLabelValues(version, commit, runtime.Version()).Set(1)
 	return m

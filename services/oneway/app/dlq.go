@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -23,21 +22,18 @@ import (
 	"github.com/oneway-sync/oneway/shared/cli"
 	"github.com/oneway-sync/oneway/shared/config"
 	"github.com/oneway-sync/oneway/shared/event"
-	"github.com/oneway-sync/oneway/shared/natsbus"
 	"github.com/oneway-sync/oneway/shared/runner"
 )
 
 // dlqOptions are the flags every dlq verb shares.
 type dlqOptions struct {
 	cli.Flags
-	natsURL string
-	dataDir string
+	storeFlags
 }
 
 func (o *dlqOptions) bind(cmd *cobra.Command) {
 	o.Bind(cmd)
-	cmd.Flags().StringVar(&o.natsURL, "nats-url", "", "NATS server to use (default: the config's nats.url; when that is empty, the embedded store under --data-dir)")
-	cmd.Flags().StringVar(&o.dataDir, "data-dir", "./data", "data directory of `oneway up`, for a pipeline with an embedded NATS server (stop `oneway up` first)")
+	o.storeFlags.bind(cmd)
 }
 
 func dlqCommand() *cobra.Command {
@@ -303,38 +299,11 @@ func (o *dlqOptions) run(cmd *cobra.Command, fn func(ctx context.Context, cfg *c
 	log = log.With("pipeline", cfg.Pipeline)
 	ctx, stop := runner.SignalContext(cmd.Context())
 	defer stop()
-	url := o.natsURL
-	if url == "" {
-		url = cfg.NATS.URL.Value()
-	}
-	auth := natsbus.AuthOptions(cfg.NATS)
-	if url == "" {
-		auth = nil // the embedded server has no credentials
-		dir := filepath.Join(o.dataDir, "nats")
-		if _, err := os.Stat(filepath.Join(dir, "jetstream")); err != nil {
-			return cli.Exit(cli.ExitUsage, fmt.Errorf("no embedded NATS store at %s (%v): pass the --data-dir that `oneway up` used, or --nats-url", dir, err))
-		}
-		release, err := dlq.LockStore(dir)
-		if err != nil {
-			if errors.Is(err, dlq.ErrStoreInUse) {
-				return cli.Exit(cli.ExitFailure, fmt.Errorf("%v: stop `oneway up` first, or start it with --nats-port P and pass --nats-url nats://127.0.0.1:P", err))
-			}
-			return err
-		}
-		defer release()
-		var stop func()
-		url, stop, err = startEmbedded(dir, 0)
-		if err != nil {
-			return err
-		}
-		defer stop()
-		log.Debug("embedded NATS JetStream started", "url", url, "store_dir", dir)
-	}
-	b, err := natsbus.Connect(ctx, url, "oneway-dlq", log, auth...)
+	b, closeBus, err := o.connect(ctx, cfg, "oneway-dlq", log)
 	if err != nil {
 		return err
 	}
-	defer b.Close()
+	defer closeBus()
 	s, err := dlq.Open(ctx, b.JS, cfg.Pipeline)
 	if err != nil {
 		return err

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
+	"github.com/oneway-sync/oneway/services/oneway/internal/status"
 	readerapp "github.com/oneway-sync/oneway/services/reader/app"
 	writerapp "github.com/oneway-sync/oneway/services/writer/app"
 	"github.com/oneway-sync/oneway/shared/bus"
@@ -58,7 +59,7 @@ stores under --data-dir; a restart with the same directory resumes.`,
 	}
 	o.Bind(cmd)
 	cmd.Flags().StringVar(&o.dataDir, "data-dir", "./data", "where the embedded NATS server stores its streams")
-	cmd.Flags().StringVar(&o.adminAddr, "admin-addr", "", "serve /healthz, /readyz and /metrics here (default: the config's admin.addr)")
+	cmd.Flags().StringVar(&o.adminAddr, "admin-addr", "", "serve the status page, /status.json, /healthz, /readyz and /metrics here (default: the config's admin.addr, else "+defaultAdminAddr+"; \"off\" disables)")
 	cmd.Flags().IntVar(&o.natsPort, "nats-port", -1, "port of the embedded NATS server (-1: any free port)")
 	cmd.Flags().BoolVar(&o.exitWhenSynced, "exit-when-synced", false, "exit 0 once every target has applied everything the reader found up to then")
 	cmd.Flags().DurationVar(&o.stopTimeout, "stop-timeout", 30*time.Second, "how long shutdown may take")
@@ -81,7 +82,9 @@ func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.
 		}
 		defer pprof.StopCPUProfile()
 	}
-	log = log.With("pipeline", cfg.Pipeline)
+	// The status page shows each target's last warning or error.
+	errLog := status.NewErrorLog()
+	log = slog.New(errLog.Wrap(log.Handler())).With("pipeline", cfg.Pipeline)
 
 	natsURL, auth := cfg.NATS.URL.Value(), natsbus.AuthOptions(cfg.NATS)
 	if natsURL == "" {
@@ -103,17 +106,15 @@ func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.
 	metrics := telemetry.NewMetrics(cli.Version, cli.Commit())
 	health := telemetry.NewHealth()
 	var components []runner.Component
-	addr := o.adminAddr
-	if addr == "" {
-		addr = cfg.Admin.Addr
+	collector := status.NewCollector(b, cfg, metrics, errLog)
+	srv, err := startAdmin(o.adminAddr, cfg.Admin.Addr, metrics, health, log)
+	if err != nil {
+		return err
 	}
-	if addr != "" {
-		srv := telemetry.NewServer(addr, metrics, health, log)
-		if err := srv.Start(); err != nil {
-			return cli.Exit(cli.ExitUsage, err)
-		}
-		log.Info("admin endpoints serving", "addr", srv.Addr())
-		components = append(components, srv)
+	if srv != nil {
+		status.Mount(srv, collector, log)
+		log.Info("status page serving", "url", "http://"+srv.Addr()+"/")
+		components = append(components, srv, collector)
 	}
 
 	runCtx, cancelRun := context.WithCancel(ctx)
@@ -282,6 +283,38 @@ func reportProgress(ctx context.Context, b *natsbus.Bus, cfg *config.Pipeline, l
 		}
 		log.Info("progress", attrs...)
 	}
+}
+
+// defaultAdminAddr serves the status page when neither the flag nor the
+// config names an address.
+const defaultAdminAddr = "127.0.0.1:8080"
+
+// startAdmin starts the admin server on the flag's address, else the
+// config's, else defaultAdminAddr. A busy default port falls back to a free
+// one (with a warning naming it); a busy address the user asked for is an
+// error. "off" disables the server (nil, nil).
+func startAdmin(flag, configured string, m *telemetry.Metrics, h *telemetry.Health, log *slog.Logger) (*telemetry.Server, error) {
+	addr, chosen := flag, true
+	if addr == "" {
+		addr = configured
+	}
+	if addr == "" {
+		addr, chosen = defaultAdminAddr, false
+	}
+	if addr == "off" {
+		return nil, nil
+	}
+	srv := telemetry.NewServer(addr, m, h, log)
+	err := srv.Start()
+	if err != nil && !chosen {
+		log.Warn("default admin address busy; using a free port", "addr", addr, "error", err)
+		srv = telemetry.NewServer("127.0.0.1:0", m, h, log)
+		err = srv.Start()
+	}
+	if err != nil {
+		return nil, cli.Exit(cli.ExitUsage, err)
+	}
+	return srv, nil
 }
 
 // startEmbedded runs an embedded JetStream server storing under dir and

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
 	"github.com/oneway-sync/oneway/services/oneway/internal/verify"
@@ -24,10 +25,14 @@ func verifyCommand() *cobra.Command {
 		Use:   "verify",
 		Short: "Compare the SoR with each target by key over owned fields",
 		Long: `verify reads the source and each target in key order and compares the owned
-columns of every record. It exits 0 when every target matches, and 1 with a
-summary (missing, different and extra keys, with samples) otherwise. Extra
-target keys (orphans) count as a difference only when the target's orphan
-policy is "delete".`,
+columns of every record. PostgreSQL targets are read in key order directly;
+SQLite tables, JSONL files, NATS JetStream streams and Kafka topics are first
+folded to their final state per key (the highest version wins, a delete or
+tombstone removes the key) into a temporary SQLite database under $TMPDIR.
+HTTP targets are skipped: an API has no read-back yet. It exits 0 when every
+target matches, and 1 with a summary (missing, different and extra keys,
+with samples) otherwise. Extra target keys (orphans) count as a difference
+only when the target's orphan policy is "delete".`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := f.Load()
@@ -47,6 +52,9 @@ policy is "delete".`,
 }
 
 func runVerify(ctx context.Context, cfg *config.Pipeline, only string, out io.Writer, log *slog.Logger) error {
+	if cfg.Source.Kind != config.KindPostgres {
+		return cli.Exit(cli.ExitUsage, fmt.Errorf("verify reads the source table back and needs a postgres source; a %s source has no read-back (query the targets, or verify against the database the events come from)", cfg.Source.Kind))
+	}
 	schema, table, err := config.SplitTable(cfg.Source.Table)
 	if err != nil {
 		return cli.Exit(cli.ExitUsage, err)
@@ -57,18 +65,30 @@ func runVerify(ctx context.Context, cfg *config.Pipeline, only string, out io.Wr
 	}
 	defer src.Close()
 	srcTable := pgconn.Table{Schema: schema, Name: table}
-	columns := cfg.Source.Columns
-	if len(columns) == 0 {
-		cols, found, err := pgconn.Columns(ctx, src, srcTable)
-		if err != nil {
-			return err
+	all, found, err := pgconn.Columns(ctx, src, srcTable)
+	if err != nil {
+		return err
+	}
+	if !found {
+		return fmt.Errorf("source table %s does not exist", srcTable)
+	}
+	names := cfg.Source.Columns
+	if len(names) == 0 {
+		for _, c := range all {
+			names = append(names, c.Name)
 		}
-		if !found {
-			return fmt.Errorf("source table %s does not exist", srcTable)
-		}
-		for _, c := range cols {
-			columns = append(columns, c.Name)
-		}
+	}
+	owned, err := pgconn.Pick(srcTable, all, names)
+	if err != nil {
+		return cli.Exit(cli.ExitUsage, err)
+	}
+	cols := make([]verify.Column, len(owned))
+	for i, c := range owned {
+		cols[i] = verify.Column{Name: c.Name, Type: c.Type}
+	}
+	layout, err := verify.NewLayout(cols, cfg.Source.Key)
+	if err != nil {
+		return cli.Exit(cli.ExitUsage, err)
 	}
 	failed := false
 	matched := 0
@@ -77,31 +97,29 @@ func runVerify(ctx context.Context, cfg *config.Pipeline, only string, out io.Wr
 			continue
 		}
 		matched++
-		if t.Kind != config.KindPostgres {
-			fmt.Fprintf(out, "target %s (%s): skipped: a %s target cannot be read back yet\n", t.Name, t.Kind, t.Kind)
+		start := time.Now()
+		last := start
+		every := func(stage string) func(n int64) {
+			return func(n int64) {
+				if time.Since(last) > 5*time.Second {
+					last = time.Now()
+					log.Info("verify progress", "target", t.Name, "stage", stage, "rows", n,
+						"rows_per_s", int(float64(n)/time.Since(start).Seconds()))
+				}
+			}
+		}
+		dst, what, err := verify.OpenTarget(ctx, verify.TargetSpec{
+			Pipeline: cfg.Pipeline, Target: t, Layout: layout, Progress: every("read target"),
+		})
+		var skip *verify.SkipError
+		if errors.As(err, &skip) {
+			fmt.Fprintf(out, "target %s (%s): skipped: %s\n", t.Name, t.Kind, skip.Reason)
 			continue
 		}
-		ts, tt, err := config.SplitTable(t.Table)
-		if err != nil {
-			return cli.Exit(cli.ExitUsage, err)
-		}
-		dst, err := pgconn.Open(ctx, t.URL.Value(), "oneway-verify", 2)
 		if err != nil {
 			return err
 		}
-		start := time.Now()
-		last := start
-		rep, err := verify.Run(ctx, src, dst, verify.Spec{
-			Source: srcTable, Target: pgconn.Table{Schema: ts, Name: tt},
-			Key: cfg.Source.Key, Columns: columns,
-		}, func(done int64) {
-			if time.Since(last) > 5*time.Second {
-				last = time.Now()
-				log.Info("verify progress", "target", t.Name, "rows", done,
-					"rows_per_s", int(float64(done)/time.Since(start).Seconds()))
-			}
-		})
-		dst.Close()
+		rep, err := compare(ctx, src, srcTable, layout, cfg.Source.Capture.DeleteFeed.SoftDeleteColumn, dst, every("compare"))
 		if err != nil {
 			return err
 		}
@@ -113,7 +131,7 @@ func runVerify(ctx context.Context, cfg *config.Pipeline, only string, out io.Wr
 			failed = true
 		}
 		fmt.Fprintf(out, "target %s (%s): %s  source_rows=%d target_rows=%d missing=%d different=%d extra=%d (orphans %s)\n",
-			t.Name, t.Table, status, rep.SourceRows, rep.TargetRows, rep.Missing, rep.Different, rep.Extra, orphanNote(t.Orphans))
+			t.Name, what, status, rep.SourceRows, rep.TargetRows, rep.Missing, rep.Different, rep.Extra, orphanNote(t.Orphans))
 		for _, s := range []struct {
 			what string
 			keys []string
@@ -130,6 +148,18 @@ func runVerify(ctx context.Context, cfg *config.Pipeline, only string, out io.Wr
 		return cli.Exit(cli.ExitFailure, errors.New("targets differ from the source"))
 	}
 	return nil
+}
+
+// compare reads the source in key order against dst, and closes dst.
+// Source rows marked deleted by softDeleteColumn (the source's delete
+// feed) are left out.
+func compare(ctx context.Context, src *pgxpool.Pool, t pgconn.Table, l *verify.Layout, softDeleteColumn string, dst verify.Side, progress func(int64)) (verify.Report, error) {
+	s, err := verify.OpenPostgresLive(ctx, src, t, l, softDeleteColumn)
+	if err != nil {
+		return verify.Report{}, errors.Join(fmt.Errorf("source: %w", err), dst.Close())
+	}
+	rep, err := verify.Compare(ctx, s, dst, verify.Options{Progress: progress})
+	return rep, errors.Join(err, s.Close(), dst.Close())
 }
 
 func orphanNote(policy string) string {

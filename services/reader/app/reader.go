@@ -19,6 +19,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
+	"github.com/oneway-sync/oneway/services/reader/internal/capture"
+	"github.com/oneway-sync/oneway/services/reader/internal/pgcdc"
 	"github.com/oneway-sync/oneway/services/reader/internal/pgsource"
 	"github.com/oneway-sync/oneway/shared/bus"
 	"github.com/oneway-sync/oneway/shared/config"
@@ -30,25 +32,8 @@ import (
 	"github.com/oneway-sync/oneway/shared/telemetry"
 )
 
-// Position is where the reader is, stored as JSON in the state bucket. It
-// only ever names data that JetStream has acknowledged.
-type Position struct {
-	// Phase is "snapshot" or "watermark".
-	Phase string `json:"phase"`
-	// SnapshotBound is the watermark bound when the snapshot began; the
-	// watermark phase starts there.
-	SnapshotBound string `json:"snapshot_bound,omitempty"`
-	// SnapshotKey is the last key published by the snapshot.
-	SnapshotKey []string `json:"snapshot_key,omitempty"`
-	// Watermark and WatermarkKey are the last (watermark, key) published.
-	Watermark    string   `json:"watermark,omitempty"`
-	WatermarkKey []string `json:"watermark_key,omitempty"`
-}
-
-const (
-	phaseSnapshot  = "snapshot"
-	phaseWatermark = "watermark"
-)
+// Position is where the reader is, stored as JSON in the state bucket.
+type Position = capture.Position
 
 // Reader runs one pipeline's source side.
 type Reader struct {
@@ -58,8 +43,9 @@ type Reader struct {
 	metrics *telemetry.Metrics
 
 	// OnCaughtUp, when set before Run, is called each time the reader has
-	// published everything below the current watermark bound, with the
-	// stream sequence of its last publish (0 if none yet).
+	// published everything below the current watermark bound (or a whole
+	// cycle, for synthetic and window), with the stream sequence of its
+	// last publish (0 if none yet).
 	OnCaughtUp func(lastSeq uint64)
 
 	lastSeq atomic.Uint64
@@ -73,46 +59,57 @@ func New(cfg *config.Pipeline, b *natsbus.Bus, log *slog.Logger, metrics *teleme
 // Name implements runner.Component.
 func (r *Reader) Name() string { return "reader" }
 
-// item is one unit of work from the producer to the publisher.
-type item struct {
-	batch    *onewayv1.Batch
-	msgID    string
-	next     Position // the position once this batch is acknowledged
-	rows     int
-	caughtUp bool // a marker: everything before it is below the bound
-}
-
 // Run reads until ctx ends. It returns nil after a clean stop.
 func (r *Reader) Run(ctx context.Context) error {
+	if r.cfg.Source.Kind == config.KindKafka {
+		return r.runKafka(ctx)
+	}
 	src := r.cfg.Source
-	schema, table, err := config.SplitTable(src.Table)
-	if err != nil {
-		return errs.Permanent(fmt.Errorf("source table: %w", err))
-	}
-	pool, err := pgconn.Open(ctx, src.URL.Value(), "oneway-reader-"+r.cfg.Pipeline, 4)
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-
-	var source *pgsource.Source
-	err = retry.Do(ctx, r.retryPolicy(), func(ctx context.Context) error {
-		var err error
-		source, err = pgsource.Open(ctx, pool, pgsource.Spec{
-			Table: pgconn.Table{Schema: schema, Name: table}, Key: src.Key,
-			Columns: src.Columns, WatermarkColumn: src.Capture.Column,
-		}, r.log)
-		return pgconn.Classify(err)
-	})
-	if err != nil {
-		return fmt.Errorf("open source: %w", err)
-	}
 	if _, err := r.bus.EnsureStream(ctx, natsbus.PipelineStream(r.cfg)); err != nil {
 		return err
 	}
 	kv, err := r.bus.StateKV(ctx, r.cfg.NATS.Replicas)
 	if err != nil {
 		return err
+	}
+	setup := capture.Setup{Pattern: src.Capture.Pattern, Source: sourceName(r.cfg)}
+	var capt capture.Capture
+	if src.Capture.Pattern == config.PatternCDC {
+		cdc, err := r.openCDC(ctx)
+		if err != nil {
+			return err
+		}
+		defer cdc.Close()
+		capt = r.newCDC(cdc)
+		setup.Slot = src.Capture.Slot
+	} else {
+		spec, err := sourceSpec(r.cfg)
+		if err != nil {
+			return err
+		}
+		pool, err := pgconn.Open(ctx, src.URL.Value(), "oneway-reader-"+r.cfg.Pipeline, 4)
+		if err != nil {
+			return err
+		}
+		defer pool.Close()
+		var source *pgsource.Source
+		err = retry.Do(ctx, r.retryPolicy(), func(ctx context.Context) error {
+			var err error
+			source, err = pgsource.Open(ctx, pool, spec, r.log)
+			return pgconn.Classify(err)
+		})
+		if err != nil {
+			return fmt.Errorf("open source: %w", err)
+		}
+		obj, err := r.bus.CaptureStore(ctx, r.cfg.NATS.Replicas)
+		if err != nil {
+			return err
+		}
+		capt = r.newCapture(source, capture.NewStore(obj))
+		_, setup.NumericWatermark = source.HasWatermark()
+		if !config.IsCyclePattern(src.Capture.Pattern) {
+			setup.Column = src.Capture.Column
+		}
 	}
 	holder := holderID()
 	wait := outageWait{}
@@ -122,7 +119,7 @@ func (r *Reader) Run(ctx context.Context) error {
 			return nil // ctx ended while standing by
 		}
 		began := time.Now()
-		err = r.runActive(ctx, source, kv, l)
+		err = r.runActive(ctx, capt, setup, kv, l)
 		l.stop()
 		switch {
 		case errors.Is(err, errFenced):
@@ -182,6 +179,129 @@ func jsUnavailable(err error) error {
 	return errs.Unavailable(err)
 }
 
+// sourceSpec is what the configured pattern reads.
+func sourceSpec(cfg *config.Pipeline) (pgsource.Spec, error) {
+	src := cfg.Source
+	capt := src.Capture
+	schema, table, err := config.SplitTable(src.Table)
+	if err != nil {
+		return pgsource.Spec{}, errs.Permanent(fmt.Errorf("source table: %w", err))
+	}
+	spec := pgsource.Spec{
+		Table: pgconn.Table{Schema: schema, Name: table}, Key: src.Key, Columns: src.Columns,
+		SoftDeleteColumn: capt.DeleteFeed.SoftDeleteColumn,
+	}
+	switch capt.Pattern {
+	case config.PatternWatermark, config.PatternWatermarkCDC:
+		spec.WatermarkColumn = capt.Column
+		if capt.Pattern == config.PatternWatermarkCDC {
+			spec.Marks, spec.Epoch = pgsource.MarksCoarse, true
+		}
+		if capt.DeleteFeed.Table != "" {
+			ds, dt, err := config.SplitTable(capt.DeleteFeed.Table)
+			if err != nil {
+				return spec, errs.Permanent(fmt.Errorf("delete feed table: %w", err))
+			}
+			spec.DeleteTable, spec.DeletePointer = pgconn.Table{Schema: ds, Name: dt}, capt.DeleteFeed.Column
+		}
+	case config.PatternWindow:
+		spec.WindowColumn = capt.Column
+	case config.PatternSynthetic:
+	default:
+		return spec, errs.Permanentf("capture pattern %q is not implemented by the reader", capt.Pattern)
+	}
+	return spec, nil
+}
+
+// sourceName names the table and key a position is about.
+func sourceName(cfg *config.Pipeline) string {
+	t := cfg.Source.Table
+	if schema, table, err := config.SplitTable(t); err == nil {
+		t = schema + "." + table
+	}
+	return t + "(" + strings.Join(cfg.Source.Key, ",") + ")"
+}
+
+// newCapture builds the configured pattern's capture.
+func (r *Reader) newCapture(source *pgsource.Source, store *capture.Store) capture.Capture {
+	c := r.cfg.Source.Capture
+	layout := capture.Layout{
+		Pipeline: r.cfg.Pipeline, Table: r.cfg.Source.Table, Columns: source.Columns(),
+		KeyIdx: source.KeyIndexes(), Budget: int(r.bus.NC.MaxPayload()) * 3 / 4,
+	}
+	switch c.Pattern {
+	case config.PatternSynthetic, config.PatternWindow:
+		return &capture.Cycle{Source: source, Layout: layout, Store: store,
+			ObjectName: bus.CaptureObject(r.cfg.Pipeline, "source", "hashes"),
+			Window:     c.Window.Duration, BatchSize: c.BatchSize, Interval: c.PollInterval.Duration,
+			Lookback: c.Lookback.Duration, Log: r.log, Retry: r.retryPolicy()}
+	default:
+		return &capture.Watermark{Source: source, Layout: layout, BatchSize: c.BatchSize,
+			Interval: c.PollInterval.Duration, Lookback: c.Lookback.Duration,
+			CDC: c.Pattern == config.PatternWatermarkCDC, Overlap: c.Overlap.Duration,
+			Store: store, ObjectName: bus.CaptureObject(r.cfg.Pipeline, "source", "overlap"),
+			Log: r.log, Retry: r.retryPolicy()}
+	}
+}
+
+// cdcConfig is what the cdc pattern captures.
+func cdcConfig(cfg *config.Pipeline, application string) (pgcdc.Config, error) {
+	src := cfg.Source
+	schema, table, err := config.SplitTable(src.Table)
+	if err != nil {
+		return pgcdc.Config{}, errs.Permanent(fmt.Errorf("source table: %w", err))
+	}
+	return pgcdc.Config{
+		URL: src.URL.Value(), Application: application,
+		Slot: src.Capture.Slot, Publication: src.Capture.Publication,
+		Tables:    []pgcdc.TableSpec{{Table: pgconn.Table{Schema: schema, Name: table}, Key: src.Key, Columns: src.Columns}},
+		WALBudget: src.Capture.WALBudget, ChunkChanges: src.Capture.BatchSize,
+	}, nil
+}
+
+// openCDC checks the source and prepares its publication (pgcdc.Open),
+// retrying while the source is unreachable.
+func (r *Reader) openCDC(ctx context.Context) (*pgcdc.Capture, error) {
+	cfg, err := cdcConfig(r.cfg, "oneway-reader-"+r.cfg.Pipeline)
+	if err != nil {
+		return nil, err
+	}
+	var c *pgcdc.Capture
+	err = retry.Do(ctx, r.retryPolicy(), func(ctx context.Context) error {
+		var err error
+		c, err = pgcdc.Open(ctx, cfg, r.log)
+		return pgconn.Classify(err)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open source for cdc: %w", err)
+	}
+	return c, nil
+}
+
+// newCDC builds the cdc pattern's capture; its slot state feeds the cdc
+// gauges.
+func (r *Reader) newCDC(c *pgcdc.Capture) *capture.CDC {
+	capt := r.cfg.Source.Capture
+	cdc := &capture.CDC{Source: c,
+		Layout: capture.Layout{Pipeline: r.cfg.Pipeline, Table: r.cfg.Source.Table,
+			Budget: int(r.bus.NC.MaxPayload()) * 3 / 4},
+		BatchSize: capt.BatchSize, Idle: capt.PollInterval.Duration, Slot: capt.Slot,
+		Log: r.log, Retry: r.retryPolicy()}
+	if m := r.metrics; m != nil {
+		p := r.cfg.Pipeline
+		cdc.OnSlotState = func(st pgcdc.SlotState) {
+			m.CDCSlotLag.WithLabelValues(p).Set(float64(st.LagBytes))
+			m.CDCSlotRetained.WithLabelValues(p).Set(float64(st.RetainedBytes))
+			over := 0.0
+			if st.OverBudget {
+				over = 1
+			}
+			m.CDCSlotOverBudget.WithLabelValues(p).Set(over)
+		}
+	}
+	return cdc
+}
+
 // errFenced means another reader appended to the subject: this one is no
 // longer the active reader.
 var errFenced = errors.New("fenced by another reader")
@@ -191,20 +311,36 @@ var errFenced = errors.New("fenced by another reader")
 var errLeaseLost = errors.New("reader lease lost")
 
 // runActive reads and publishes while this reader holds the lease.
-func (r *Reader) runActive(parent context.Context, source *pgsource.Source, kv jetstream.KeyValue, l *lease) error {
-	pos, err := loadPosition(parent, kv, r.cfg.Pipeline)
+func (r *Reader) runActive(parent context.Context, capt capture.Capture, setup capture.Setup, kv jetstream.KeyValue, l *lease) error {
+	saved, err := loadPosition(parent, kv, r.cfg.Pipeline)
 	if err != nil {
 		return err
+	}
+	pos, note, err := capture.Transition(saved, setup)
+	if err != nil {
+		return err
+	}
+	if note != "" {
+		r.log.Warn("capture pattern switched", "note", note, "pattern", setup.Pattern)
 	}
 	st, err := r.bus.JS.Stream(parent, bus.StreamName(r.cfg.Pipeline))
 	if err != nil {
 		return fmt.Errorf("open stream: %w", jsUnavailable(err))
 	}
-	last, err := lastSeqOn(parent, st, bus.SourceSubject(r.cfg.Pipeline))
+	lastMsg, err := lastOn(parent, st, bus.SourceSubject(r.cfg.Pipeline))
 	if err != nil {
 		return err
 	}
-	r.log.Info("reader active", "table", r.cfg.Source.Table, "phase", pos.Phase, "watermark", pos.Watermark, "last_stream_seq", last)
+	var last uint64
+	var lastBatch *onewayv1.Batch
+	if lastMsg != nil {
+		last = lastMsg.Sequence
+		// Unreadable (another version's batch): the capture then relies on
+		// its saved position alone.
+		lastBatch, _ = event.Decode(lastMsg.Data)
+	}
+	r.log.Info("reader active", "table", r.cfg.Source.Table, "pattern", setup.Pattern, "phase", pos.Phase,
+		"watermark", pos.Watermark, "cycle", pos.Cycle, "last_stream_seq", last)
 
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
@@ -215,19 +351,33 @@ func (r *Reader) runActive(parent context.Context, source *pgsource.Source, kv j
 		case <-ctx.Done():
 		}
 	}()
-	items := make(chan item, 4)
+	items := make(chan capture.Page, 4)
+	emit := func(p capture.Page) error {
+		select {
+		case items <- p:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	var wg sync.WaitGroup
 	var prodErr error
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		defer close(items)
-		prodErr = r.produce(ctx, source, pos, items)
+		if !equalPos(saved, pos) {
+			// A first start or a switch: saved before anything is read.
+			if prodErr = emit(capture.Page{Next: pos, Save: true}); prodErr != nil {
+				return
+			}
+		}
+		prodErr = capt.Run(ctx, pos, lastBatch, emit)
 		if prodErr != nil {
 			cancel()
 		}
 	}()
-	pubErr := r.publish(ctx, kv, st, last, pos, items)
+	pubErr := r.publish(ctx, kv, st, last, saved, items)
 	cancel()
 	wg.Wait()
 	// Drain whatever the producer left; it is not acknowledged, so the
@@ -250,16 +400,16 @@ func (r *Reader) runActive(parent context.Context, source *pgsource.Source, kv j
 	return nil
 }
 
-// lastSeqOn is the sequence of the last message on subject, 0 if none.
-func lastSeqOn(ctx context.Context, st jetstream.Stream, subject string) (uint64, error) {
+// lastOn is the last message on subject, nil if none.
+func lastOn(ctx context.Context, st jetstream.Stream, subject string) (*jetstream.RawStreamMsg, error) {
 	m, err := st.GetLastMsgForSubject(ctx, subject)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return 0, nil
+		return nil, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("read last sequence of %s: %w", subject, jsUnavailable(err))
+		return nil, fmt.Errorf("read last message of %s: %w", subject, jsUnavailable(err))
 	}
-	return m.Sequence, nil
+	return m, nil
 }
 
 func (r *Reader) retryPolicy() retry.Policy {
@@ -269,152 +419,32 @@ func (r *Reader) retryPolicy() retry.Policy {
 		}}
 }
 
-// produce reads pages from the source and sends them in source order.
-func (r *Reader) produce(ctx context.Context, src *pgsource.Source, pos Position, out chan<- item) error {
-	capt := r.cfg.Source.Capture
-	limit := capt.BatchSize
-	lookback := capt.Lookback.Seconds()
-	send := func(it item) error {
-		select {
-		case out <- it:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	read := func(f func(ctx context.Context) error) error { return retry.Do(ctx, r.retryPolicy(), f) }
-
-	if pos.Phase == "" {
-		var bound string
-		if err := read(func(ctx context.Context) (err error) { bound, err = src.SafeBound(ctx, lookback); return }); err != nil {
-			return err
-		}
-		pos = Position{Phase: phaseSnapshot, SnapshotBound: bound}
-		r.log.Info("snapshot starting", "bound", bound)
-	}
-	for pos.Phase == phaseSnapshot {
-		var rows []pgsource.Row
-		if err := read(func(ctx context.Context) (err error) {
-			rows, err = src.SnapshotPage(ctx, pos.SnapshotKey, limit)
-			return
-		}); err != nil {
-			return err
-		}
-		if len(rows) == 0 {
-			next := Position{Phase: phaseWatermark, Watermark: pos.SnapshotBound}
-			r.log.Info("snapshot done; watermark phase starting", "watermark", next.Watermark)
-			if err := send(item{next: next}); err != nil {
-				return err
-			}
-			pos = next
-			break
-		}
-		var err error
-		pos, err = r.sendRows(src, onewayv1.CapturePattern_CAPTURE_PATTERN_SNAPSHOT, pos, rows, send, func(p Position, row pgsource.Row) Position {
-			p.SnapshotKey = src.KeyOf(row)
-			return p
-		})
-		if err != nil {
-			return err
-		}
-	}
-	for {
-		var bound string
-		if err := read(func(ctx context.Context) (err error) { bound, err = src.SafeBound(ctx, lookback); return }); err != nil {
-			return err
-		}
-		for {
-			var rows []pgsource.Row
-			if err := read(func(ctx context.Context) (err error) {
-				rows, err = src.WatermarkPage(ctx, pos.Watermark, pos.WatermarkKey, bound, limit)
-				return
-			}); err != nil {
-				return err
-			}
-			r.log.Debug("watermark poll", "bound", bound, "after", pos.Watermark, "rows", len(rows))
-			if len(rows) > 0 {
-				var err error
-				pos, err = r.sendRows(src, onewayv1.CapturePattern_CAPTURE_PATTERN_WATERMARK, pos, rows, send, func(_ Position, row pgsource.Row) Position {
-					return Position{Phase: phaseWatermark, Watermark: src.WatermarkOf(row), WatermarkKey: src.KeyOf(row)}
-				})
-				if err != nil {
-					return err
-				}
-			}
-			if len(rows) < limit {
-				break
-			}
-		}
-		if err := send(item{caughtUp: true, next: pos}); err != nil {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(capt.PollInterval.Duration):
-		}
-	}
-}
-
-// sendRows sends a page as one message, or as several when it would not
-// fit the server's max_payload: each message stays under three quarters of
-// it, and each ends at a row, whose position (posAfter) it carries. It
-// returns the position after the page.
-func (r *Reader) sendRows(src *pgsource.Source, pattern onewayv1.CapturePattern, pos Position, rows []pgsource.Row,
-	send func(item) error, posAfter func(Position, pgsource.Row) Position) (Position, error) {
-	budget := int(r.bus.NC.MaxPayload()) * 3 / 4
-	start, size := 0, 0
-	for i, row := range rows {
-		n := 48 // per-change overhead: hash, varints, timestamp
-		for _, v := range row {
-			n += len(v) + 2
-		}
-		if i > start && size+n > budget {
-			next := posAfter(pos, rows[i-1])
-			if err := send(r.item(src, pattern, pos, next, rows[start:i])); err != nil {
-				return pos, err
-			}
-			pos, start, size = next, i, 0
-		}
-		size += n
-	}
-	next := posAfter(pos, rows[len(rows)-1])
-	if err := send(r.item(src, pattern, pos, next, rows[start:])); err != nil {
-		return pos, err
-	}
-	return next, nil
-}
-
-func (r *Reader) item(src *pgsource.Source, pattern onewayv1.CapturePattern, from, next Position, rows []pgsource.Row) item {
-	now := time.Now().UnixNano()
-	b := &onewayv1.Batch{
-		SchemaVersion: event.SchemaVersion, Pipeline: r.cfg.Pipeline, Origin: "source",
-		Pattern: pattern, Table: r.cfg.Source.Table, Columns: src.Columns(),
-		Changes: make([]*onewayv1.Change, len(rows)),
-	}
+// msgID names a page by where it starts and what it holds: a republish
+// of the same page after a crash is a duplicate, a page whose content
+// changed meanwhile is a new message (harmless: writers fence).
+func (r *Reader) msgID(from Position, b *onewayv1.Batch) string {
 	content := sha256.New()
-	for i, row := range rows {
-		packed := event.PackRow(row)
-		h := event.RowHash(packed)
-		content.Write(h)
-		b.Changes[i] = &onewayv1.Change{Op: onewayv1.Op_OP_UPSERT, Row: packed, Hash: h, CapturedAtUnixNano: now}
+	for _, c := range b.GetChanges() {
+		content.Write([]byte{byte(c.GetOp())})
+		if h := c.GetHash(); len(h) > 0 {
+			content.Write(h)
+		} else {
+			content.Write(c.GetRow())
+		}
 	}
-	// The Msg-Id names the page by where it starts and what it holds: a
-	// republish of the same page after a crash is a duplicate, a page whose
-	// content changed meanwhile is a new message (harmless: writers fence).
 	fromJSON, _ := json.Marshal(from)
 	content.Write(fromJSON)
-	id := r.cfg.Pipeline + ":source:" + hex.EncodeToString(content.Sum(nil)[:16])
-	return item{batch: b, msgID: id, next: next, rows: len(rows)}
+	return r.cfg.Pipeline + ":source:" + hex.EncodeToString(content.Sum(nil)[:16])
 }
 
-// publish sends items in order, one at a time, each retried with its Msg-Id
-// until JetStream acknowledges it, so stream order is source order (the
-// stream sequence is the version writers fence on). Each publish expects
-// last to be the subject's last sequence, so only one reader can append.
-// The position is saved only after the ack, at most every 250 ms and at
-// the end.
-func (r *Reader) publish(ctx context.Context, kv jetstream.KeyValue, st jetstream.Stream, last uint64, pos Position, items <-chan item) error {
+// publish sends pages in order, one at a time, each retried with its
+// Msg-Id until JetStream acknowledges it, so stream order is source order
+// (the stream sequence is the version writers fence on). Each publish
+// expects last to be the subject's last sequence, so only one reader can
+// append. A page's Commit runs once it (and every page before it) is
+// acknowledged. The position is saved only after that, at most every 250
+// ms, at once for pages that ask, and at the end.
+func (r *Reader) publish(ctx context.Context, kv jetstream.KeyValue, st jetstream.Stream, last uint64, pos Position, items <-chan capture.Page) error {
 	subject := bus.SourceSubject(r.cfg.Pipeline)
 	saved := pos
 	lastSave := time.Now()
@@ -437,15 +467,19 @@ func (r *Reader) publish(ctx context.Context, kv jetstream.KeyValue, st jetstrea
 		}
 	}()
 	for it := range items {
-		if it.batch != nil {
-			data, err := event.Encode(it.batch)
+		if it.Batch != nil {
+			data, err := event.Encode(it.Batch)
 			if err != nil {
 				return errs.Permanent(err)
 			}
 			if max := r.bus.NC.MaxPayload(); int64(len(data)) > max {
-				k := event.Key(it.batch.GetChanges()[0], event.KeyIndexes(it.batch))
+				k := event.Key(it.Batch.GetChanges()[0], event.KeyIndexes(it.Batch))
 				return errs.Permanentf("table %s: the row with key %s alone encodes to %d bytes, more than the NATS server's max_payload (%d): raise max_payload or leave large columns out of source.columns",
 					r.cfg.Source.Table, k, len(data), max)
+			}
+			msgID := r.msgID(pos, it.Batch)
+			if it.ID != "" {
+				msgID = r.cfg.Pipeline + ":source:" + it.ID
 			}
 			var seq uint64
 			var dup bool
@@ -460,7 +494,7 @@ func (r *Reader) publish(ctx context.Context, kv jetstream.KeyValue, st jetstrea
 					r.log.Warn("publish failed; retrying with the same Msg-Id", "error", err, "wait", wait)
 				}}, func(ctx context.Context) error {
 				var err error
-				seq, dup, err = publishFenced(ctx, r.bus.JS, st, subject, data, it.msgID, last)
+				seq, dup, err = publishFenced(ctx, r.bus.JS, st, subject, data, msgID, last)
 				return err
 			})
 			if err != nil {
@@ -469,20 +503,29 @@ func (r *Reader) publish(ctx context.Context, kv jetstream.KeyValue, st jetstrea
 			if dup {
 				// A page published before a crash, whose position was not
 				// saved: JetStream recognised its Msg-Id.
-				r.log.Info("batch already in the stream; not stored again", "msg_id", it.msgID, "rows", it.rows)
+				r.log.Info("batch already in the stream; not stored again", "msg_id", msgID, "rows", len(it.Batch.GetChanges()))
 			}
 			last = seq
 			r.lastSeq.Store(seq)
 			if r.metrics != nil {
-				r.metrics.EventsProcessed.WithLabelValues("reader", r.cfg.Pipeline, "published").Add(float64(it.rows))
+				r.metrics.EventsProcessed.WithLabelValues("reader", r.cfg.Pipeline, "published").Add(float64(len(it.Batch.GetChanges())))
 			}
 		}
-		pos = it.next
-		if it.caughtUp {
+		if it.Commit != nil {
+			err := retry.Do(ctx, retry.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second,
+				OnRetry: func(err error, wait time.Duration) {
+					r.log.Warn("storing capture state failed; retrying", "error", err, "wait", wait)
+				}}, it.Commit)
+			if err != nil {
+				return fmt.Errorf("store capture state: %w", err)
+			}
+		}
+		pos = it.Next
+		if it.CaughtUp || it.Save {
 			if err := save(ctx); err != nil {
 				return err
 			}
-			if r.OnCaughtUp != nil {
+			if it.CaughtUp && r.OnCaughtUp != nil {
 				r.OnCaughtUp(r.lastSeq.Load())
 			}
 			continue

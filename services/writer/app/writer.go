@@ -19,6 +19,7 @@ import (
 	"github.com/oneway-sync/oneway/services/writer/internal/httptarget"
 	"github.com/oneway-sync/oneway/services/writer/internal/jsonltarget"
 	"github.com/oneway-sync/oneway/services/writer/internal/kafkatarget"
+	"github.com/oneway-sync/oneway/services/writer/internal/mysqltarget"
 	"github.com/oneway-sync/oneway/services/writer/internal/natstarget"
 	"github.com/oneway-sync/oneway/services/writer/internal/pgtarget"
 	"github.com/oneway-sync/oneway/services/writer/internal/sqlitetarget"
@@ -124,6 +125,21 @@ func (w *Writer) newTarget(ctx context.Context, pool *pgxpool.Pool) (target.Writ
 			Pipeline: w.cfg.Pipeline, Target: t.Name, Path: t.URL.Value(),
 			Table: sqliteTable(t.Table), CreateTable: t.CreatesTable(),
 			Delete: t.Delete, SoftDeleteColumn: t.SoftDeleteColumn,
+		}, w.log)
+		if err != nil {
+			return nil, nil, err
+		}
+		return tg, func() { _ = tg.Close() }, nil
+	case config.KindMySQL:
+		database, table, err := config.SplitMySQLTable(t.Table)
+		if err != nil {
+			return nil, nil, errs.Permanent(fmt.Errorf("target %s: table: %w", t.Name, err))
+		}
+		tg, err := mysqltarget.Open(ctx, mysqltarget.Spec{
+			Pipeline: w.cfg.Pipeline, Target: t.Name, DSN: t.URL.Value(),
+			Database: database, Table: table, CreateTable: t.CreatesTable(),
+			Delete: t.Delete, SoftDeleteColumn: t.SoftDeleteColumn,
+			MaxConns: t.Writer.Workers + 1,
 		}, w.log)
 		if err != nil {
 			return nil, nil, err

@@ -378,15 +378,10 @@ func (t *Target) Apply(ctx context.Context, items []Item) (Result, error) {
 	if len(items) == 0 {
 		return Result{}, nil
 	}
-	first := items[0].Batch
-	for _, it := range items {
-		if len(it.Batch.GetChanges()) >= 1<<20 {
-			return Result{}, errs.Permanentf("batch of %d changes exceeds 2^20", len(it.Batch.GetChanges()))
-		}
-		if !SameLayout(first, it.Batch) {
-			return Result{}, fmt.Errorf("apply: items with different column layouts (%s)", first.GetTable())
-		}
+	if err := target.CheckItems(items); err != nil {
+		return Result{}, err
 	}
+	first := items[0].Batch
 	p, err := t.prepare(ctx, first)
 	if err != nil {
 		return Result{}, err
@@ -501,4 +496,21 @@ func execArgs(layout *onewayv1.Batch, refs []target.Ref) ([]any, error) {
 		args = append(args, colVals[j])
 	}
 	return args, nil
+}
+
+var _ target.LedgerResetter = (*Target)(nil)
+
+// ResetLedger empties this target's ledger table (see
+// target.LedgerResetter). TRUNCATE waits for the transactions applying
+// now.
+func (t *Target) ResetLedger(ctx context.Context) error {
+	_, err := t.pool.Exec(ctx, "TRUNCATE "+t.ledger.Quoted())
+	if pgconn.Code(err) == "42P01" { // undefined_table: no batch yet
+		return nil
+	}
+	if err != nil {
+		return pgconn.Classify(fmt.Errorf("reset ledger %s: %w", t.ledger, err))
+	}
+	t.log.Warn("ledger reset: every replayed change will be written", "ledger", t.ledger.String())
+	return nil
 }

@@ -48,12 +48,9 @@ package sideledger
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"regexp"
 	"sort"
-	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -62,6 +59,7 @@ import (
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
 	"github.com/oneway-sync/oneway/services/writer/internal/ledgerdb"
 	"github.com/oneway-sync/oneway/services/writer/internal/target"
+	"github.com/oneway-sync/oneway/shared/bus"
 	"github.com/oneway-sync/oneway/shared/errs"
 	"github.com/oneway-sync/oneway/shared/event"
 	"github.com/oneway-sync/oneway/shared/pgconn"
@@ -158,11 +156,10 @@ func (l *Ledger) IdempotencyKey(key string, version int64) string {
 	return IdempotencyKey(l.spec.Pipeline, l.spec.Target, key, version)
 }
 
-// IdempotencyKey is the first 32 hex digits of
+// IdempotencyKey is bus.IdempotencyKey: the first 32 hex digits of
 // sha256(pipeline NUL target NUL key NUL version).
 func IdempotencyKey(pipeline, tgt, key string, version int64) string {
-	h := sha256.Sum256([]byte(pipeline + "\x00" + tgt + "\x00" + key + "\x00" + strconv.FormatInt(version, 10)))
-	return hex.EncodeToString(h[:])[:32]
+	return bus.IdempotencyKey(pipeline, tgt, key, version)
 }
 
 // Decision is one change the ledger found newer, with new content: the
@@ -235,15 +232,10 @@ func (l *Ledger) Apply(ctx context.Context, items []target.Item, send SendFunc) 
 	if len(items) == 0 {
 		return target.Result{}, nil
 	}
-	first := items[0].Batch
-	for _, it := range items {
-		if len(it.Batch.GetChanges()) >= 1<<20 {
-			return target.Result{}, errs.Permanentf("batch of %d changes exceeds 2^20", len(it.Batch.GetChanges()))
-		}
-		if !target.SameLayout(first, it.Batch) {
-			return target.Result{}, fmt.Errorf("apply: items with different column layouts (%s)", first.GetTable())
-		}
+	if err := target.CheckItems(items); err != nil {
+		return target.Result{}, err
 	}
+	first := items[0].Batch
 	keyIdx := event.KeyIndexes(first)
 	if len(keyIdx) == 0 {
 		return target.Result{}, errs.Permanentf("apply: batch of %s has no key column", first.GetTable())

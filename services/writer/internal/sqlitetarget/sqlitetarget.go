@@ -205,15 +205,10 @@ func (t *Target) Apply(ctx context.Context, items []Item) (Result, error) {
 	if len(items) == 0 {
 		return Result{}, nil
 	}
-	first := items[0].Batch
-	for _, it := range items {
-		if len(it.Batch.GetChanges()) >= 1<<20 {
-			return Result{}, errs.Permanentf("batch of %d changes exceeds 2^20", len(it.Batch.GetChanges()))
-		}
-		if !target.SameLayout(first, it.Batch) {
-			return Result{}, fmt.Errorf("apply: items with different column layouts (%s)", first.GetTable())
-		}
+	if err := target.CheckItems(items); err != nil {
+		return Result{}, err
 	}
+	first := items[0].Batch
 	p, err := t.prepare(ctx, first)
 	if err != nil {
 		return Result{}, err
@@ -383,4 +378,20 @@ func classify(err error) error {
 		return fmt.Errorf("%w (another writer held the database beyond the busy timeout)", err)
 	}
 	return err // SQLITE_INTERRUPT, SQLITE_NOMEM, ...: retry
+}
+
+var _ target.LedgerResetter = (*Target)(nil)
+
+// ResetLedger empties this target's ledger table (see
+// target.LedgerResetter).
+func (t *Target) ResetLedger(ctx context.Context) error {
+	_, err := t.db.ExecContext(ctx, "DELETE FROM "+quote(t.spec.LedgerTable))
+	if err != nil && strings.Contains(err.Error(), "no such table") {
+		return nil
+	}
+	if err != nil {
+		return classify(fmt.Errorf("reset ledger %s: %w", t.spec.LedgerTable, err))
+	}
+	t.log.Warn("ledger reset: every replayed change will be written", "ledger", t.spec.LedgerTable)
+	return nil
 }

@@ -3,9 +3,11 @@ package target
 
 import (
 	"context"
+	"fmt"
 	"sort"
 
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
+	"github.com/oneway-sync/oneway/shared/errs"
 	"github.com/oneway-sync/oneway/shared/event"
 )
 
@@ -101,4 +103,35 @@ func SameLayout(a, b *onewayv1.Batch) bool {
 		}
 	}
 	return true
+}
+
+// CheckItems rejects what no target can apply: a batch of 2^20 changes or
+// more, whose versions would run into the next sequence's (permanent), and
+// items whose column layouts differ (a caller bug: the writer groups by
+// layout).
+func CheckItems(items []Item) error {
+	if len(items) == 0 {
+		return nil
+	}
+	first := items[0].Batch
+	for _, it := range items {
+		if n := len(it.Batch.GetChanges()); n >= 1<<20 {
+			return errs.Permanentf("batch of %d changes exceeds 2^20", n)
+		}
+		if !SameLayout(first, it.Batch) {
+			return fmt.Errorf("apply: items with different column layouts (%s)", first.GetTable())
+		}
+	}
+	return nil
+}
+
+// LedgerResetter is a Writer whose ledger can be cleared, so that the next
+// Apply of any version writes. A rebuild replay (`oneway replay --rebuild`)
+// uses it for a target that lost rows (truncated, restored from an old
+// backup): the replayed changes are then newer than the ledger. It is safe
+// while other writers apply: their newer versions re-enter the ledger and
+// still fence the replay's older ones. Idempotent; a ledger not created
+// yet is nothing to clear.
+type LedgerResetter interface {
+	ResetLedger(ctx context.Context) error
 }

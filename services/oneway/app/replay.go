@@ -1,0 +1,160 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/oneway-sync/oneway/services/oneway/internal/dlq"
+	writerapp "github.com/oneway-sync/oneway/services/writer/app"
+	"github.com/oneway-sync/oneway/shared/cli"
+	"github.com/oneway-sync/oneway/shared/config"
+	"github.com/oneway-sync/oneway/shared/runner"
+)
+
+type replayOptions struct {
+	cli.Flags
+	store    storeFlags
+	target   string
+	into     string
+	fromSeq  uint64
+	since    string
+	all      bool
+	rebuild  bool
+	progress io.Writer
+}
+
+func replayCommand() *cobra.Command {
+	var o replayOptions
+	cmd := &cobra.Command{
+		Use:   "replay",
+		Short: "Re-apply the stream's history to a target, to repair or rebuild it",
+		Long: `replay re-applies the pipeline's changes kept in its stream — all of them
+(--all), from a stream sequence (--from-seq) or from a time (--since) — to a
+target, with a consumer of its own, while the live writers keep going. It
+stops once it has applied everything the stream held when it began.
+
+Every change is fenced as usual: one older than what the target has applied
+is skipped. So after a target lost rows (truncated, restored from an old
+backup) pass --rebuild: it clears the target's ledger first, and every
+replayed change is written (PostgreSQL and SQLite targets). --into names
+another target of the config to replay into, e.g. a fresh one.
+
+How far back it can go is the stream's retention (nats.max_age,
+nats.max_bytes); beyond it, "oneway resync" re-reads the source instead.
+With an embedded NATS server either stop "oneway up" first or start it with
+--nats-port P and pass --nats-url nats://127.0.0.1:P.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := o.Load()
+			if err != nil {
+				return err
+			}
+			log, err := o.Logger("oneway")
+			if err != nil {
+				return err
+			}
+			o.progress = cmd.ErrOrStderr()
+			ctx, stop := runner.SignalContext(cmd.Context())
+			defer stop()
+			return runReplay(ctx, cfg, o, cmd.OutOrStdout(), log.With("pipeline", cfg.Pipeline))
+		},
+	}
+	o.Bind(cmd)
+	o.store.bind(cmd)
+	cmd.Flags().StringVar(&o.target, "target", "", "target whose changes to replay (required)")
+	cmd.Flags().StringVar(&o.into, "into", "", "replay into this target of the config instead (default: --target)")
+	cmd.Flags().Uint64Var(&o.fromSeq, "from-seq", 0, "start at this stream sequence")
+	cmd.Flags().StringVar(&o.since, "since", "", "start at this time (RFC 3339, e.g. 2026-11-27T10:00:00Z)")
+	cmd.Flags().BoolVar(&o.all, "all", false, "replay everything the stream holds")
+	cmd.Flags().BoolVar(&o.rebuild, "rebuild", false, "clear the target's ledger first, so every replayed change is written")
+	return cmd
+}
+
+func runReplay(ctx context.Context, cfg *config.Pipeline, o replayOptions, out io.Writer, log *slog.Logger) error {
+	var from writerapp.ReplayFrom
+	starts := 0
+	if o.all {
+		starts++
+	}
+	if o.fromSeq > 0 {
+		starts++
+		from.Seq = o.fromSeq
+	}
+	if o.since != "" {
+		starts++
+		t, err := time.Parse(time.RFC3339, o.since)
+		if err != nil {
+			return cli.Exit(cli.ExitUsage, fmt.Errorf("--since %q: want RFC 3339 (2026-11-27T10:00:00Z): %w", o.since, err))
+		}
+		from.Since = t
+	}
+	if starts != 1 {
+		return cli.Exit(cli.ExitUsage, fmt.Errorf("give exactly one of --all, --from-seq N and --since TIME"))
+	}
+	if o.target == "" {
+		return cli.Exit(cli.ExitUsage, fmt.Errorf("--target is required"))
+	}
+	if _, ok := cfg.Target(o.target); !ok {
+		return cli.Exit(cli.ExitUsage, fmt.Errorf("pipeline %s has no target %q", cfg.Pipeline, o.target))
+	}
+	dest := o.target
+	if o.into != "" {
+		if _, ok := cfg.Target(o.into); !ok {
+			return cli.Exit(cli.ExitUsage, fmt.Errorf("--into: pipeline %s has no target %q", cfg.Pipeline, o.into))
+		}
+		dest = o.into
+	}
+	b, closeBus, err := o.store.connect(ctx, cfg, "oneway-replay", log)
+	if err != nil {
+		return err
+	}
+	defer closeBus()
+	w, err := writerapp.New(cfg, dest, b, log, nil)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	show := progressPrinter(o.progress, dest, start, log)
+	if err := w.Replay(ctx, from, o.rebuild, show); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "replayed into target %s in %s\n", dest, time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// progressPrinter shows a replay's progress: one line redrawn in place on a
+// terminal (done/total, rate, ETA), a log line every 5 s otherwise.
+func progressPrinter(w io.Writer, target string, start time.Time, log *slog.Logger) func(writerapp.ReplayProgress) {
+	f, _ := w.(*os.File)
+	tty := f != nil && dlq.IsTerminal(f)
+	var last time.Time
+	return func(p writerapp.ReplayProgress) {
+		el := time.Since(start).Seconds()
+		rate := float64(p.Done) / max(el, 0.001)
+		eta := "?"
+		if rate > 0 && p.Total >= p.Done {
+			eta = (time.Duration(float64(p.Total-p.Done)/rate) * time.Second).Round(time.Second).String()
+		}
+		if tty {
+			pct := 100.0
+			if p.Total > 0 {
+				pct = 100 * float64(p.Done) / float64(p.Total)
+			}
+			fmt.Fprintf(w, "\rreplay %s: %d/%d messages (%.0f%%), %.0f msg/s, ETA %s   ", target, p.Done, p.Total, pct, rate, eta)
+			if p.Done >= p.Total {
+				fmt.Fprintln(w)
+			}
+			return
+		}
+		if time.Since(last) >= 5*time.Second {
+			last = time.Now()
+			log.Info("replay progress", "target", target, "done", p.Done, "total", p.Total, "msgs_per_s", int(rate), "eta", eta)
+		}
+	}
+}

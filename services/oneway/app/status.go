@@ -1,0 +1,111 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/oneway-sync/oneway/services/oneway/internal/status"
+	"github.com/oneway-sync/oneway/shared/cli"
+	"github.com/oneway-sync/oneway/shared/config"
+)
+
+func statusCommand() *cobra.Command {
+	var url, configPath string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show a running pipeline's status: reader, lag, throughput, dead letters, last errors",
+		Long: `status asks a running "oneway up" for its status (/status.json on its admin
+address) and prints it as a table, or as JSON with --json. The address is
+--url, else the config's admin.addr, else ` + defaultAdminAddr + `.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if url == "" {
+				addr := defaultAdminAddr
+				if configPath != "" {
+					cfg, err := config.Load(configPath)
+					if err != nil {
+						return cli.Exit(cli.ExitUsage, fmt.Errorf("invalid config:\n%w", err))
+					}
+					if cfg.Admin.Addr != "" {
+						addr = cfg.Admin.Addr
+					}
+				}
+				url = "http://" + addr
+			}
+			s, raw, err := fetchStatus(cmd.Context(), url)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				_, err := cmd.OutOrStdout().Write(raw)
+				return err
+			}
+			printStatus(cmd.OutOrStdout(), s)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&url, "url", "", "base URL of the running oneway's admin server")
+	cmd.Flags().StringVarP(&configPath, "config", "c", "", "pipeline config (for its admin.addr)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the status as JSON")
+	return cmd
+}
+
+func fetchStatus(ctx context.Context, base string) (status.Snapshot, []byte, error) {
+	var s status.Snapshot
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(base, "/")+"/status.json", nil)
+	if err != nil {
+		return s, nil, cli.Exit(cli.ExitUsage, fmt.Errorf("bad --url %q: %w", base, err))
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return s, nil, fmt.Errorf("no oneway answering at %s (is `oneway up` running, with that admin address?): %w", base, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return s, nil, fmt.Errorf("read status from %s: %w", base, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return s, nil, fmt.Errorf("status from %s: HTTP %d: %s", base, resp.StatusCode, strings.TrimSpace(string(raw)))
+	}
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return s, nil, fmt.Errorf("status from %s is not oneway's: %w", base, err)
+	}
+	return s, raw, nil
+}
+
+func printStatus(out io.Writer, s status.Snapshot) {
+	reader := "standing by"
+	if s.Reader.Active {
+		reader = "active"
+	}
+	if s.Reader.Phase != "" {
+		reader += ", " + s.Reader.Phase
+	}
+	fmt.Fprintf(out, "pipeline %s at %s\n", s.Pipeline, s.Time.Local().Format(time.TimeOnly))
+	fmt.Fprintf(out, "reader: %s; stream %s: %d messages, %d bytes; %.0f rows/s applied\n\n",
+		reader, s.Stream.Name, s.Stream.Messages, s.Stream.Bytes, s.RowsPerSecond)
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "TARGET\tKIND\tLAG MSGS\tLAG S\tMSGS/S\tDEAD LETTERS\t")
+	for _, t := range s.Targets {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%.1f\t%.1f\t%d\t\n", t.Name, t.Kind, t.LagMessages, t.LagSeconds, t.MessagesPerSecond, t.DeadLetters)
+	}
+	tw.Flush()
+	for _, t := range s.Targets {
+		if t.LastError != "" {
+			fmt.Fprintf(out, "\nlast error of %s (%s): %s", t.Name, t.LastErrorAt.Local().Format(time.TimeOnly), t.LastError)
+		}
+	}
+	fmt.Fprintln(out)
+}
