@@ -99,6 +99,7 @@ func TestChaos(t *testing.T) {
 		{"2", "kill -9 the writer after its commit, before its acks (writer↔NATS black-holed)", false, chaosKillWriterAfterCommit},
 		{"3", "kill -9 the reader after publishing, before saving its position (snapshot, watermark)", false, chaosKillReader("2m")},
 		{"3", "the same, republished beyond a 1 s duplicate window", true, chaosKillReader("1s")},
+		{"3", "cdc: kill -9 the reader twice mid-stream (inserts, updates, deletes)", false, chaosKillReaderCDC},
 		{"5", "SIGSTOP each of 2 writers for 2.5× AckWait, then SIGCONT", true, chaosPauseWriters},
 		{"6", "kill -9 the stream leader of a 3-node cluster (R3), restart it", true, chaosKillLeader},
 		{"7", "2 of 3 NATS nodes down for " + outageLength().String(), false, chaosNoQuorum},
@@ -107,7 +108,8 @@ func TestChaos(t *testing.T) {
 		{"9", "client↔NATS connections black-holed for " + outageLength().String(), true, chaosCutNATS(true)},
 		{"10", "writer↔target connections cut for " + outageLength().String(), false, chaosCutTarget},
 		{"10", "target PostgreSQL stopped (-m immediate) for " + outageLength().String(), true, chaosStopTarget},
-		{"12", "reader↔source connections cut for " + outageLength().String(), false, chaosCutSource},
+		{"12", "reader↔source connections cut for " + outageLength().String(), false, chaosCutSource(false)},
+		{"12", "cdc: reader↔source connections (replication included) cut for " + outageLength().String(), false, chaosCutSource(true)},
 		{"21", "HTTP target at 2× AckWait per request for " + chaosSlowTarget.String(), true, chaosSlowHTTP},
 		{"22", "stream max_bytes reached; the limit raised by an operator", false, chaosStreamFull(false)},
 		{"22", "stream max_bytes reached; old messages age out (max_age 15s)", true, chaosStreamFull(true)},
@@ -175,6 +177,10 @@ var chaosElsewhere = []testenv.ChaosResult{
 
 // chaosSetup is what a row runs against.
 type chaosSetup struct {
+	// CDC reads the source with the cdc pattern (logical replication, a
+	// slot of the row's own) and makes the workload delete keys too;
+	// otherwise the watermark pattern on updated_at.
+	CDC       bool
 	Workload  testenv.WorkloadOptions
 	SlowApply time.Duration // each target write statement takes at least this long
 	TargetOn  string        // PostgreSQL server of the target database; default the test server
@@ -189,6 +195,7 @@ type chaosRow struct {
 	notes []string
 
 	srcURL, dstURL string
+	slot           string // the cdc pattern's slot and publication; "" for watermark
 	natsURL        string // direct, for the checks
 	cluster        *testenv.NATSCluster
 	api            *testenv.ChaosAPI
@@ -215,6 +222,12 @@ func (r *chaosRow) setup(o chaosSetup) {
 		r.dstURL = pgtest.NewDatabaseOn(t, o.TargetOn)
 	} else {
 		r.dstURL = pgtest.NewDatabase(t)
+	}
+	if o.CDC {
+		r.slot = cdcSlot(t)
+		if o.Workload.DeleteEvery == 0 {
+			o.Workload.DeleteEvery = 7
+		}
 	}
 	r.work = testenv.NewWorkload(t, r.srcURL, o.Workload)
 	if o.HTTP {
@@ -286,14 +299,18 @@ func (r *chaosRow) config(c chaosConfig) string {
 	if c.DuplicateWindow != "" {
 		fmt.Fprintf(&b, "  duplicate_window: %s\n", c.DuplicateWindow)
 	}
+	capture := "{pattern: watermark, column: updated_at, batch_size: 200, poll_interval: 100ms}"
+	if r.slot != "" {
+		capture = fmt.Sprintf("{pattern: cdc, slot: %s, publication: %s, batch_size: 200, poll_interval: 100ms}", r.slot, r.slot)
+	}
 	fmt.Fprintf(&b, `source:
   kind: postgres
   url: %q
   table: public.chaos
   key: [id]
-  capture: {pattern: watermark, column: updated_at, batch_size: 200, poll_interval: 100ms}
+  capture: %s
 targets:
-`, c.SourceURL)
+`, c.SourceURL, capture)
 	writer := fmt.Sprintf("{workers: %d, fetch_batch: 8, ack_wait: %s}", c.Workers, c.AckWait)
 	if r.api != nil {
 		fmt.Fprintf(&b, `  - name: api
@@ -363,18 +380,17 @@ func (r *chaosRow) applied(ctx context.Context) (int64, error) {
 // its changes flow to the target.
 func (r *chaosRow) loaded() {
 	r.t.Helper()
-	state := r.work.State()
 	r.poll(chaosDrain, func(ctx context.Context) error {
 		v, err := r.target.Versions(ctx)
 		if err != nil {
 			return err
 		}
-		if b := testenv.Behind(state, v); b > 0 {
+		if b := r.work.Behind(v); b > 0 {
 			return fmt.Errorf("initial load: %d rows not at the target", b)
 		}
 		return nil
 	})
-	r.t.Logf("%.1fs: initial load of %d keys done; workload starting", time.Since(r.begun).Seconds(), len(state))
+	r.t.Logf("%.1fs: initial load of %d keys done; workload starting", time.Since(r.begun).Seconds(), len(r.work.State()))
 	r.work.Start()
 	r.flowing(100)
 	r.t.Logf("%.1fs: changes flowing", time.Since(r.begun).Seconds())
@@ -406,7 +422,7 @@ func (r *chaosRow) fault() {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if v, err := r.target.Versions(ctx); err == nil {
-		r.backlog = testenv.Behind(r.work.State(), v)
+		r.backlog = r.work.Behind(v)
 	}
 	r.changesAtFault = r.work.Changes()
 	r.faultAt = time.Now()
@@ -425,13 +441,13 @@ func (r *chaosRow) heal() {
 func (r *chaosRow) finish() {
 	t := r.t
 	t.Helper()
-	final := r.work.State()
+	final, deleted := r.work.State(), r.work.Deleted()
 	r.poll(chaosDrain, func(ctx context.Context) error {
 		v, err := r.target.Versions(ctx)
 		if err != nil {
 			return err
 		}
-		if b := testenv.Behind(final, v); b > 0 {
+		if b := r.work.Behind(v); b > 0 {
 			return fmt.Errorf("%d changes not at the target", b)
 		}
 		if p, err := r.pending(ctx); err != nil || p > 0 {
@@ -452,7 +468,10 @@ func (r *chaosRow) finish() {
 			t.Fatalf("the source holds key %d at v%d, the workload recorded v%d", k, source[k].Version, v)
 		}
 	}
-	chk, err := testenv.CheckChaos(ctx, source, r.target)
+	if len(source) != len(final) {
+		t.Fatalf("the source holds %d keys, the workload recorded %d live ones", len(source), len(final))
+	}
+	chk, err := testenv.CheckChaos(ctx, source, deleted, r.target)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -470,6 +489,9 @@ func (r *chaosRow) finish() {
 	}
 	if r.api == nil {
 		mustVerify(t, r.config(chaosConfig{}), 0)
+	}
+	if len(deleted) > 0 {
+		r.note("%d keys deleted", len(deleted))
 	}
 	t.Logf("recovered in %.1fs: %d keys, lost %d, applied twice %d, backwards %d; %s",
 		r.res.Recovery.Seconds(), len(final), r.res.Lost, r.res.AppliedTwice, r.res.Backwards, strings.Join(r.notes, "; "))
@@ -1000,18 +1022,41 @@ func chaosStopTarget(r *chaosRow) {
 }
 
 // Row 12: the reader's source connections are cut for the outage while the
-// source keeps changing; the reader resumes from its watermark, no gap.
-func chaosCutSource(r *chaosRow) {
-	t := r.t
-	r.setup(chaosSetup{})
-	proxy := testenv.StartProxy(t, hostOf(t, r.srcURL))
-	r.start("reader", r.config(chaosConfig{SourceURL: viaProxy(t, r.srcURL, proxy)}))
-	r.start("writer", r.config(chaosConfig{}))
+// source keeps changing; the reader resumes from its watermark, or (cdc)
+// from its replication slot: no gap.
+func chaosCutSource(cdc bool) func(r *chaosRow) {
+	return func(r *chaosRow) {
+		t := r.t
+		r.setup(chaosSetup{CDC: cdc})
+		proxy := testenv.StartProxy(t, hostOf(t, r.srcURL))
+		r.start("reader", r.config(chaosConfig{SourceURL: viaProxy(t, r.srcURL, proxy)}))
+		r.start("writer", r.config(chaosConfig{}))
+		r.loaded()
+		r.fault()
+		proxy.Cut()
+		time.Sleep(outageLength()) // the outage
+		proxy.Heal()
+		r.heal()
+		r.finish()
+	}
+}
+
+// Row 3 with cdc: the reader is killed mid-stream, twice, while keys are
+// inserted, updated and deleted; the slot is confirmed only once JetStream
+// acknowledged, so the restarted reader streams again from there.
+func chaosKillReaderCDC(r *chaosRow) {
+	r.setup(chaosSetup{CDC: true})
+	cfg := r.config(chaosConfig{})
+	rd := r.start("reader", cfg)
+	r.start("writer", cfg)
 	r.loaded()
-	r.fault()
-	proxy.Cut()
-	time.Sleep(outageLength()) // the outage
-	proxy.Heal()
+	for range 2 {
+		r.flowing(50)
+		r.fault()
+		rd.Kill()
+		rd = r.start("reader", cfg)
+	}
+	r.flowing(50) // the restarted reader streams
 	r.heal()
 	r.finish()
 }

@@ -27,20 +27,24 @@ const ChaosSourceDDL = `CREATE TABLE public.chaos (id bigint PRIMARY KEY, versio
 
 // ChaosTargetDDL creates the target table ahead of the writer, with a
 // target-owned column (crm) that must survive, and a trigger recording
-// every row write in chaos_history in the writing transaction (a rolled
-// back write leaves no trace). The history is the exact check of I2 (a
-// (key, version) written twice) and I3 (a key written an older version
-// after a newer one).
+// every row write and delete in chaos_history in the writing transaction
+// (a rolled back write leaves no trace). The history is the exact check of
+// I2 (a (key, version) written twice) and I3 (a key written an older
+// version after a newer one, or again after its delete).
 const ChaosTargetDDL = `CREATE TABLE public.chaos (id bigint PRIMARY KEY, version bigint, payload text,
   updated_at timestamptz, crm text NOT NULL DEFAULT 'target-owned');
 CREATE TABLE public.chaos_history (seq bigserial PRIMARY KEY, id bigint NOT NULL, version bigint,
-  at timestamptz NOT NULL DEFAULT clock_timestamp());
+  deleted boolean NOT NULL DEFAULT false, at timestamptz NOT NULL DEFAULT clock_timestamp());
 CREATE FUNCTION public.chaos_record() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  INSERT INTO public.chaos_history (id, version) VALUES (NEW.id, NEW.version);
+  IF TG_OP = 'DELETE' THEN
+    INSERT INTO public.chaos_history (id, version, deleted) VALUES (OLD.id, OLD.version, true);
+  ELSE
+    INSERT INTO public.chaos_history (id, version) VALUES (NEW.id, NEW.version);
+  END IF;
   RETURN NULL;
 END $$;
-CREATE TRIGGER chaos_record AFTER INSERT OR UPDATE ON public.chaos
+CREATE TRIGGER chaos_record AFTER INSERT OR UPDATE OR DELETE ON public.chaos
   FOR EACH ROW EXECUTE FUNCTION public.chaos_record()`
 
 // ChaosSlowApplyDDL makes every write statement on the target table take
@@ -63,6 +67,10 @@ type WorkloadOptions struct {
 	UpdatesPerTx int           // keys one update transaction changes; default 5
 	InsertEvery  int           // every n-th transaction inserts a new key instead; default 4
 	HotKeys      int           // half of the updates go to keys 1..HotKeys; default 20
+	// DeleteEvery, when set, makes every n-th transaction (that is not an
+	// insert) delete a live key above the hot ones instead; deleted keys
+	// are never written again. Only for capture patterns that see deletes.
+	DeleteEvery int
 }
 
 func (o *WorkloadOptions) defaults() {
@@ -88,13 +96,15 @@ func (o *WorkloadOptions) defaults() {
 // Start begins the changes; Stop ends them. State and Changes may be
 // called at any time, from any goroutine.
 type Workload struct {
-	t    testing.TB
-	url  string
-	o    WorkloadOptions
-	rng  *rand.Rand
-	mu   sync.Mutex
-	vers map[int64]int64 // committed version per key
-	next int64
+	t       testing.TB
+	url     string
+	o       WorkloadOptions
+	rng     *rand.Rand
+	mu      sync.Mutex
+	vers    map[int64]int64 // committed version per live key
+	live    []int64         // the live keys above the hot ones, for deletes
+	deleted map[int64]int64 // deleted key → its last version
+	next    int64
 
 	changes atomic.Int64
 	stop    chan struct{}
@@ -108,13 +118,17 @@ type Workload struct {
 func NewWorkload(t testing.TB, sourceURL string, o WorkloadOptions) *Workload {
 	t.Helper()
 	o.defaults()
-	w := &Workload{t: t, url: sourceURL, o: o, vers: map[int64]int64{}, rng: rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 42)),
+	w := &Workload{t: t, url: sourceURL, o: o, vers: map[int64]int64{}, deleted: map[int64]int64{},
+		rng:  rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 42)),
 		stop: make(chan struct{}), done: make(chan struct{})}
 	db := Connect(t, sourceURL)
 	db.Exec(t, ChaosSourceDDL, fmt.Sprintf(`INSERT INTO public.chaos (id, version, payload)
 SELECT g, 1, 'k' || g || ' v1' FROM generate_series(1, %d) g`, o.Keys))
 	for id := int64(1); id <= int64(o.Keys); id++ {
 		w.vers[id] = 1
+		if id > int64(o.HotKeys) {
+			w.live = append(w.live, id)
+		}
 	}
 	w.next = int64(o.Keys) + 1
 	w.changes.Store(int64(o.Keys))
@@ -161,19 +175,24 @@ func (w *Workload) step(conn *pgx.Conn, n int) error {
 		}
 		w.mu.Lock()
 		w.vers[id] = 1
+		w.live = append(w.live, id)
 		w.next++
 		w.mu.Unlock()
 		w.changes.Add(1)
 		return nil
 	}
+	if w.o.DeleteEvery > 0 && n%w.o.DeleteEvery == 0 {
+		return w.delete(ctx, conn)
+	}
 	w.mu.Lock()
 	ids := make([]int64, 0, w.o.UpdatesPerTx)
 	for i := 0; i < w.o.UpdatesPerTx; i++ {
-		hi := w.next - 1
-		if i%2 == 0 {
-			hi = min(hi, int64(w.o.HotKeys))
+		var id int64
+		if i%2 == 0 || len(w.live) == 0 {
+			id = 1 + w.rng.Int64N(min(w.next-1, int64(w.o.HotKeys)))
+		} else {
+			id = w.live[w.rng.IntN(len(w.live))]
 		}
-		id := 1 + w.rng.Int64N(hi)
 		if !slices.Contains(ids, id) {
 			ids = append(ids, id)
 		}
@@ -200,6 +219,30 @@ WHERE id = ANY($1) RETURNING id, version`, ids)
 	}
 	w.mu.Unlock()
 	w.changes.Add(int64(len(got)))
+	return nil
+}
+
+// delete removes a random live key above the hot ones.
+func (w *Workload) delete(ctx context.Context, conn *pgx.Conn) error {
+	w.mu.Lock()
+	if len(w.live) == 0 {
+		w.mu.Unlock()
+		return nil
+	}
+	i := w.rng.IntN(len(w.live))
+	id := w.live[i]
+	w.mu.Unlock()
+	var v int64
+	if err := conn.QueryRow(ctx, "DELETE FROM public.chaos WHERE id = $1 RETURNING version", id).Scan(&v); err != nil {
+		return fmt.Errorf("workload: delete key %d: %w", id, err)
+	}
+	w.mu.Lock()
+	w.live[i] = w.live[len(w.live)-1]
+	w.live = w.live[:len(w.live)-1]
+	delete(w.vers, id)
+	w.deleted[id] = v
+	w.mu.Unlock()
+	w.changes.Add(1)
 	return nil
 }
 
@@ -230,11 +273,34 @@ func (w *Workload) Err() error {
 // (one per inserted key and one per updated key).
 func (w *Workload) Changes() int64 { return w.changes.Load() }
 
-// State is a copy of the committed version of every key.
+// State is a copy of the committed version of every live key.
 func (w *Workload) State() map[int64]int64 {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return maps.Clone(w.vers)
+}
+
+// Deleted is a copy of the deleted keys, each with its last version.
+func (w *Workload) Deleted() map[int64]int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return maps.Clone(w.deleted)
+}
+
+// Behind is the number of committed changes the target (the version of
+// each key it holds) does not reflect yet: per live key, its version minus
+// the target's (0 for a missing key), plus one per deleted key the target
+// still holds.
+func (w *Workload) Behind(target map[int64]int64) int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := Behind(w.vers, target)
+	for k := range w.deleted {
+		if _, ok := target[k]; ok {
+			n++
+		}
+	}
+	return n
 }
 
 // ChaosRow is one key's owned values as compared for I1. UpdatedAt is
@@ -245,9 +311,11 @@ type ChaosRow struct {
 	UpdatedAt string
 }
 
-// ChaosWrite is one real write of a key at the target, in write order.
+// ChaosWrite is one real write of a key at the target, in write order:
+// an upsert of that version, or (Deleted) the key's delete.
 type ChaosWrite struct {
 	ID, Version int64
+	Deleted     bool
 }
 
 // ChaosTarget is the target side of a chaos row, as the checks read it.
@@ -257,7 +325,7 @@ type ChaosTarget interface {
 	Versions(ctx context.Context) (map[int64]int64, error)
 	// Rows is every key's owned values.
 	Rows(ctx context.Context) (map[int64]ChaosRow, error)
-	// Writes is every real write the target received, in order.
+	// Writes is every real write (and delete) the target received, in order.
 	Writes(ctx context.Context) ([]ChaosWrite, error)
 	// Applies is the writer ledger's count of real writes per key.
 	Applies(ctx context.Context) (map[int64]int64, error)
@@ -330,13 +398,13 @@ func (p PGChaosTarget) Rows(ctx context.Context) (map[int64]ChaosRow, error) {
 func (p PGChaosTarget) Writes(ctx context.Context) ([]ChaosWrite, error) {
 	var out []ChaosWrite
 	err := withConn(ctx, p.URL, func(c *pgx.Conn) error {
-		rows, err := c.Query(ctx, "SELECT id, coalesce(version, 0) FROM public.chaos_history ORDER BY seq")
+		rows, err := c.Query(ctx, "SELECT id, coalesce(version, 0), deleted FROM public.chaos_history ORDER BY seq")
 		if err != nil {
 			return err
 		}
 		out, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (ChaosWrite, error) {
 			var w ChaosWrite
-			err := r.Scan(&w.ID, &w.Version)
+			err := r.Scan(&w.ID, &w.Version, &w.Deleted)
 			return w, err
 		})
 		return err
@@ -506,11 +574,11 @@ func Behind(state, target map[int64]int64) int64 {
 // ChaosCheck is what the invariant checks found after a row healed and
 // drained.
 type ChaosCheck struct {
-	Missing, Different, Extra int      // I1: keys missing at the target, with other owned values, not at the source
+	Missing, Different, Extra int      // I1: keys missing at the target, with other owned values, not at the source (deleted ones included)
 	Samples                   []string // a few offending keys, for the failure message
 	DuplicateWrites           int      // I2: writes of a (key, version) already written
 	LedgerExcess              int64    // I2: ledger applies beyond the key's number of states
-	Backwards                 int      // I3: writes of a version older than the key's previous write
+	Backwards                 int      // I3: writes of a version older than the key's previous write, or after its delete
 	Foreign                   int64    // target-owned values overwritten
 }
 
@@ -521,9 +589,10 @@ func (c ChaosCheck) Lost() int64 { return int64(c.Missing + c.Different + c.Extr
 // the states a key had, whichever is larger.
 func (c ChaosCheck) AppliedTwice() int64 { return max(int64(c.DuplicateWrites), c.LedgerExcess) }
 
-// CheckChaos compares the source (every key's owned values) with the target
-// and inspects the target's write history and ledger.
-func CheckChaos(ctx context.Context, source map[int64]ChaosRow, tgt ChaosTarget) (ChaosCheck, error) {
+// CheckChaos compares the source (every key's owned values; deleted, the
+// keys the source deleted with their last version) with the target and
+// inspects the target's write history and ledger.
+func CheckChaos(ctx context.Context, source map[int64]ChaosRow, deleted map[int64]int64, tgt ChaosTarget) (ChaosCheck, error) {
 	var c ChaosCheck
 	rows, err := tgt.Rows(ctx)
 	if err != nil {
@@ -548,7 +617,11 @@ func CheckChaos(ctx context.Context, source map[int64]ChaosRow, tgt ChaosTarget)
 	for k := range rows {
 		if _, ok := source[k]; !ok {
 			c.Extra++
-			sample("key %d only at the target", k)
+			if _, del := deleted[k]; del {
+				sample("key %d deleted at the source, still at the target", k)
+			} else {
+				sample("key %d only at the target", k)
+			}
 		}
 	}
 	writes, err := tgt.Writes(ctx)
@@ -556,25 +629,35 @@ func CheckChaos(ctx context.Context, source map[int64]ChaosRow, tgt ChaosTarget)
 		return c, fmt.Errorf("read target writes: %w", err)
 	}
 	last := map[int64]int64{}
+	gone := map[int64]bool{}
 	seen := map[ChaosWrite]bool{}
 	for _, w := range writes {
 		if seen[w] {
 			c.DuplicateWrites++
-			sample("key %d version %d written twice", w.ID, w.Version)
+			sample("key %d version %d written twice (delete: %v)", w.ID, w.Version, w.Deleted)
 		}
 		seen[w] = true
-		if prev, ok := last[w.ID]; ok && w.Version < prev {
+		switch prev, ok := last[w.ID]; {
+		case gone[w.ID] && !w.Deleted:
+			c.Backwards++
+			sample("key %d written v%d after its delete", w.ID, w.Version)
+		case ok && w.Version < prev:
 			c.Backwards++
 			sample("key %d written v%d after v%d", w.ID, w.Version, prev)
 		}
 		last[w.ID] = w.Version
+		gone[w.ID] = w.Deleted
 	}
 	applies, err := tgt.Applies(ctx)
 	if err != nil {
 		return c, fmt.Errorf("read ledger: %w", err)
 	}
 	for k, n := range applies {
-		if states := source[k].Version; n > states {
+		states := source[k].Version
+		if v, ok := deleted[k]; ok {
+			states = v + 1 // its versions, then the delete
+		}
+		if n > states {
 			c.LedgerExcess += n - states
 			sample("key %d applied %d times, %d states", k, n, states)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -51,6 +52,10 @@ func (f fakeTarget) Writes(context.Context) ([]ChaosWrite, error)     { return f
 func (f fakeTarget) Applies(context.Context) (map[int64]int64, error) { return f.applies, nil }
 func (f fakeTarget) Foreign(context.Context) (int64, error)           { return 0, nil }
 
+func wr(id, v int64) ChaosWrite { return ChaosWrite{ID: id, Version: v} }
+
+func del(id, v int64) ChaosWrite { return ChaosWrite{ID: id, Version: v, Deleted: true} }
+
 func TestCheckChaos(t *testing.T) {
 	row := func(v int64) ChaosRow {
 		return ChaosRow{Version: v, Payload: "p", UpdatedAt: "2026-01-01 00:00:00.000000"}
@@ -58,7 +63,7 @@ func TestCheckChaos(t *testing.T) {
 	source := map[int64]ChaosRow{1: row(2), 2: row(1), 3: row(3)}
 	good := fakeTarget{
 		rows:    map[int64]ChaosRow{1: row(2), 2: row(1), 3: row(3)},
-		writes:  []ChaosWrite{{1, 1}, {2, 1}, {1, 2}, {3, 1}, {3, 3}},
+		writes:  []ChaosWrite{wr(1, 1), wr(2, 1), wr(1, 2), wr(3, 1), wr(3, 3)},
 		applies: map[int64]int64{1: 2, 2: 1, 3: 2},
 	}
 	tests := []struct {
@@ -69,16 +74,25 @@ func TestCheckChaos(t *testing.T) {
 		{"converged", good, func(c ChaosCheck) bool { return c.Lost() == 0 && c.AppliedTwice() == 0 && c.Backwards == 0 }},
 		{"missing and different", fakeTarget{rows: map[int64]ChaosRow{1: row(1), 3: row(3), 9: row(1)}, applies: map[int64]int64{}},
 			func(c ChaosCheck) bool { return c.Missing == 1 && c.Different == 1 && c.Extra == 1 && c.Lost() == 3 }},
-		{"written twice", fakeTarget{rows: good.rows, writes: []ChaosWrite{{1, 2}, {2, 1}, {1, 2}, {3, 3}}, applies: good.applies},
+		{"written twice", fakeTarget{rows: good.rows, writes: []ChaosWrite{wr(1, 2), wr(2, 1), wr(1, 2), wr(3, 3)}, applies: good.applies},
 			func(c ChaosCheck) bool { return c.DuplicateWrites == 1 && c.AppliedTwice() == 1 && c.Backwards == 0 }},
-		{"backwards", fakeTarget{rows: good.rows, writes: []ChaosWrite{{1, 2}, {1, 1}, {1, 2}, {2, 1}, {3, 3}}, applies: good.applies},
+		{"backwards", fakeTarget{rows: good.rows, writes: []ChaosWrite{wr(1, 2), wr(1, 1), wr(1, 2), wr(2, 1), wr(3, 3)}, applies: good.applies},
 			func(c ChaosCheck) bool { return c.Backwards == 1 && c.DuplicateWrites == 1 }},
 		{"ledger beyond states", fakeTarget{rows: good.rows, writes: good.writes, applies: map[int64]int64{1: 2, 2: 3, 3: 1}},
 			func(c ChaosCheck) bool { return c.LedgerExcess == 2 && c.AppliedTwice() == 2 }},
+		{"deleted", fakeTarget{rows: good.rows, writes: append(slices.Clone(good.writes), wr(4, 1), del(4, 2)),
+			applies: map[int64]int64{1: 2, 2: 1, 3: 2, 4: 3}},
+			func(c ChaosCheck) bool { return c.Lost() == 0 && c.AppliedTwice() == 0 && c.Backwards == 0 }},
+		{"not deleted", fakeTarget{rows: map[int64]ChaosRow{1: row(2), 2: row(1), 3: row(3), 4: row(2)}, applies: map[int64]int64{}},
+			func(c ChaosCheck) bool { return c.Extra == 1 && c.Lost() == 1 }},
+		{"resurrected", fakeTarget{rows: good.rows, writes: append(slices.Clone(good.writes), del(4, 2), wr(4, 1)), applies: map[int64]int64{}},
+			func(c ChaosCheck) bool { return c.Backwards == 1 }},
+		{"deleted key applied beyond its states", fakeTarget{rows: good.rows, writes: good.writes, applies: map[int64]int64{4: 4}},
+			func(c ChaosCheck) bool { return c.LedgerExcess == 1 }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := CheckChaos(context.Background(), source, tt.tgt)
+			c, err := CheckChaos(context.Background(), source, map[int64]int64{4: 2}, tt.tgt)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -108,7 +122,7 @@ func TestChaosReportMarkdown(t *testing.T) {
 
 func TestWorkloadRecordsWhatItCommits(t *testing.T) {
 	url := pgtest.NewDatabase(t)
-	w := NewWorkload(t, url, WorkloadOptions{Keys: 10, Interval: 5 * time.Millisecond, HotKeys: 3})
+	w := NewWorkload(t, url, WorkloadOptions{Keys: 10, Interval: 5 * time.Millisecond, HotKeys: 3, DeleteEvery: 5})
 	if got := w.Changes(); got != 10 {
 		t.Fatalf("%d changes after seeding 10 keys", got)
 	}
@@ -125,11 +139,29 @@ func TestWorkloadRecordsWhatItCommits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	state := w.State()
-	if len(rows) != len(state) || len(state) <= 10 {
-		t.Fatalf("source has %d keys, the workload recorded %d (want more than the 10 seeded)", len(rows), len(state))
+	state, deleted := w.State(), w.Deleted()
+	if len(rows) != len(state) || len(state)+len(deleted) <= 10 || len(deleted) == 0 {
+		t.Fatalf("source has %d keys, the workload recorded %d live and %d deleted (want some deleted, and more than the 10 seeded)",
+			len(rows), len(state), len(deleted))
 	}
-	var sum int64
+	var live int64
+	for _, v := range state {
+		live += v
+	}
+	var gone int64
+	for k := range deleted {
+		gone = k
+	}
+	if b := w.Behind(map[int64]int64{gone: 1}); b != live+1 {
+		t.Fatalf("Behind(a deleted key) = %d, want %d", b, live+1)
+	}
+	sum := int64(len(deleted))
+	for k, v := range deleted {
+		if _, ok := rows[k]; ok || k <= 3 {
+			t.Fatalf("deleted key %d is still at the source, or hot", k)
+		}
+		sum += v
+	}
 	for k, v := range state {
 		if rows[k].Version != v {
 			t.Fatalf("key %d: source v%d, recorded v%d", k, rows[k].Version, v)
