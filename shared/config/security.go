@@ -95,6 +95,12 @@ func (p *Pipeline) validateProduction(c *checker) {
 	if p.Source.Kind == KindPostgres {
 		checkPG("source.url", p.Source.URL)
 	}
+	if p.Staged() {
+		if p.Stage.URL == "" {
+			c.add("stage.url", "production mode needs a PostgreSQL stage: the embedded one is a file on one machine")
+		}
+		checkPG("stage.url", p.Stage.URL)
+	}
 	for i := range p.Targets {
 		t := &p.Targets[i]
 		path := indexPath("targets", i)

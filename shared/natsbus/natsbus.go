@@ -264,6 +264,33 @@ func (b *Bus) PublishMsgAsync(ctx context.Context, msg *nats.Msg, msgID string) 
 	}
 }
 
+// WaitAcks waits for the broker's acks of async publishes and returns the
+// first failure (the caller publishes again with the same Msg-Ids), or
+// ctx's error. Acks that have not come within AckTimeout are a failure
+// too (a connection lost meanwhile).
+func WaitAcks(ctx context.Context, futures []jetstream.PubAckFuture) error {
+	if len(futures) == 0 {
+		return nil
+	}
+	timeout := time.NewTimer(AckTimeout)
+	defer timeout.Stop()
+	for _, f := range futures {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			return fmt.Errorf("publish to %s: %w", f.Msg().Subject, err)
+		case <-timeout.C:
+			return fmt.Errorf("publish to %s: no ack within %s", f.Msg().Subject, AckTimeout)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// AckTimeout bounds WaitAcks.
+const AckTimeout = 30 * time.Second
+
 // PublishMsg publishes synchronously and waits for the broker's ack.
 func (b *Bus) PublishMsg(ctx context.Context, msg *nats.Msg, msgID string) (*jetstream.PubAck, error) {
 	var opts []jetstream.PublishOpt

@@ -61,7 +61,7 @@ type Ref struct {
 }
 
 // Version is the fencing version of change index of a message at seq.
-func Version(seq uint64, index int) int64 { return int64(seq<<20 | uint64(index)) }
+func Version(seq uint64, index int) int64 { return event.Version(seq, index) }
 
 // Collapse keeps the newest change of each key across items, sorted by key
 // (a stable lock order keeps concurrent writers from deadlocking).
