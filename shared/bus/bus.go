@@ -58,6 +58,10 @@ func PushSubject(pipeline, target string) string {
 // target's dead letters.
 func StagerDLQSubject(pipeline string) string { return "oneway." + pipeline + ".dlq._stager" }
 
+// DifferDLQSubject is where the differ dead-letters a staged message it
+// cannot read.
+func DifferDLQSubject(pipeline string) string { return "oneway." + pipeline + ".dlq._differ" }
+
 // StreamSubjects is the subject filter of a pipeline's stream.
 func StreamSubjects(pipeline string) []string { return []string{"oneway." + pipeline + ".>"} }
 
