@@ -16,6 +16,6 @@ func Root() *cobra.Command {
 inserts, updates and, by policy, deletes flow from the SoR to every target
 over NATS JetStream, and arrive eventually, even across crashes and outages.`,
 	}
-	root.AddCommand(upCommand(), verifyCommand(), dlqCommand(), cli.ConfigCommand(), cli.VersionCommand())
+	root.AddCommand(upCommand(), verifyCommand(), diffCommand(), approveCommand(), dlqCommand(), cli.ConfigCommand(), cli.VersionCommand())
 	return root
 }

@@ -105,6 +105,10 @@ func (t *Target) Scope() int32 { return t.scope }
 type plan struct {
 	ledSQL     string // fences the changes in the ledger, returns the ones to write
 	rowSQL     string // writes those changes to the target
+	// noBulk keeps the batches of this layout off the bulk path: in staged
+	// mode on a table with BEFORE INSERT row triggers, whose effect only
+	// the fenced path's RETURNING sees.
+	noBulk bool
 	keyIdx     []int
 	softIsBool bool
 	copyTarget string // COPY statements for the bulk path
@@ -173,6 +177,11 @@ func (t *Target) prepare(ctx context.Context, b *onewayv1.Batch) (*plan, error) 
 		p.softIsBool = sc.Type == "boolean"
 	}
 	p.ledSQL, p.rowSQL = t.buildSQL(b, byName, keyIdx, p.softIsBool)
+	if t.spec.Staged {
+		if p.noBulk, err = t.hasInsertTriggers(ctx); err != nil {
+			return nil, err
+		}
+	}
 	copyCols := event.ColumnNames(b)
 	if t.spec.Delete == DeleteSoft {
 		// The fenced path writes false (or NULL) there; so must COPY.
@@ -413,7 +422,7 @@ func (t *Target) Apply(ctx context.Context, items []Item) (Result, error) {
 		return Result{}, err
 	}
 	refs := target.Collapse(items, p.keyIdx)
-	if t.bulkEligible(items, refs) {
+	if !p.noBulk && t.bulkEligible(items, refs) {
 		if res, ok := t.bulkInsert(ctx, p, refs, first); ok {
 			return res, nil
 		}

@@ -177,3 +177,16 @@ func hasEquality(typ string) bool {
 	}
 	return true
 }
+
+// hasInsertTriggers reports whether the target table has user BEFORE
+// INSERT row triggers (pg_trigger.tgtype bits: 1 row, 2 before, 4 insert).
+func (t *Target) hasInsertTriggers(ctx context.Context) (bool, error) {
+	var ok bool
+	err := t.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_trigger
+  WHERE tgrelid = to_regclass($1) AND NOT tgisinternal AND tgenabled <> 'D' AND (tgtype::int & 7) = 7)`,
+		t.spec.Table.Quoted()).Scan(&ok)
+	if err != nil {
+		return false, pgconn.Classify(fmt.Errorf("read triggers of %s: %w", t.spec.Table, err))
+	}
+	return ok, nil
+}
