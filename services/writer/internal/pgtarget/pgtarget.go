@@ -103,12 +103,12 @@ func (t *Target) Scope() int32 { return t.scope }
 
 // plan is the SQL for one column layout.
 type plan struct {
-	ledSQL     string // fences the changes in the ledger, returns the ones to write
-	rowSQL     string // writes those changes to the target
+	ledSQL string // fences the changes in the ledger, returns the ones to write
+	rowSQL string // writes those changes to the target
 	// noBulk keeps the batches of this layout off the bulk path: in staged
 	// mode on a table with BEFORE INSERT row triggers, whose effect only
 	// the fenced path's RETURNING sees.
-	noBulk bool
+	noBulk     bool
 	keyIdx     []int
 	softIsBool bool
 	copyTarget string // COPY statements for the bulk path
