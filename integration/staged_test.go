@@ -434,3 +434,96 @@ func TestStagedBreakerHoldsMassDelete(t *testing.T) {
 		t.Fatalf("approve without a hold: exit %d\n%s", ar.Code, ar.Stderr)
 	}
 }
+
+// Reader, stager, differ and writer as separate processes on a PostgreSQL
+// stage; the stager, the differ and the writer are each killed with
+// SIGKILL mid-run and restarted, while the source changes and the target
+// is read back. The run converges (verify 0), and no key was written more
+// than it changed.
+func TestStagedServicesKilled(t *testing.T) {
+	const rows = 20000
+	src := testenv.Connect(t, pgtest.NewDatabase(t))
+	dst := testenv.Connect(t, pgtest.NewDatabase(t))
+	stageURL := pgtest.NewDatabase(t)
+	src.Exec(t, testenv.InvoicesDDL)
+	testenv.SeedInvoices(t, src, 1, rows)
+	dst.Exec(t, targetDDL)
+	_, natsURL := bustest.StartJetStream(t)
+	js := jetStream(t, natsURL)
+	cfg := stagedConfig(t, natsURL, src.URL, stageURL, "2s", stagedTarget("pg", dst.URL, ""))
+	count := func() int64 { return dst.Int(t, "SELECT count(*) FROM public.invoices") }
+	atLeast := func(n int64) func() error {
+		return func() error {
+			if c := count(); c < n {
+				return fmt.Errorf("target has %d rows, want at least %d", c, n)
+			}
+			return nil
+		}
+	}
+
+	// The read-back runs all along, as the target's reader would.
+	rb := newReadback(js, dst, "pg")
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(500 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				rb.run(t)
+			}
+		}
+	}()
+	defer func() { close(stop); wg.Wait() }()
+
+	run := func(svc string) *testenv.Proc { return testenv.Start(t, svc, "run", "--config", cfg) }
+	reader, stager, differ, writer := run("reader"), run("stager"), run("differ"), run("writer")
+	start := time.Now()
+	phase := func(what string) { t.Logf("%s after %s (%d rows)", what, time.Since(start).Round(time.Millisecond), count()) }
+
+	testenv.WaitFor(t, syncTimeout, atLeast(rows/5))
+	phase("stager killed")
+	stager.Kill()
+	stager = run("stager")
+	testenv.WaitFor(t, syncTimeout, atLeast(rows/2))
+	phase("differ killed")
+	differ.Kill()
+	differ = run("differ")
+	src.Exec(t, "UPDATE public.invoices SET status = 'paid', amount = amount + 1, updated_at = now() WHERE id % 20 = 3")
+	testenv.WaitFor(t, syncTimeout, atLeast(rows*3/4))
+	phase("writer killed")
+	writer.Kill()
+	writer = run("writer")
+
+	testenv.WaitFor(t, syncTimeout, func() error {
+		r := testenv.Run(t, time.Minute, "oneway", "verify", "--config", cfg, "--log-level", "warn")
+		if r.Code != 0 {
+			return fmt.Errorf("verify exit %d: %s", r.Code, strings.TrimSpace(r.Stdout))
+		}
+		return nil
+	})
+	phase("verified")
+	for _, p := range []*testenv.Proc{reader, stager, differ, writer} {
+		p.Stop(t, 30*time.Second)
+	}
+	if n := dst.Int(t, "SELECT count(*) FROM public.invoices WHERE status = 'paid'"); n != rows/20 {
+		t.Fatalf("%d paid rows, want %d", n, rows/20)
+	}
+	// Each key written once, or twice when the update came after its first
+	// write: never more, and never twice for a key not updated.
+	if got := dst.Int(t, "SELECT count(*) FROM oneway.ledger_1 WHERE oneway_applies NOT BETWEEN 1 AND CASE WHEN id % 20 = 3 THEN 2 ELSE 1 END"); got != 0 {
+		t.Fatalf("%d keys were written more often than they changed", got)
+	}
+	if got := dst.Int(t, "SELECT count(*) FROM oneway.ledger_1"); got != rows {
+		t.Fatalf("ledger has %d keys, want %d", got, rows)
+	}
+	letters := dlqList(t, cfg, "")
+	if len(letters) != 0 {
+		t.Fatalf("dead letters: %+v", letters)
+	}
+}
