@@ -484,7 +484,9 @@ func TestStagedServicesKilled(t *testing.T) {
 	run := func(svc string) *testenv.Proc { return testenv.Start(t, svc, "run", "--config", cfg) }
 	reader, stager, differ, writer := run("reader"), run("stager"), run("differ"), run("writer")
 	start := time.Now()
-	phase := func(what string) { t.Logf("%s after %s (%d rows)", what, time.Since(start).Round(time.Millisecond), count()) }
+	phase := func(what string) {
+		t.Logf("%s after %s (%d rows)", what, time.Since(start).Round(time.Millisecond), count())
+	}
 
 	testenv.WaitFor(t, syncTimeout, atLeast(rows/5))
 	phase("stager killed")
