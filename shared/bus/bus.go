@@ -110,4 +110,8 @@ const (
 	// HeaderRetryOf names the dead letter (its DLQ stream sequence) that a
 	// message on a retry subject re-drives.
 	HeaderRetryOf = "Oneway-Retry-Of"
+	// HeaderAsPushed ("true") marks an applied report whose every change
+	// left the target exactly as pushed: the stager stages it but need not
+	// hand its keys to the differ, which decided that state already.
+	HeaderAsPushed = "Oneway-As-Pushed"
 )

@@ -20,7 +20,11 @@
 // stops pushing it, reports it (a dead letter on oneway.<p>.dlq.<t> naming
 // key, target, version and the columns that differ, and the metric
 // oneway_differ_decisions_total{action="stuck"}) and moves on. A new source
-// version starts the count again; a converged key's count is cleared.
+// version starts the count again, and each scan clears the counts of the
+// keys that converged. The first insert of a key the target side has
+// never had is not counted (on an initial load that would cost a write per
+// key): a key that never appears in the target is pushed at most
+// max_pushes_per_version + 1 times.
 //
 // Mass deletes. Deletes (source deletes and orphan deletes) count against
 // the target's breaker: more than breaker.max_delete_share of the target's
@@ -74,6 +78,9 @@ const (
 	sizeTTL = 10 * time.Second
 	// reportSamples bounds the keys named in one log line.
 	reportSamples = 10
+	// colsTTL is how long the stage layout read from the state bucket is
+	// reused.
+	colsTTL = time.Second
 )
 
 // Differ diffs one pipeline's targets against its source.
@@ -89,6 +96,7 @@ type Differ struct {
 
 	colsMu  sync.Mutex
 	colsRev uint64
+	colsAt  time.Time
 	cols    *onewayv1.Batch
 
 	scanMu  sync.Mutex
@@ -301,13 +309,11 @@ func (d *Differ) act(ctx context.Context, ts *targetState, pairs []stage.Pair, m
 	}
 	counts := map[string]int{}
 	var pushes, deletes, deferred []decision
-	var converged, reported []string
+	var reported []string
 	for _, p := range pairs {
 		a := diff.Decide(p, ts.pol, equal)
 		counts[a.String()]++
 		switch {
-		case a == diff.None && p.Source != nil:
-			converged = append(converged, p.Key.Text)
 		case a == diff.OrphanReport:
 			reported = append(reported, p.Key.Text)
 		case a.Deletes():
@@ -352,14 +358,6 @@ func (d *Differ) act(ctx context.Context, ts *targetState, pairs []stage.Pair, m
 			return nil, err
 		}
 	}
-	if len(converged) > 0 {
-		if err := d.retry(ctx, "clear pushes", func(ctx context.Context) error {
-			_, err := d.store.ClearPushes(ctx, t, converged)
-			return err
-		}); err != nil {
-			return nil, fmt.Errorf("clear push counts of target %s: %w", t, err)
-		}
-	}
 	if m := d.metrics; m != nil {
 		for a, n := range counts {
 			m.DifferDecisions.WithLabelValues(d.cfg.Pipeline, t, a).Add(float64(n))
@@ -375,6 +373,20 @@ func (d *Differ) capPushes(ctx context.Context, ts *targetState, pushes []decisi
 	if len(pushes) == 0 {
 		return nil, nil
 	}
+	// First inserts of keys the target side never had are not counted.
+	var counted []decision
+	kept := make([]decision, 0, len(pushes))
+	for _, p := range pushes {
+		if p.action == diff.Insert && p.pair.Target == nil {
+			kept = append(kept, p)
+		} else {
+			counted = append(counted, p)
+		}
+	}
+	if len(counted) == 0 {
+		return kept, nil
+	}
+	pushes = counted
 	log := make([]stage.Push, len(pushes))
 	for i, p := range pushes {
 		log[i] = stage.Push{Key: p.pair.Key.Text, Version: sourceVersion(p.pair)}
@@ -389,7 +401,6 @@ func (d *Differ) capPushes(ctx context.Context, ts *targetState, pushes []decisi
 		return nil, fmt.Errorf("record pushes to target %s: %w", ts.cfg.Name, err)
 	}
 	max := ts.cfg.MaxPushesPerVersion
-	kept := pushes[:0]
 	for i, p := range pushes {
 		if n[i] <= max {
 			kept = append(kept, p)
@@ -557,11 +568,15 @@ func pushID(target string, ds []decision) string {
 }
 
 // columns is the stage layout with the source's types, as the stager
-// saved it; nil until a source batch was staged.
+// saved it (read again at most every colsTTL); nil until a source batch was
+// staged.
 func (d *Differ) columns(ctx context.Context) *onewayv1.Batch {
-	e, err := d.kv.Get(ctx, bus.StageColumnsKey(d.cfg.Pipeline))
 	d.colsMu.Lock()
 	defer d.colsMu.Unlock()
+	if d.cols != nil && time.Since(d.colsAt) < colsTTL {
+		return d.cols
+	}
+	e, err := d.kv.Get(ctx, bus.StageColumnsKey(d.cfg.Pipeline))
 	if err != nil {
 		if !errors.Is(err, jetstream.ErrKeyNotFound) {
 			d.log.Warn("read stage layout failed; using the last one", "error", err)
@@ -569,6 +584,7 @@ func (d *Differ) columns(ctx context.Context) *onewayv1.Batch {
 		return d.cols
 	}
 	if e.Revision() == d.colsRev && d.cols != nil {
+		d.colsAt = time.Now()
 		return d.cols
 	}
 	var b onewayv1.Batch
@@ -576,7 +592,7 @@ func (d *Differ) columns(ctx context.Context) *onewayv1.Batch {
 		d.log.Error("stage layout does not match source.columns; ignored", "error", err, "columns", len(b.GetColumns()))
 		return d.cols
 	}
-	d.cols, d.colsRev = &b, e.Revision()
+	d.cols, d.colsRev, d.colsAt = &b, e.Revision(), time.Now()
 	return d.cols
 }
 
@@ -869,6 +885,9 @@ func (d *Differ) scanTarget(ctx context.Context, ts *targetState) error {
 		}
 	}
 	d.log.Info("scan done", "target", t, "keys", keys, "pending_deletes", deletes, "seconds", time.Since(start).Seconds())
+	if err := d.clearConverged(ctx, ts); err != nil {
+		return err
+	}
 	switch {
 	case approved:
 		if err := d.retry(ctx, "release", func(ctx context.Context) error { return d.store.Release(ctx, t) }); err != nil {
@@ -913,6 +932,67 @@ func (d *Differ) scanTarget(ctx context.Context, ts *targetState) error {
 		deleteKeys = deleteKeys[n:]
 	}
 	return nil
+}
+
+// clearConverged forgets the push counts of the keys of ts that have
+// converged: the keys the push log holds, joined again.
+func (d *Differ) clearConverged(ctx context.Context, ts *targetState) error {
+	t := ts.cfg.Name
+	cols := d.columns(ctx)
+	var cmp *diff.Comparer
+	if cols != nil {
+		cmp = diff.NewComparer(cols.GetColumns())
+	}
+	for after := ""; ; {
+		var states []stage.PushState
+		err := d.retry(ctx, "pushes", func(ctx context.Context) error {
+			var err error
+			states, err = d.store.Stuck(ctx, t, 1, after, chunk)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("read push counts of target %s: %w", t, err)
+		}
+		if len(states) == 0 {
+			return nil
+		}
+		after = states[len(states)-1].Key
+		keys := make([]string, len(states))
+		for i, st := range states {
+			keys[i] = st.Key
+		}
+		err = func() error {
+			ts.mu.Lock()
+			defer ts.mu.Unlock()
+			var pairs []stage.Pair
+			if err := d.retry(ctx, "join", func(ctx context.Context) error {
+				var err error
+				pairs, err = d.store.Join(ctx, t, keys)
+				return err
+			}); err != nil {
+				return err
+			}
+			var converged []string
+			for _, p := range pairs {
+				eq := func(a, b *stage.Record) bool {
+					return string(a.Hash) == string(b.Hash) || (cmp != nil && cmp.Equal(a.Row, b.Row))
+				}
+				if diff.Decide(p, ts.pol, eq) == diff.None {
+					converged = append(converged, p.Key.Text)
+				}
+			}
+			if len(converged) == 0 {
+				return nil
+			}
+			return d.retry(ctx, "clear pushes", func(ctx context.Context) error {
+				_, err := d.store.ClearPushes(ctx, t, converged)
+				return err
+			})
+		}()
+		if err != nil {
+			return fmt.Errorf("clear push counts of target %s: %w", t, err)
+		}
+	}
 }
 
 func (d *Differ) setHeld(t string, held bool) {

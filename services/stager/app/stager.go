@@ -141,6 +141,10 @@ type incoming struct {
 	seq  uint64
 	side stage.Side
 	keys []string // the keys of its changes
+	// quiet: an applied report of changes that left the target exactly as
+	// pushed (bus.HeaderAsPushed): staged, but not handed to the differ,
+	// which decided that state itself.
+	quiet bool
 }
 
 // handle stages a group of messages: per side, one Apply of all their
@@ -252,7 +256,8 @@ func (s *Stager) decode(ctx context.Context, msg jetstream.Msg, vals *[][]byte) 
 			return incoming{}, nil, err
 		}
 	}
-	in := incoming{seq: seq, side: side, keys: make([]string, 0, len(b.GetChanges()))}
+	in := incoming{seq: seq, side: side, keys: make([]string, 0, len(b.GetChanges())),
+		quiet: applied && msg.Headers().Get(bus.HeaderAsPushed) == "true"}
 	recs := make([]stage.Record, 0, len(b.GetChanges()))
 	for i, c := range b.GetChanges() {
 		version := event.Version(seq, i)
@@ -307,6 +312,9 @@ func (s *Stager) saveColumns(ctx context.Context, b *onewayv1.Batch, m stage.Map
 // names the consumed message and the chunk, so a redelivery republishes
 // duplicates.
 func (s *Stager) publishStaged(ctx context.Context, in incoming, touched map[string]bool) ([]jetstream.PubAckFuture, error) {
+	if in.quiet {
+		return nil, nil
+	}
 	keys := make([]string, 0, len(in.keys))
 	for _, k := range in.keys {
 		if touched[k] {

@@ -1,6 +1,7 @@
 package app
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -8,10 +9,12 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
 	"github.com/oneway-sync/oneway/services/writer/internal/target"
+	"github.com/oneway-sync/oneway/shared/bus"
 	"github.com/oneway-sync/oneway/shared/event"
 	"github.com/oneway-sync/oneway/shared/natsbus"
 	"github.com/oneway-sync/oneway/shared/retry"
@@ -27,10 +30,40 @@ const reportChanges = 1000
 // Change.version the version it was applied at. The stager stages it on
 // the target's side at that version. The Msg-Id is a digest of the
 // versions, so a report published twice is a duplicate.
+//
+// Changes that left the target exactly as pushed go in reports marked
+// HeaderAsPushed, the others (a trigger changed the row, or kept it out)
+// in unmarked ones: only those make the differ look at the keys again.
 func (h *handler) report(ctx context.Context, items []target.Item, applied []target.Applied) error {
 	if len(applied) == 0 {
 		return nil
 	}
+	var asPushed, changed []target.Applied
+	for _, a := range applied {
+		c := items[a.Item].Batch.GetChanges()[a.Index]
+		if a.Deleted == (c.GetOp() == onewayv1.Op_OP_DELETE) && (a.Deleted || bytes.Equal(a.Row, c.GetRow())) {
+			asPushed = append(asPushed, a)
+		} else {
+			changed = append(changed, a)
+		}
+	}
+	var futures []jetstream.PubAckFuture
+	for _, part := range []struct {
+		applied  []target.Applied
+		asPushed bool
+	}{{asPushed, true}, {changed, false}} {
+		fs, err := h.publishReport(ctx, items, part.applied, part.asPushed)
+		if err != nil {
+			return err
+		}
+		futures = append(futures, fs...)
+	}
+	return h.waitReports(ctx, futures)
+}
+
+// publishReport publishes applied as reports of at most reportChanges
+// changes and three quarters of the server's max payload.
+func (h *handler) publishReport(ctx context.Context, items []target.Item, applied []target.Applied, asPushed bool) ([]jetstream.PubAckFuture, error) {
 	w := h.w
 	layout := items[0].Batch
 	maxBytes := int(w.bus.NC.MaxPayload()) * 3 / 4
@@ -62,16 +95,26 @@ func (h *handler) report(ctx context.Context, items []target.Item, applied []tar
 		}
 		data, err := event.Encode(b)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		id := "applied:" + w.target.Name + ":" + hex.EncodeToString(digest.Sum(nil)[:16])
-		f, err := w.bus.PublishAsync(ctx, h.appliedSubject, data, id)
+		m := &nats.Msg{Subject: h.appliedSubject, Data: data, Header: nats.Header{}}
+		if asPushed {
+			m.Header.Set(bus.HeaderAsPushed, "true")
+		}
+		f, err := w.bus.PublishMsgAsync(ctx, m, id)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		futures = append(futures, f)
 		applied = applied[n:]
 	}
+	return futures, nil
+}
+
+// waitReports waits for the reports' acks, publishing again what failed.
+func (h *handler) waitReports(ctx context.Context, futures []jetstream.PubAckFuture) error {
+	w := h.w
 	err := natsbus.WaitAcks(ctx, futures)
 	if err != nil {
 		// Once more, synchronously and with backoff: the ids make repeats
