@@ -270,14 +270,22 @@ func checkDeadLetters(ctx context.Context, b *natsbus.Bus, cfg *config.Pipeline,
 		return fmt.Errorf("count dead letters: %w", err)
 	}
 	var total uint64
+	subjects := map[string]string{}
 	for _, t := range cfg.Targets {
-		info, err := st.Info(ctx, jetstream.WithSubjectFilter(bus.DLQSubject(cfg.Pipeline, t.Name)))
+		subjects[bus.DLQSubject(cfg.Pipeline, t.Name)] = t.Name
+	}
+	if cfg.Staged() {
+		subjects[bus.StagerDLQSubject(cfg.Pipeline)] = "_stager"
+		subjects[bus.DifferDLQSubject(cfg.Pipeline)] = "_differ"
+	}
+	for subject, name := range subjects {
+		info, err := st.Info(ctx, jetstream.WithSubjectFilter(subject))
 		if err != nil {
 			return fmt.Errorf("count dead letters: %w", err)
 		}
-		n := info.State.Subjects[bus.DLQSubject(cfg.Pipeline, t.Name)]
+		n := info.State.Subjects[subject]
 		if n > 0 {
-			log.Error("target has dead letters", "target", t.Name, "subject", bus.DLQSubject(cfg.Pipeline, t.Name), "count", n)
+			log.Error("target has dead letters", "target", name, "subject", subject, "count", n)
 		}
 		total += n
 	}
