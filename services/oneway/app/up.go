@@ -105,6 +105,15 @@ func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.
 		return err
 	}
 	defer b.Close()
+	// The stream and the state bucket once, before the components ensure
+	// them again (a no-op then): several creating them at once is the
+	// server's least-trodden path.
+	if _, err := b.EnsureStream(ctx, natsbus.PipelineStream(cfg)); err != nil {
+		return err
+	}
+	if _, err := b.StateKV(ctx, cfg.NATS.Replicas); err != nil {
+		return err
+	}
 
 	metrics := telemetry.NewMetrics(cli.Version, cli.Commit())
 	health := telemetry.NewHealth()
