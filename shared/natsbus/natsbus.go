@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -151,6 +152,13 @@ func (b *Bus) EnsureStream(ctx context.Context, s StreamSpec) (jetstream.Stream,
 	}
 	var st jetstream.Stream
 	err := b.setup(ctx, "stream "+cfg.Name, func(ctx context.Context) (err error) {
+		// A stream that is already as wanted is left alone: every service
+		// of a pipeline ensures it at start, and an update racing the
+		// others' consumer creation is the server's least-trodden path
+		// (nats-server 2.15 reports a data race between the two).
+		if st, err = b.JS.Stream(ctx, cfg.Name); err == nil && sameStream(st.CachedInfo().Config, cfg) {
+			return nil
+		}
 		st, err = b.JS.CreateOrUpdateStream(ctx, cfg)
 		return err
 	})
@@ -158,6 +166,15 @@ func (b *Bus) EnsureStream(ctx context.Context, s StreamSpec) (jetstream.Stream,
 		return nil, fmt.Errorf("ensure stream %s: %w", cfg.Name, err)
 	}
 	return st, nil
+}
+
+// sameStream reports whether an existing stream's config has every
+// setting EnsureStream sets as wanted.
+func sameStream(have, want jetstream.StreamConfig) bool {
+	return slices.Equal(have.Subjects, want.Subjects) && have.Description == want.Description &&
+		have.Storage == want.Storage && have.Retention == want.Retention && have.Discard == want.Discard &&
+		have.MaxBytes == want.MaxBytes && have.MaxAge == want.MaxAge && have.Replicas == want.Replicas &&
+		have.Duplicates == want.Duplicates
 }
 
 // ConsumerSpec is a durable pull consumer.
