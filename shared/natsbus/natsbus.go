@@ -236,14 +236,25 @@ func (s ConsumerSpec) filters() []string {
 // StateKV opens (creating if needed) the bucket of reader positions.
 func (b *Bus) StateKV(ctx context.Context, replicas int) (jetstream.KeyValue, error) {
 	var kv jetstream.KeyValue
+	want := jetstream.KeyValueConfig{
+		Bucket:      bus.StateBucket,
+		Description: "oneway reader positions and leases",
+		History:     5,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(replicas, 1),
+	}
 	err := b.setup(ctx, "bucket "+bus.StateBucket, func(ctx context.Context) (err error) {
-		kv, err = b.JS.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:      bus.StateBucket,
-			Description: "oneway reader positions and leases",
-			History:     5,
-			Storage:     jetstream.FileStorage,
-			Replicas:    max(replicas, 1),
-		})
+		// As EnsureStream: a bucket already as wanted is not updated.
+		if kv, err = b.JS.KeyValue(ctx, want.Bucket); err == nil {
+			if st, err := b.JS.Stream(ctx, "KV_"+want.Bucket); err == nil {
+				c := st.CachedInfo().Config
+				if c.Description == want.Description && c.MaxMsgsPerSubject == int64(want.History) &&
+					c.Storage == want.Storage && c.Replicas == want.Replicas {
+					return nil
+				}
+			}
+		}
+		kv, err = b.JS.CreateOrUpdateKeyValue(ctx, want)
 		return err
 	})
 	if err != nil {
