@@ -14,11 +14,13 @@ all: build
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-build: ## build oneway, reader and writer into ./bin
+build: ## build oneway, reader, writer, stager and differ into ./bin
 	@mkdir -p $(BIN)
 	cd services/oneway && go build -o $(BIN)/oneway ./cmd/oneway
 	cd services/reader && go build -o $(BIN)/reader ./cmd/reader
 	cd services/writer && go build -o $(BIN)/writer ./cmd/writer
+	cd services/stager && go build -o $(BIN)/stager ./cmd/stager
+	cd services/differ && go build -o $(BIN)/differ ./cmd/differ
 
 test: build ## run every test of every module, with -race (the README's test command)
 	@failed=""; for m in $(MODULES); do echo "== $$m"; (cd $$m && go test $(GOTEST_FLAGS) ./...) || failed="$$failed $$m"; done; \
@@ -40,7 +42,7 @@ proto: $(BIN)/protoc-gen-go ## regenerate proto/oneway/v1/*.pb.go (needs protoc)
 	cd proto && PATH=$(BIN):$$PATH protoc --go_out=. --go_opt=paths=source_relative oneway/v1/*.proto
 
 images: ## build the service images (needs a Docker engine)
-	@for svc in reader writer oneway; do docker build -f services/$$svc/Dockerfile -t oneway/$$svc:dev . || exit 1; done
+	@for svc in reader writer stager differ oneway; do docker build -f services/$$svc/Dockerfile -t oneway/$$svc:dev . || exit 1; done
 
 proto-check: proto ## fail when the committed *.pb.go differ from the .proto files
 	git diff --exit-code -- proto/
@@ -75,4 +77,4 @@ verify: build ## compare the example's source and target
 	  $(BIN)/oneway verify --config deploy/examples/invoices.yaml
 
 clean:
-	rm -rf $(BIN)/oneway $(BIN)/reader $(BIN)/writer
+	rm -rf $(BIN)/oneway $(BIN)/reader $(BIN)/writer $(BIN)/stager $(BIN)/differ

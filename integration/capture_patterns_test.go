@@ -143,14 +143,6 @@ func countOps(changes []string, op string) int {
 	return n
 }
 
-func upSynced(t *testing.T, cfg, data string) {
-	t.Helper()
-	r := testenv.Run(t, syncTimeout, "oneway", upArgs(cfg, data, "--exit-when-synced")...)
-	if r.Code != 0 {
-		t.Fatalf("oneway up --exit-when-synced: exit %d\n%s", r.Code, r.Stderr)
-	}
-}
-
 // waitLogCount waits until the process logged msg at least n more times
 // than before.
 func waitLogCount(t *testing.T, p *testenv.Proc, msg string, before, n int) int {
@@ -181,7 +173,7 @@ func TestSyntheticPattern(t *testing.T) {
 	log := openSourceLog(t, natsURL, "invoices")
 	data := t.TempDir()
 
-	upSynced(t, cfg, data)
+	upSynced(t, cfg, data, 0)
 	mustVerify(t, cfg, 0)
 	first := log.last(t)
 
@@ -190,7 +182,7 @@ func TestSyntheticPattern(t *testing.T) {
 		"UPDATE public.invoices SET status = status WHERE id % 30 = 1",                                  // writes that change nothing
 		"DELETE FROM public.invoices WHERE id % 60 = 7",                                                 // 50 deletes
 		"INSERT INTO public.invoices (id, customer) SELECT g, 'new' FROM generate_series(5001, 5030) g") // 30 inserts
-	upSynced(t, cfg, data)
+	upSynced(t, cfg, data, 0)
 	mustVerify(t, cfg, 0)
 	changes := log.changesAfter(t, first)
 	if u, d, i := countOps(changes, "update"), countOps(changes, "delete"), countOps(changes, "insert"); u != 100 || d != 50 || i != 30 || len(changes) != 180 {
@@ -286,7 +278,7 @@ func TestWindowPattern(t *testing.T) {
 	log := openSourceLog(t, natsURL, "events")
 	data := t.TempDir()
 
-	upSynced(t, cfg, data)
+	upSynced(t, cfg, data, 0)
 	mustVerify(t, cfg, 0)
 	first := log.last(t)
 
@@ -295,7 +287,7 @@ func TestWindowPattern(t *testing.T) {
 		"UPDATE public.events SET v = 'changed' WHERE id % 100 = 4",                                             // 20 updates inside
 		"UPDATE public.events SET v = 'moved out', happened_at = now() - interval '30 days' WHERE id % 100 = 6", // 20 leave
 		"INSERT INTO public.events SELECT g, 'new', now() FROM generate_series(3001, 3010) g")                   // 10 inserts
-	upSynced(t, cfg, data)
+	upSynced(t, cfg, data, 0)
 	mustVerify(t, cfg, 0)
 	changes := log.changesAfter(t, first)
 	if u, d, i := countOps(changes, "update"), countOps(changes, "delete"), countOps(changes, "insert"); d != 20 || u != 40 || i != 10 {
@@ -322,7 +314,7 @@ func TestWindowPattern(t *testing.T) {
 
 	// The edge: a change outside the window is not seen.
 	src.Exec(t, "UPDATE public.events SET v = 'unseen' WHERE id IN (1, 3, 5)")
-	upSynced(t, cfg, data)
+	upSynced(t, cfg, data, 0)
 	out := mustVerify(t, cfg, 1)
 	if !strings.Contains(out.Stdout, "different=3") {
 		t.Fatalf("verify should report the 3 rows changed outside the window:\n%s", out.Stdout)
@@ -430,7 +422,7 @@ func TestWatermarkDeleteFeed(t *testing.T) {
       table: public.invoices_deleted
       column: deleted_at`)
 	data := t.TempDir()
-	upSynced(t, cfg, data)
+	upSynced(t, cfg, data, 0)
 	mustVerify(t, cfg, 0)
 	src.Exec(t,
 		"UPDATE public.invoices SET deleted_at = now(), updated_at = clock_timestamp() WHERE id % 100 = 1", // 20 soft deletes
@@ -438,7 +430,7 @@ func TestWatermarkDeleteFeed(t *testing.T) {
 		"BEGIN; DELETE FROM public.invoices WHERE id % 100 = 3; INSERT INTO public.invoices (id, customer) SELECT g, 'back' FROM generate_series(3, 2000, 100) g; COMMIT",
 		"DELETE FROM public.invoices WHERE id % 100 = 4",
 		"INSERT INTO public.invoices (id, customer) SELECT g, 'back later' FROM generate_series(4, 2000, 100) g")
-	upSynced(t, cfg, data)
+	upSynced(t, cfg, data, 0)
 	mustVerify(t, cfg, 0)
 	for _, q := range []struct {
 		sql  string
@@ -491,7 +483,7 @@ func TestSwitchingPatterns(t *testing.T) {
 		if pattern == "synthetic" || pattern == "window" {
 			src.Exec(t, fmt.Sprintf("DELETE FROM public.invoices WHERE id = %d", 1000+step))
 		}
-		upSynced(t, cfg, data)
+		upSynced(t, cfg, data, 0)
 		mustVerify(t, cfg, 0)
 		t.Logf("step %d (%s): in sync", step, pattern)
 	}
@@ -511,7 +503,7 @@ func TestSwitchingPatterns(t *testing.T) {
 	if r.Code != 0 {
 		t.Fatalf("resync: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
-	upSynced(t, cfg, data)
+	upSynced(t, cfg, data, 0)
 	mustVerify(t, cfg, 0)
 }
 
@@ -528,7 +520,7 @@ func TestResync(t *testing.T) {
 	cfg := patternConfig(t, natsURL, src.URL, dst.URL, "invoices", "", "    pattern: synthetic\n    poll_interval: 100ms\n    batch_size: 500")
 	log := openSourceLog(t, natsURL, "invoices")
 	data := t.TempDir()
-	upSynced(t, cfg, data)
+	upSynced(t, cfg, data, 0)
 
 	// While a reader runs: refused.
 	up := testenv.Start(t, "oneway", upArgs(cfg, data)...)
@@ -546,7 +538,7 @@ func TestResync(t *testing.T) {
 
 	// Unchanged source, no resync: a start publishes nothing.
 	before := log.last(t)
-	upSynced(t, cfg, data)
+	upSynced(t, cfg, data, 0)
 	if got := log.changesAfter(t, before); len(got) != 0 {
 		t.Fatalf("a restart without changes published %d changes", len(got))
 	}
@@ -555,7 +547,7 @@ func TestResync(t *testing.T) {
 		t.Fatalf("resync: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 	before = log.last(t)
-	upSynced(t, cfg, data)
+	upSynced(t, cfg, data, 0)
 	if got := log.changesAfter(t, before); countOps(got, "upsert") != rows {
 		t.Fatalf("after resync the start published %d upserts, want every row (%d)", countOps(got, "upsert"), rows)
 	}

@@ -257,16 +257,16 @@ func TestSwitchToAndFromCDC(t *testing.T) {
 	cdc := fmt.Sprintf("    pattern: cdc\n    slot: %s\n    publication: %s\n    poll_interval: 300ms", slot, slot)
 
 	writePatternConfig(t, cfg, "", src.URL, dst.URL, "invoices", "", "    pattern: synthetic\n    poll_interval: 100ms")
-	upSynced(t, cfg, data)
+	upSynced(t, cfg, data, 0)
 	mustVerify(t, cfg, 0)
 
 	writePatternConfig(t, cfg, "", src.URL, dst.URL, "invoices", "", cdc)
 	src.Exec(t, "UPDATE public.invoices SET status = 'paid' WHERE id % 50 = 0")
-	upSynced(t, cfg, data) // the snapshot through the slot
+	upSynced(t, cfg, data, 0) // the snapshot through the slot
 	mustVerify(t, cfg, 0)
 	// Changes while the reader is stopped wait in the slot.
 	src.Exec(t, "UPDATE public.invoices SET status = 'late' WHERE id % 50 = 1", "DELETE FROM public.invoices WHERE id % 50 = 2")
-	upSynced(t, cfg, data)
+	upSynced(t, cfg, data, 0)
 	mustVerify(t, cfg, 0)
 	if n := dst.Int(t, `SELECT count(*) FROM oneway.ledger_1 l JOIN public.invoices i USING (id)
 		WHERE i.status = 'open' AND l.oneway_applies <> 1`); n != 0 {
@@ -286,6 +286,6 @@ func TestSwitchToAndFromCDC(t *testing.T) {
 		t.Fatal("the slot is still there after resync")
 	}
 	src.Exec(t, "UPDATE public.invoices SET status = 'watermark' WHERE id % 50 = 3")
-	upSynced(t, cfg, data)
+	upSynced(t, cfg, data, 0)
 	mustVerify(t, cfg, 0)
 }

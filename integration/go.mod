@@ -4,8 +4,10 @@ go 1.26.8
 
 replace (
 	github.com/oneway-sync/oneway/proto => ../proto
+	github.com/oneway-sync/oneway/services/differ => ../services/differ
 	github.com/oneway-sync/oneway/services/oneway => ../services/oneway
 	github.com/oneway-sync/oneway/services/reader => ../services/reader
+	github.com/oneway-sync/oneway/services/stager => ../services/stager
 	github.com/oneway-sync/oneway/services/writer => ../services/writer
 	github.com/oneway-sync/oneway/shared => ../shared
 )

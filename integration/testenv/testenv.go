@@ -25,8 +25,8 @@ var (
 	buildErr  error
 )
 
-// Bin returns the path of a oneway binary (oneway, reader, writer), built
-// once per test process from the workspace.
+// Bin returns the path of a oneway binary (oneway, reader, writer, stager,
+// differ), built once per test process from the workspace.
 func Bin(t testing.TB, name string) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -36,7 +36,7 @@ func Bin(t testing.TB, name string) string {
 		}
 		_, file, _, _ := runtime.Caller(0)
 		root := filepath.Join(filepath.Dir(file), "..", "..")
-		for _, svc := range []string{"oneway", "reader", "writer"} {
+		for _, svc := range []string{"oneway", "reader", "writer", "stager", "differ"} {
 			cmd := exec.Command("go", "build", "-o", filepath.Join(binDir, svc), "./cmd/"+svc)
 			cmd.Dir = filepath.Join(root, "services", svc)
 			if out, err := cmd.CombinedOutput(); err != nil {

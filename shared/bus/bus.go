@@ -27,10 +27,45 @@ func RetrySubject(pipeline, target string) string {
 	return "oneway." + pipeline + ".retry." + target
 }
 
-// AppliedSubject is where a writer reports what it applied.
+// AppliedSubject is where a writer in staged mode reports what it applied
+// (a Batch with origin "applied.<target>"; each change's version is the
+// push version it was applied at, its row the state the target stored).
 func AppliedSubject(pipeline, target string) string {
 	return "oneway." + pipeline + ".applied." + target
 }
+
+// AppliedSubjects matches the applied reports of every target.
+func AppliedSubjects(pipeline string) string { return "oneway." + pipeline + ".applied.*" }
+
+// TargetSubject is where a target's read-back publishes what it finds in
+// the target (a Batch with origin "target.<target>", as a reader publishes
+// a source's changes).
+func TargetSubject(pipeline, target string) string {
+	return "oneway." + pipeline + ".target." + target
+}
+
+// TargetSubjects matches the read-backs of every target.
+func TargetSubjects(pipeline string) string { return "oneway." + pipeline + ".target.*" }
+
+// StagedSubject is where the stager names the keys it staged (a
+// onewayv1.Staged message), for the differ.
+func StagedSubject(pipeline string) string { return "oneway." + pipeline + ".staged" }
+
+// PushSubject is where the differ publishes what a target needs (a Batch
+// with origin "differ"); in staged mode the target's writers consume it
+// instead of the source subject.
+func PushSubject(pipeline, target string) string {
+	return "oneway." + pipeline + ".push." + target
+}
+
+// StagerDLQSubject is where the stager dead-letters a message it cannot
+// stage. "_stager" is no valid target name, so it never collides with a
+// target's dead letters.
+func StagerDLQSubject(pipeline string) string { return "oneway." + pipeline + ".dlq._stager" }
+
+// DifferDLQSubject is where the differ dead-letters a staged message it
+// cannot read.
+func DifferDLQSubject(pipeline string) string { return "oneway." + pipeline + ".dlq._differ" }
 
 // StreamSubjects is the subject filter of a pipeline's stream.
 func StreamSubjects(pipeline string) []string { return []string{"oneway." + pipeline + ".>"} }
@@ -40,6 +75,12 @@ func StreamName(pipeline string) string { return "ONEWAY_" + strings.ToUpper(pip
 
 // WriterConsumer is the durable consumer that the writers of one target share.
 func WriterConsumer(pipeline, target string) string { return "writer-" + pipeline + "-" + target }
+
+// StagerConsumer is the durable consumer the stagers of a pipeline share.
+func StagerConsumer(pipeline string) string { return "stager-" + pipeline }
+
+// DifferConsumer is the durable consumer of a pipeline's differ.
+func DifferConsumer(pipeline string) string { return "differ-" + pipeline }
 
 // StateBucket is the KV bucket holding reader positions and leases.
 const StateBucket = "ONEWAY_STATE"
@@ -66,6 +107,15 @@ func CaptureObjects(pipeline, side string) []string {
 	return []string{CaptureObject(pipeline, side, "hashes"), CaptureObject(pipeline, side, "overlap")}
 }
 
+// StageColumnsKey is the state key holding the owned columns (names,
+// types, key flags) of the rows the stager stages, in stage order: the
+// differ builds its pushes with them.
+func StageColumnsKey(pipeline string) string { return pipeline + ".stage.columns" }
+
+// BreakerKey is the state key of the deletes the differ pushed to a target
+// in the mass-delete breaker's current window.
+func BreakerKey(pipeline, target string) string { return pipeline + ".differ." + target + ".deletes" }
+
 // ReaderLeaseKey is the state key of the lease that makes one reader of a
 // pipeline side active.
 func ReaderLeaseKey(pipeline, side string) string { return pipeline + ".reader." + side + ".lease" }
@@ -82,6 +132,10 @@ const (
 	// HeaderRetryOf names the dead letter (its DLQ stream sequence) that a
 	// message on a retry subject re-drives.
 	HeaderRetryOf = "Oneway-Retry-Of"
+	// HeaderAsPushed ("true") marks an applied report whose every change
+	// left the target exactly as pushed: the stager stages it but need not
+	// hand its keys to the differ, which decided that state already.
+	HeaderAsPushed = "Oneway-As-Pushed"
 )
 
 // IdempotencyKey is the idempotency key of one change of a target: the

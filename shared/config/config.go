@@ -41,6 +41,12 @@ type Pipeline struct {
 	Source Source `yaml:"source"`
 	// Targets receive the changes; at least one, with unique names.
 	Targets []Target `yaml:"targets"`
+	// Mode is the push mode: "direct" (default: writers apply the source's
+	// changes as they come) or "staged" (both sides are staged, and a differ
+	// decides what each target needs; see Stage).
+	Mode string `yaml:"mode"`
+	// Stage configures the stage store and the differ of staged mode.
+	Stage Stage `yaml:"stage"`
 	// Admin configures the admin HTTP endpoint.
 	Admin Admin `yaml:"admin"`
 	// Production refuses insecure settings: plaintext or unauthenticated
@@ -88,6 +94,21 @@ type TLS struct {
 
 // Enabled reports whether any TLS setting is given.
 func (t TLS) Enabled() bool { return t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" }
+
+// Stage configures staged push: where the stage store lives and how often
+// the differ compares every key.
+type Stage struct {
+	// URL is the PostgreSQL database of the stage store. Empty means the
+	// embedded store (one SQLite file under `oneway up`'s --data-dir),
+	// which only `oneway up` supports.
+	URL Secret `yaml:"url"`
+	// Schema holds the stage tables in URL's database. Default
+	// "oneway_stage".
+	Schema string `yaml:"schema"`
+	// ScanInterval is how often the differ joins every key, not only the
+	// keys the stager hands it (it also does at start). Default 5m; >= 1s.
+	ScanInterval Duration `yaml:"scan_interval"`
+}
 
 // Admin configures the admin HTTP endpoint.
 type Admin struct {
@@ -233,8 +254,23 @@ type Target struct {
 	// and only if Delete is "soft".
 	SoftDeleteColumn string `yaml:"soft_delete_column"`
 	// Orphans is what happens to target rows missing at the source:
-	// "keep" (default), "delete" or "report".
+	// "keep" (default), "delete" or "report". Staged mode acts on it.
 	Orphans string `yaml:"orphans"`
+	// RecreateDeleted (staged mode): a record deleted in the target (by
+	// someone else) while the source still has it is inserted again.
+	// Default false: it stays deleted until the source changes it.
+	RecreateDeleted bool `yaml:"recreate_deleted"`
+	// MaxPushesPerVersion (staged mode) bounds how often the differ pushes
+	// one source version of a key to a target that does not converge (it
+	// trims or rounds the value); then it stops and reports the key.
+	// Default 3; 1..1000.
+	MaxPushesPerVersion int `yaml:"max_pushes_per_version"`
+	// Breaker (staged mode) is the mass-delete circuit breaker.
+	Breaker Breaker `yaml:"breaker"`
+	// Readback (staged mode) reads the target back, so that hand edits,
+	// deletions and orphans in it are seen. Absent: the differ knows the
+	// target only from what the writers report.
+	Readback *Readback `yaml:"readback,omitempty"`
 	// LedgerSchema is the schema of the writer's bookkeeping tables.
 	// Default "oneway".
 	LedgerSchema string `yaml:"ledger_schema"`
@@ -250,6 +286,31 @@ type Target struct {
 	NATS NATSTarget `yaml:"nats,omitempty"`
 	// Kafka configures a target of kind "kafka".
 	Kafka KafkaTarget `yaml:"kafka,omitempty"`
+}
+
+// Breaker holds back deletes that would remove a large share of a target,
+// until an operator approves them (`oneway approve`).
+type Breaker struct {
+	// MaxDeleteShare is the share of the target's records that may be
+	// deleted within Window without approval. Default 0.1; in (0, 1].
+	MaxDeleteShare float64 `yaml:"max_delete_share"`
+	// Allow turns the breaker off: deletes never wait for approval.
+	Allow bool `yaml:"allow"`
+	// Window is the period over which deletes are counted. Default 1h.
+	Window Duration `yaml:"window"`
+}
+
+// Readback reads a target back into the stage, like a reader reads the
+// source: the target table, its owned columns (source.columns), with a
+// capture pattern that sees deletions.
+type Readback struct {
+	// Pattern is the capture pattern. Default and only value: "synthetic"
+	// (a full read each cycle compared with the previous one).
+	Pattern string `yaml:"pattern"`
+	// PollInterval is the time between reads. Default 30s; > 0.
+	PollInterval Duration `yaml:"poll_interval"`
+	// BatchSize is the rows per message. Default 1000; 1..100000.
+	BatchSize int `yaml:"batch_size"`
 }
 
 // NATSTarget configures a NATS subject as a target.
@@ -334,6 +395,9 @@ type WriterOptions struct {
 func (t *Target) CreatesTable() bool {
 	return t.CreateTable == nil || *t.CreateTable
 }
+
+// Staged reports whether the pipeline runs in staged mode.
+func (p *Pipeline) Staged() bool { return p.Mode == ModeStaged }
 
 // Target returns the target with the given name.
 func (p *Pipeline) Target(name string) (*Target, bool) {

@@ -98,6 +98,12 @@ func (p *Pipeline) validateProduction(c *checker) {
 	if p.Source.Kind == KindKafka {
 		c.add("source.kafka.brokers", "the kafka source has no TLS support yet; production mode refuses it")
 	}
+	if p.Staged() {
+		if p.Stage.URL == "" {
+			c.add("stage.url", "production mode needs a PostgreSQL stage: the embedded one is a file on one machine")
+		}
+		checkPG("stage.url", p.Stage.URL)
+	}
 	for i := range p.Targets {
 		t := &p.Targets[i]
 		path := indexPath("targets", i)

@@ -30,6 +30,20 @@ const (
 	defaultAckWait         = 10 * time.Second
 	defaultFetchBatch      = 8
 	defaultWALBudget       = 10 << 30
+	defaultMode            = ModeDirect
+	defaultStageSchema     = "oneway_stage"
+	defaultScanInterval    = 5 * time.Minute
+	defaultMaxPushes       = 3
+	defaultMaxDeleteShare  = 0.1
+	defaultBreakerWindow   = time.Hour
+	defaultReadbackPattern = PatternSynthetic
+	defaultReadbackPoll    = 30 * time.Second
+)
+
+// Push modes.
+const (
+	ModeDirect = "direct"
+	ModeStaged = "staged"
 )
 
 // Capture patterns.
@@ -126,6 +140,16 @@ func (p *Pipeline) applyDefaults(pos *positions) {
 		p.NATS.DuplicateWindow = Duration{defaultDuplicateWindow}
 	}
 
+	if unset("mode") {
+		p.Mode = defaultMode
+	}
+	if unset("stage.schema") {
+		p.Stage.Schema = defaultStageSchema
+	}
+	if unset("stage.scan_interval") {
+		p.Stage.ScanInterval = Duration{defaultScanInterval}
+	}
+
 	c := &p.Source.Capture
 	if unset("source.capture.pattern") {
 		c.Pattern = defaultPattern
@@ -202,6 +226,26 @@ func (p *Pipeline) applyDefaults(pos *positions) {
 				h.Concurrency = 1
 			}
 		}
+		if unset(prefix + "max_pushes_per_version") {
+			t.MaxPushesPerVersion = defaultMaxPushes
+		}
+		if unset(prefix + "breaker.max_delete_share") {
+			t.Breaker.MaxDeleteShare = defaultMaxDeleteShare
+		}
+		if unset(prefix + "breaker.window") {
+			t.Breaker.Window = Duration{defaultBreakerWindow}
+		}
+		if rb := t.Readback; rb != nil {
+			if unset(prefix + "readback.pattern") {
+				rb.Pattern = defaultReadbackPattern
+			}
+			if unset(prefix + "readback.poll_interval") {
+				rb.PollInterval = Duration{defaultReadbackPoll}
+			}
+			if unset(prefix + "readback.batch_size") {
+				rb.BatchSize = defaultBatchSize
+			}
+		}
 		w := &t.Writer
 		if unset(prefix + "writer.workers") {
 			w.Workers = defaultWorkers
@@ -275,6 +319,8 @@ func (p *Pipeline) validate(pos *positions) error {
 		names[t.Name] = i
 	}
 
+	p.validateMode(c)
+
 	if p.Admin.Addr != "" {
 		if err := validAddr(p.Admin.Addr); err != nil {
 			c.add("admin.addr", "%v", err)
@@ -282,6 +328,63 @@ func (p *Pipeline) validate(pos *positions) error {
 	}
 	p.validateProduction(c)
 	return errors.Join(c.errs...)
+}
+
+// validateMode checks the push mode and, in staged mode, what staged push
+// needs of the source, the stage and each target.
+func (p *Pipeline) validateMode(c *checker) {
+	switch p.Mode {
+	case ModeDirect:
+		return
+	case ModeStaged:
+	default:
+		c.add("mode", "must be %s or %s, got %q", ModeDirect, ModeStaged, p.Mode)
+		return
+	}
+	if len(p.Source.Columns) == 0 {
+		c.add("source.columns", "required in staged mode: the owned columns, which the stage keeps and the target's read-back reads")
+	}
+	if err := ValidIdentifier(p.Stage.Schema); err != nil {
+		c.add("stage.schema", "%v", err)
+	}
+	if p.Stage.ScanInterval.Duration < time.Second {
+		c.add("stage.scan_interval", "must be >= 1s, got %s", p.Stage.ScanInterval)
+	}
+	for i := range p.Targets {
+		t := &p.Targets[i]
+		field := func(name string) string { return indexPath("targets", i) + "." + name }
+		if t.Kind != "" && t.Kind != KindPostgres && slices.Contains(targetKinds, t.Kind) {
+			c.add(field("kind"), "staged mode supports postgres targets only (yet), got %q", t.Kind)
+		}
+		if t.Orphans == "delete" && t.Delete == "none" {
+			c.add(field("orphans"), `"delete" needs a delete policy that deletes (hard or soft), but delete is "none"`)
+		}
+	}
+}
+
+// validateStaged checks the target settings of staged push (in either
+// mode: a value is wrong or right whatever the mode).
+func (t *Target) validateStaged(c *checker, field func(string) string) {
+	if t.MaxPushesPerVersion < 1 || t.MaxPushesPerVersion > 1000 {
+		c.add(field("max_pushes_per_version"), "must be between 1 and 1000, got %d", t.MaxPushesPerVersion)
+	}
+	if b := t.Breaker; b.MaxDeleteShare <= 0 || b.MaxDeleteShare > 1 {
+		c.add(field("breaker.max_delete_share"), "must be > 0 and <= 1, got %g", b.MaxDeleteShare)
+	}
+	if t.Breaker.Window.Duration <= 0 {
+		c.add(field("breaker.window"), "must be > 0, got %s", t.Breaker.Window)
+	}
+	if rb := t.Readback; rb != nil {
+		if rb.Pattern != PatternSynthetic {
+			c.add(field("readback.pattern"), "must be %s (a read-back must see deletions), got %q", PatternSynthetic, rb.Pattern)
+		}
+		if rb.PollInterval.Duration <= 0 {
+			c.add(field("readback.poll_interval"), "must be > 0, got %s", rb.PollInterval)
+		}
+		if rb.BatchSize < 1 || rb.BatchSize > 100_000 {
+			c.add(field("readback.batch_size"), "must be between 1 and 100000, got %d", rb.BatchSize)
+		}
+	}
 }
 
 func (n *NATS) validate(c *checker) {
@@ -569,6 +672,8 @@ func (t *Target) validate(c *checker, path string, src *Source) {
 	if err := ValidIdentifier(t.LedgerSchema); err != nil {
 		c.add(field("ledger_schema"), "%v", err)
 	}
+
+	t.validateStaged(c, field)
 
 	w := &t.Writer
 	if w.Workers < 1 || w.Workers > 64 {

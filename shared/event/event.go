@@ -203,3 +203,14 @@ func SanitizeHeader(s string) string {
 	s = strings.ReplaceAll(s, "\r", " ")
 	return strings.ReplaceAll(s, "\n", " ")
 }
+
+// VersionIndexBits is how many low bits of a version hold the change's
+// index in its message.
+const VersionIndexBits = 20
+
+// Version is the version of change index of a message read at stream
+// sequence seq: seq<<20 | index. Every service that fences or orders
+// changes by the stream uses it (the writer's ledger, the stage store), so
+// versions from different subjects of one pipeline's stream compare by
+// publish order.
+func Version(seq uint64, index int) int64 { return int64(seq<<VersionIndexBits | uint64(index)) }

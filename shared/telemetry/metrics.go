@@ -43,6 +43,13 @@ type Metrics struct {
 	ReaderPosition *prometheus.GaugeVec // {pipeline}
 	// DeadLetters counts events sent to the dead-letter stream.
 	DeadLetters *prometheus.CounterVec // {pipeline,target}
+	// DifferDecisions counts the differ's decisions per key, by action
+	// (insert, update, delete, orphan_delete, orphan_report, orphan_kept,
+	// kept_deleted, delete_skipped, unchanged, stuck, held).
+	DifferDecisions *prometheus.CounterVec // {pipeline,target,action}
+	// BreakerHeld is 1 while the mass-delete breaker holds a target's
+	// deletes, else 0.
+	BreakerHeld *prometheus.GaugeVec // {pipeline,target}
 	// BuildInfo is always 1; its labels carry the build.
 	BuildInfo *prometheus.GaugeVec // {version,commit,go_version}
 	// CDCSlotLag is the WAL between the source's current position and what
@@ -91,6 +98,14 @@ func NewMetrics(version, commit string) *Metrics {
 			Name: "oneway_dead_letters_total",
 			Help: "Events sent to the dead-letter stream, by pipeline and target.",
 		}, []string{"pipeline", "target"}),
+		DifferDecisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "oneway_differ_decisions_total",
+			Help: "Keys the differ decided on, by pipeline, target and action (insert, update, delete, orphan_delete, orphan_report, orphan_kept, kept_deleted, delete_skipped, unchanged, stuck, held).",
+		}, []string{"pipeline", "target", "action"}),
+		BreakerHeld: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "oneway_breaker_held",
+			Help: "1 while the mass-delete breaker holds a target's deletes until `oneway approve`, else 0.",
+		}, []string{"pipeline", "target"}),
 		BuildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "oneway_build_info",
 			Help: "Always 1; labels describe the running build.",
@@ -118,6 +133,8 @@ func NewMetrics(version, commit string) *Metrics {
 		m.BackfillRows,
 		m.ReaderPosition,
 		m.DeadLetters,
+		m.DifferDecisions,
+		m.BreakerHeld,
 		m.BuildInfo,
 		m.CDCSlotLag,
 		m.CDCSlotRetained,

@@ -4,8 +4,10 @@
 // Workload initial_load_direct: N invoices rows synced into an empty target
 // by `oneway up --exit-when-synced`, against the reference
 // `psql \copy … to stdout | psql \copy … from stdin` between the same two
-// databases. It prints a table and appends one JSON line per workload to
-// -out.
+// databases. Workload initial_load_staged: the same rows through staged
+// push (stager, embedded stage, differ, writer with applied reports) into
+// another empty target. It prints a table and appends one JSON line per
+// workload to -out.
 package main
 
 import (
@@ -51,7 +53,9 @@ func main() {
 	ctx := context.Background()
 
 	src, dst, ref := dbURL(*base, "oneway_bench_src"), dbURL(*base, "oneway_bench_dst"), dbURL(*base, "oneway_bench_ref")
-	for _, name := range []string{"oneway_bench_src", "oneway_bench_dst", "oneway_bench_ref"} {
+	stagedDst := dbURL(*base, "oneway_bench_staged")
+	dbs := []string{"oneway_bench_src", "oneway_bench_dst", "oneway_bench_ref", "oneway_bench_staged"}
+	for _, name := range dbs {
 		must(exec1(ctx, *base, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)", "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()))
 	}
 	const ddl = `CREATE TABLE public.invoices (id bigint PRIMARY KEY, customer text, amount numeric(12,2), status text, note text, updated_at timestamptz NOT NULL DEFAULT now())`
@@ -101,12 +105,31 @@ targets:
     kind: postgres
     url: %q
 `, src, dst)), 0o600))
+	stagedCfg := filepath.Join(dir, "bench-staged.yaml")
+	must(os.WriteFile(stagedCfg, []byte(fmt.Sprintf(`pipeline: bench_staged
+mode: staged
+source:
+  kind: postgres
+  url: %q
+  table: public.invoices
+  key: [id]
+  columns: [id, customer, amount, status, note, updated_at]
+  capture:
+    pattern: watermark
+    column: updated_at
+targets:
+  - name: pg
+    kind: postgres
+    url: %q
+`, src, stagedDst)), 0o600))
 	must(exec1(ctx, *base, "CHECKPOINT"))
-	runUp := func(workload string, n int) result {
+	// runPipeline runs `oneway up --exit-when-synced` on a config, then
+	// verify, and measures it against the reference.
+	runPipeline := func(workload, cfg, dataDir string, n int) result {
 		must(exec1(ctx, *base, "CHECKPOINT"))
 		log.Printf("%s: oneway up --exit-when-synced …", workload)
 		t0 := time.Now()
-		up := exec.CommandContext(ctx, *bin, "up", "--config", cfg, "--exit-when-synced", "--data-dir", filepath.Join(dir, "data"), "--log-level", *logLevel)
+		up := exec.CommandContext(ctx, *bin, "up", "--config", cfg, "--exit-when-synced", "--data-dir", dataDir, "--log-level", *logLevel)
 		up.Stdout, up.Stderr = os.Stderr, os.Stderr
 		if err := up.Run(); err != nil {
 			log.Fatalf("oneway up: %v", err)
@@ -123,7 +146,11 @@ targets:
 			Ratio:     round(float64(n) / sec / (float64(*rows) / refSec)),
 			PeakRSSMB: round(rss), Commit: commit(), At: time.Now().UTC().Format(time.RFC3339)}
 	}
+	runUp := func(workload string, n int) result { return runPipeline(workload, cfg, filepath.Join(dir, "data"), n) }
 	results := []result{runUp("initial_load_direct", *rows)}
+	// Staged push: every row is staged twice (source, then the writer's
+	// report of the target) and joined once by the differ.
+	results = append(results, runPipeline("initial_load_staged", stagedCfg, filepath.Join(dir, "data-staged"), *rows))
 	// Incremental: a fifth of the rows change at the source; they take the
 	// fenced (ledger-checked upsert) path. The reference is the same COPY
 	// pipe rate: what PostgreSQL moves when nothing is checked.
@@ -143,7 +170,7 @@ targets:
 		must(err)
 	}
 	must(f.Close())
-	for _, name := range []string{"oneway_bench_src", "oneway_bench_dst", "oneway_bench_ref"} {
+	for _, name := range dbs {
 		_ = exec1(ctx, *base, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)")
 	}
 }

@@ -14,8 +14,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/spf13/cobra"
 
+	differapp "github.com/oneway-sync/oneway/services/differ/app"
 	"github.com/oneway-sync/oneway/services/oneway/internal/status"
 	readerapp "github.com/oneway-sync/oneway/services/reader/app"
+	stagerapp "github.com/oneway-sync/oneway/services/stager/app"
 	writerapp "github.com/oneway-sync/oneway/services/writer/app"
 	"github.com/oneway-sync/oneway/shared/bus"
 	"github.com/oneway-sync/oneway/shared/cli"
@@ -23,6 +25,8 @@ import (
 	"github.com/oneway-sync/oneway/shared/natsbus"
 	"github.com/oneway-sync/oneway/shared/natsbus/natsembed"
 	"github.com/oneway-sync/oneway/shared/runner"
+	"github.com/oneway-sync/oneway/shared/stage"
+	"github.com/oneway-sync/oneway/shared/stage/stagedb"
 	"github.com/oneway-sync/oneway/shared/telemetry"
 )
 
@@ -41,9 +45,11 @@ func upCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Run every service of a pipeline in one process",
-		Long: `up runs the reader and one writer per target in this process. When the
-config names no NATS URL it starts an embedded NATS JetStream server that
-stores under --data-dir; a restart with the same directory resumes.`,
+		Long: `up runs the reader and one writer per target in this process, and in
+staged mode (mode: staged) the stager and the differ too. When the config
+names no NATS URL it starts an embedded NATS JetStream server that stores
+under --data-dir; with no stage.url, the stage is a SQLite file there too.
+A restart with the same directory resumes.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := o.Load()
@@ -58,7 +64,7 @@ stores under --data-dir; a restart with the same directory resumes.`,
 		},
 	}
 	o.Bind(cmd)
-	cmd.Flags().StringVar(&o.dataDir, "data-dir", "./data", "where the embedded NATS server stores its streams")
+	cmd.Flags().StringVar(&o.dataDir, "data-dir", "./data", "where the embedded NATS server stores its streams (and the embedded stage its file)")
 	cmd.Flags().StringVar(&o.adminAddr, "admin-addr", "", "serve the status page, /status.json, /healthz, /readyz and /metrics here (default: the config's admin.addr, else "+defaultAdminAddr+"; \"off\" disables)")
 	cmd.Flags().IntVar(&o.natsPort, "nats-port", -1, "port of the embedded NATS server (-1: any free port)")
 	cmd.Flags().BoolVar(&o.exitWhenSynced, "exit-when-synced", false, "exit 0 once every target has applied everything the reader found up to then")
@@ -102,6 +108,15 @@ func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.
 		return err
 	}
 	defer b.Close()
+	// The stream and the state bucket once, before the components ensure
+	// them again (a no-op then): several creating them at once is the
+	// server's least-trodden path.
+	if _, err := b.EnsureStream(ctx, natsbus.PipelineStream(cfg)); err != nil {
+		return err
+	}
+	if _, err := b.StateKV(ctx, cfg.NATS.Replicas); err != nil {
+		return err
+	}
 
 	metrics := telemetry.NewMetrics(cli.Version, cli.Commit())
 	health := telemetry.NewHealth()
@@ -127,6 +142,32 @@ func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.
 		readerReady()
 		caught.set(seq)
 	}
+	var store stage.Store
+	var scans scanCount
+	if cfg.Staged() {
+		var err error
+		if store, err = stagedb.Open(ctx, cfg, o.dataDir, 8); err != nil {
+			return fmt.Errorf("open the stage: %w", err)
+		}
+		defer store.Close()
+		st, err := stagerapp.New(cfg, b, store, log, metrics)
+		if err != nil {
+			return err
+		}
+		st.OnReady, _ = health.Register("stager")
+		df, err := differapp.New(cfg, b, store, log, metrics)
+		if err != nil {
+			return err
+		}
+		df.OnReady, _ = health.Register("differ")
+		df.OnScanned = scans.add
+		components = append(components, st, df)
+		for _, t := range cfg.Targets {
+			if t.Readback != nil {
+				log.Warn("target read-back is configured but not run by this build yet: the differ knows the target from the writers' reports only", "target", t.Name)
+			}
+		}
+	}
 	for _, t := range cfg.Targets {
 		w, err := writerapp.New(cfg, t.Name, b, log, metrics)
 		if err != nil {
@@ -143,7 +184,13 @@ func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.
 	var synced bool
 	if o.exitWhenSynced {
 		components = append(components, runner.Func("sync-watch", func(ctx context.Context) error {
-			ok, err := waitSynced(ctx, b, cfg, &caught, log)
+			wait := waitSynced
+			if cfg.Staged() {
+				wait = func(ctx context.Context, b *natsbus.Bus, cfg *config.Pipeline, c *caughtUp, log *slog.Logger) (bool, error) {
+					return waitStagedSynced(ctx, b, cfg, c, &scans, store, log)
+				}
+			}
+			ok, err := wait(ctx, b, cfg, &caught, log)
 			if err != nil {
 				return err
 			}
@@ -233,14 +280,22 @@ func checkDeadLetters(ctx context.Context, b *natsbus.Bus, cfg *config.Pipeline,
 		return fmt.Errorf("count dead letters: %w", err)
 	}
 	var total uint64
+	subjects := map[string]string{}
 	for _, t := range cfg.Targets {
-		info, err := st.Info(ctx, jetstream.WithSubjectFilter(bus.DLQSubject(cfg.Pipeline, t.Name)))
+		subjects[bus.DLQSubject(cfg.Pipeline, t.Name)] = t.Name
+	}
+	if cfg.Staged() {
+		subjects[bus.StagerDLQSubject(cfg.Pipeline)] = "_stager"
+		subjects[bus.DifferDLQSubject(cfg.Pipeline)] = "_differ"
+	}
+	for subject, name := range subjects {
+		info, err := st.Info(ctx, jetstream.WithSubjectFilter(subject))
 		if err != nil {
 			return fmt.Errorf("count dead letters: %w", err)
 		}
-		n := info.State.Subjects[bus.DLQSubject(cfg.Pipeline, t.Name)]
+		n := info.State.Subjects[subject]
 		if n > 0 {
-			log.Error("target has dead letters", "target", t.Name, "subject", bus.DLQSubject(cfg.Pipeline, t.Name), "count", n)
+			log.Error("target has dead letters", "target", name, "subject", subject, "count", n)
 		}
 		total += n
 	}

@@ -60,16 +60,26 @@ func New(cfg *config.Pipeline, target string, b *natsbus.Bus, log *slog.Logger, 
 func (w *Writer) Name() string { return "writer-" + w.target.Name }
 
 // ConsumerSpec is the durable consumer the writers of a target share. It
-// receives the pipeline's changes and the target's re-driven dead letters
-// (`oneway dlq retry`).
+// receives the pipeline's changes (in staged mode, the differ's pushes to
+// the target instead of the source's changes) and the target's re-driven
+// dead letters (`oneway dlq retry`).
 func ConsumerSpec(cfg *config.Pipeline, t config.Target) natsbus.ConsumerSpec {
 	return natsbus.ConsumerSpec{
 		Stream:         bus.StreamName(cfg.Pipeline),
 		Durable:        bus.WriterConsumer(cfg.Pipeline, t.Name),
-		FilterSubjects: []string{bus.SourceSubject(cfg.Pipeline), bus.RetrySubject(cfg.Pipeline, t.Name)},
+		FilterSubjects: []string{ChangesSubject(cfg, t.Name), bus.RetrySubject(cfg.Pipeline, t.Name)},
 		AckWait:        t.Writer.AckWait.Duration,
 		MaxAckPending:  max(t.Writer.Workers*t.Writer.FetchBatch*2, 64),
 	}
+}
+
+// ChangesSubject is the subject a target's writers apply: the source's in
+// direct mode, the target's push subject in staged mode.
+func ChangesSubject(cfg *config.Pipeline, target string) string {
+	if cfg.Staged() {
+		return bus.PushSubject(cfg.Pipeline, target)
+	}
+	return bus.SourceSubject(cfg.Pipeline)
 }
 
 // openTarget connects to the target of the configured kind. close releases
@@ -117,7 +127,7 @@ func (w *Writer) newTarget(ctx context.Context, pool *pgxpool.Pool) (target.Writ
 			Pipeline: w.cfg.Pipeline, Target: t.Name,
 			Table: pgconn.Table{Schema: schema, Name: table}, CreateTable: t.CreatesTable(),
 			Delete: pgtarget.DeletePolicy(t.Delete), SoftDeleteColumn: t.SoftDeleteColumn,
-			LedgerSchema: t.LedgerSchema,
+			LedgerSchema: t.LedgerSchema, Staged: w.cfg.Staged(),
 		}, w.log)
 		return tg, noop, err
 	case config.KindSQLite:
@@ -224,6 +234,9 @@ func (w *Writer) Run(ctx context.Context) error {
 		return fmt.Errorf("open target %s: %w", w.target.Name, err)
 	}
 	defer closeTarget()
+	if r, ok := tgt.(target.Reporter); w.cfg.Staged() && (!ok || !r.Reports()) {
+		return errs.Permanentf("target %s (%s) cannot report what it applied, which staged mode needs", w.target.Name, w.target.Kind)
+	}
 	if _, err := w.bus.EnsureStream(ctx, natsbus.PipelineStream(w.cfg)); err != nil {
 		return err
 	}
@@ -235,7 +248,11 @@ func (w *Writer) Run(ctx context.Context) error {
 		w.OnReady()
 	}
 	w.log.Info("writer consuming", "consumer", bus.WriterConsumer(w.cfg.Pipeline, w.target.Name), "workers", w.target.Writer.Workers)
-	h := &handler{w: w, tgt: tgt, retrySubject: bus.RetrySubject(w.cfg.Pipeline, w.target.Name)}
+	h := &handler{w: w, tgt: tgt, retrySubject: bus.RetrySubject(w.cfg.Pipeline, w.target.Name),
+		changesSubject: ChangesSubject(w.cfg, w.target.Name)}
+	if w.cfg.Staged() {
+		h.appliedSubject = bus.AppliedSubject(w.cfg.Pipeline, w.target.Name)
+	}
 	return w.bus.ConsumeBatches(ctx, cons, h.handle, natsbus.ConsumeOptions{
 		Workers: w.target.Writer.Workers, FetchBatch: w.target.Writer.FetchBatch,
 		MaxAttempts: w.target.Writer.MaxAttempts, AckWait: w.target.Writer.AckWait.Duration,
@@ -254,6 +271,12 @@ type handler struct {
 	w            *Writer
 	tgt          target.Writer
 	retrySubject string
+	// changesSubject is what the writer applies (source or push); a retry
+	// names it as its original subject.
+	changesSubject string
+	// appliedSubject receives the applied reports in staged mode ("" in
+	// direct mode).
+	appliedSubject string
 }
 
 // handle applies a group of messages in one target transaction (several
@@ -316,8 +339,12 @@ func (h *handler) handleGroup(ctx context.Context, msgs []jetstream.Msg) error {
 // published at. A retry without a valid one cannot be fenced: permanent.
 func (h *handler) originalSequence(msg jetstream.Msg, meta *jetstream.MsgMetadata) (uint64, error) {
 	hdr := msg.Headers()
-	if subj := hdr.Get(bus.HeaderSubject); subj != "" && subj != bus.SourceSubject(h.w.cfg.Pipeline) {
-		return 0, errs.Permanentf("retry stream seq %d: original subject %q is not the pipeline's source subject", meta.Sequence.Stream, subj)
+	// The source's and the target's push subject: both carry changes
+	// versioned by their stream sequence (a pipeline may have switched
+	// modes since the change was dead-lettered).
+	if subj := hdr.Get(bus.HeaderSubject); subj != "" && subj != bus.SourceSubject(h.w.cfg.Pipeline) &&
+		subj != bus.PushSubject(h.w.cfg.Pipeline, h.w.target.Name) {
+		return 0, errs.Permanentf("retry stream seq %d: original subject %q is neither the pipeline's source subject nor the target's push subject", meta.Sequence.Stream, subj)
 	}
 	raw := hdr.Get(bus.HeaderSequence)
 	seq, err := strconv.ParseUint(raw, 10, 64)
@@ -391,6 +418,14 @@ func (h *handler) apply(ctx context.Context, items []target.Item, metas []*jetst
 			return err // redelivered; the applied part is fenced by the ledger
 		}
 	}
+	if h.appliedSubject != "" {
+		if err := h.report(ctx, items, res.Applied); err != nil {
+			// Redelivered, and then fenced: this report is lost, and the
+			// differ's next scan pushes the keys again (a push that meets
+			// its own content writes nothing, and is reported).
+			return err
+		}
+	}
 	if m := w.metrics; m != nil {
 		m.EventsProcessed.WithLabelValues("writer", w.cfg.Pipeline, "applied").Add(float64(res.Written + res.Deleted))
 		m.EventsProcessed.WithLabelValues("writer", w.cfg.Pipeline, "skipped").Add(float64(res.Changes - res.Written - res.Deleted - len(res.Failed)))
@@ -434,7 +469,7 @@ func (h *handler) publishDeadLetter(ctx context.Context, data []byte, cause erro
 	headers := map[string]string{
 		bus.HeaderPipeline: w.cfg.Pipeline, bus.HeaderTarget: w.target.Name,
 		bus.HeaderAttempts: strconv.FormatUint(meta.NumDelivered, 10),
-		bus.HeaderSubject:  bus.SourceSubject(w.cfg.Pipeline), bus.HeaderSequence: strconv.FormatUint(orig, 10),
+		bus.HeaderSubject:  h.changesSubject, bus.HeaderSequence: strconv.FormatUint(orig, 10),
 	}
 	if key != "" {
 		headers[bus.HeaderKey] = key

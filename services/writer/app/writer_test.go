@@ -71,3 +71,25 @@ func TestConsumerSpecReceivesRetries(t *testing.T) {
 		t.Fatalf("filters %q %q, want %q", spec.FilterSubject, spec.FilterSubjects, want)
 	}
 }
+
+// In staged mode the writers apply the differ's pushes to their target,
+// not the source; retries come as before, and a retry of a push keeps it.
+func TestStagedWriterConsumesPushes(t *testing.T) {
+	cfg := &config.Pipeline{Pipeline: "p", Mode: config.ModeStaged}
+	spec := ConsumerSpec(cfg, config.Target{Name: "pg"})
+	want := []string{bus.PushSubject("p", "pg"), bus.RetrySubject("p", "pg")}
+	if len(spec.FilterSubjects) != 2 || spec.FilterSubjects[0] != want[0] || spec.FilterSubjects[1] != want[1] {
+		t.Fatalf("filters %q, want %q", spec.FilterSubjects, want)
+	}
+	h := &handler{w: &Writer{cfg: cfg, target: config.Target{Name: "pg"}}}
+	meta := &jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Stream: 100}}
+	for subject, ok := range map[string]bool{bus.PushSubject("p", "pg"): true, bus.SourceSubject("p"): true, bus.PushSubject("p", "other"): false} {
+		hdr := nats.Header{}
+		hdr.Set(bus.HeaderSubject, subject)
+		hdr.Set(bus.HeaderSequence, "42")
+		_, err := h.originalSequence(headerMsg{h: hdr}, meta)
+		if (err == nil) != ok {
+			t.Fatalf("retry of a change from %s: err %v, want ok=%v", subject, err, ok)
+		}
+	}
+}

@@ -174,7 +174,7 @@ func (s *Store) CheckConsumer(ctx context.Context, target string) error {
 func (s *Store) OriginalSequence(ctx context.Context, l Letter) (uint64, error) {
 	source := bus.SourceSubject(s.pipeline)
 	switch l.OriginalSubject {
-	case source:
+	case source, bus.PushSubject(s.pipeline, l.Target):
 		if l.OriginalSeq == 0 {
 			return 0, fmt.Errorf("dead letter %d has no valid %s header: its original version is unknown", l.Seq, bus.HeaderSequence)
 		}
@@ -192,8 +192,11 @@ func (s *Store) OriginalSequence(ctx context.Context, l Letter) (uint64, error) 
 			return 0, fmt.Errorf("dead letter %d came from retry message %d, which names no valid original sequence", l.Seq, l.OriginalSeq)
 		}
 		return orig, nil
+	case bus.StagedSubject(s.pipeline):
+		return 0, fmt.Errorf("dead letter %d is key %s, which the differ stopped pushing to target %s because the target did not converge: fix the target and drop this dead letter; the differ pushes the key again when its source changes",
+			l.Seq, l.Key, l.Target)
 	default:
-		return 0, fmt.Errorf("dead letter %d came from subject %q, not from %s: only source changes can be retried", l.Seq, l.OriginalSubject, source)
+		return 0, fmt.Errorf("dead letter %d came from subject %q, not from %s or the target's push subject: only source changes and pushes can be retried", l.Seq, l.OriginalSubject, source)
 	}
 }
 
@@ -225,7 +228,11 @@ func (s *Store) Retry(ctx context.Context, l Letter) (Retried, error) {
 	m := &nats.Msg{Subject: bus.RetrySubject(s.pipeline, l.Target), Data: l.Data, Header: nats.Header{}}
 	m.Header.Set(bus.HeaderPipeline, s.pipeline)
 	m.Header.Set(bus.HeaderTarget, l.Target)
-	m.Header.Set(bus.HeaderSubject, bus.SourceSubject(s.pipeline))
+	subject := bus.SourceSubject(s.pipeline)
+	if l.OriginalSubject == bus.PushSubject(s.pipeline, l.Target) {
+		subject = l.OriginalSubject // staged mode: a push, versioned on its subject
+	}
+	m.Header.Set(bus.HeaderSubject, subject)
 	m.Header.Set(bus.HeaderSequence, strconv.FormatUint(orig, 10))
 	m.Header.Set(bus.HeaderRetryOf, strconv.FormatUint(l.Seq, 10))
 	if l.Key != "" {

@@ -122,7 +122,11 @@ func (t *Target) bulkInsert(ctx context.Context, p *plan, refs []target.Ref, lay
 	}
 	t.bulkConflicts.Store(0)
 	n := len(refs)
-	return Result{Changes: n, Newer: n, Written: n}, true
+	res := Result{Changes: n, Newer: n, Written: n}
+	if t.spec.Staged {
+		res.Applied = appliedAll(refs)
+	}
+	return res, true
 }
 
 // copyEscape writes s in COPY text format.

@@ -54,6 +54,12 @@ type Spec struct {
 	Delete           DeletePolicy
 	SoftDeleteColumn string
 	LedgerSchema     string
+	// Staged opens the target for staged mode (target.Reporter): a newer
+	// change is written when the row's owned values differ from it, not
+	// when its hash differs from the one last applied, and Apply reports
+	// in Result.Applied what each newer change left in the table, as the
+	// table stored it (RETURNING, after triggers).
+	Staged bool
 }
 
 // Target applies batches to one table. Safe for concurrent use.
@@ -97,8 +103,12 @@ func (t *Target) Scope() int32 { return t.scope }
 
 // plan is the SQL for one column layout.
 type plan struct {
-	ledSQL     string // fences the changes in the ledger, returns the ones to write
-	rowSQL     string // writes those changes to the target
+	ledSQL string // fences the changes in the ledger, returns the ones to write
+	rowSQL string // writes those changes to the target
+	// noBulk keeps the batches of this layout off the bulk path: in staged
+	// mode on a table with BEFORE INSERT row triggers, whose effect only
+	// the fenced path's RETURNING sees.
+	noBulk     bool
 	keyIdx     []int
 	softIsBool bool
 	copyTarget string // COPY statements for the bulk path
@@ -167,6 +177,11 @@ func (t *Target) prepare(ctx context.Context, b *onewayv1.Batch) (*plan, error) 
 		p.softIsBool = sc.Type == "boolean"
 	}
 	p.ledSQL, p.rowSQL = t.buildSQL(b, byName, keyIdx, p.softIsBool)
+	if t.spec.Staged {
+		if p.noBulk, err = t.hasInsertTriggers(ctx); err != nil {
+			return nil, err
+		}
+	}
 	copyCols := event.ColumnNames(b)
 	if t.spec.Delete == DeleteSoft {
 		// The fenced path writes false (or NULL) there; so must COPY.
@@ -318,15 +333,24 @@ func (t *Target) buildSQL(b *onewayv1.Batch, byName map[string]pgconn.Column, ke
 	default:
 		del = "SELECT 1 WHERE false"
 	}
+	// Direct mode: a change is written when its hash differs from the one
+	// last applied, which counts as an apply. Staged mode: every newer
+	// change goes on to the row statement, which writes it only where the
+	// row differs and counts the applies itself.
+	firstApplies, changed, applies := "1", "l.oneway_hash IS DISTINCT FROM excluded.oneway_hash",
+		"l.oneway_applies + CASE WHEN l.oneway_hash IS DISTINCT FROM excluded.oneway_hash THEN 1 ELSE 0 END"
+	if t.spec.Staged {
+		firstApplies, changed, applies = "0", "true", "l.oneway_applies"
+	}
 	ledSQL = fmt.Sprintf(`WITH inc AS (
   SELECT u.ord, u.v, u.h, u.del, %s FROM unnest(%s) WITH ORDINALITY AS u(%s, ord)
 ), led AS (
   INSERT INTO %s AS l (%s, oneway_version, oneway_hash, oneway_changed, oneway_applies)
-  SELECT %s, v, h, true, 1 FROM inc ORDER BY %s
+  SELECT %s, v, h, true, %s FROM inc ORDER BY %s
   ON CONFLICT (%s) DO UPDATE
     SET oneway_version = excluded.oneway_version, oneway_hash = excluded.oneway_hash,
-        oneway_changed = l.oneway_hash IS DISTINCT FROM excluded.oneway_hash,
-        oneway_applies = l.oneway_applies + CASE WHEN l.oneway_hash IS DISTINCT FROM excluded.oneway_hash THEN 1 ELSE 0 END,
+        oneway_changed = %s,
+        oneway_applies = %s,
         oneway_applied_at = now()
     WHERE l.oneway_version < excluded.oneway_version
   RETURNING %s, oneway_changed
@@ -335,9 +359,12 @@ SELECT count(*), coalesce(array_agg(inc.ord ORDER BY inc.ord) FILTER (WHERE led.
 FROM led JOIN inc ON %s`,
 		strings.Join(casts, ", "), strings.Join(unnestArgs, ", "), strings.Join(unnestCols, ", "),
 		t.ledger.Quoted(), strings.Join(keyNames, ", "),
-		strings.Join(incKeys, ", "), strings.Join(incKeys, ", "),
-		strings.Join(keyNames, ", "), strings.Join(keyNames, ", "),
+		strings.Join(incKeys, ", "), firstApplies, strings.Join(incKeys, ", "),
+		strings.Join(keyNames, ", "), changed, applies, strings.Join(keyNames, ", "),
 		strings.Join(ledJoin, " AND "))
+	if t.spec.Staged {
+		return ledSQL, t.stagedRowSQL(cols, byName, keyIdx, casts, unnestArgs, unnestCols, names, sel, set, keyNames, tgtMatch, softIsBool)
+	}
 	rowSQL = fmt.Sprintf(`WITH inc AS (
   SELECT u.v, u.h, u.del, %s FROM unnest(%s) AS u(%s)
 ), del AS (
@@ -365,7 +392,10 @@ type (
 // SameLayout reports whether two batches have the same columns, types and key.
 var SameLayout = target.SameLayout
 
-var _ target.Writer = (*Target)(nil)
+var _ target.Reporter = (*Target)(nil)
+
+// Reports implements target.Reporter.
+func (t *Target) Reports() bool { return t.spec.Staged }
 
 // Apply writes the items' changes in one transaction. Items must share one
 // column layout (same columns, types and key). Change i of an item read at
@@ -387,7 +417,7 @@ func (t *Target) Apply(ctx context.Context, items []Item) (Result, error) {
 		return Result{}, err
 	}
 	refs := target.Collapse(items, p.keyIdx)
-	if t.bulkEligible(items, refs) {
+	if !p.noBulk && t.bulkEligible(items, refs) {
 		if res, ok := t.bulkInsert(ctx, p, refs, first); ok {
 			return res, nil
 		}
@@ -411,6 +441,7 @@ func (t *Target) Apply(ctx context.Context, items []Item) (Result, error) {
 		total.Newer += one.Newer
 		total.Written += one.Written
 		total.Deleted += one.Deleted
+		total.Applied = append(total.Applied, one.Applied...)
 	}
 	return total, nil
 }
@@ -439,6 +470,9 @@ func (t *Target) exec(ctx context.Context, p *plan, layout *onewayv1.Batch, refs
 		rowArgs, err := execArgs(layout, write)
 		if err != nil {
 			return err
+		}
+		if t.spec.Staged {
+			return execStagedRows(ctx, tx, p.rowSQL, rowArgs, write, &res)
 		}
 		var written, deleted int64
 		if err := tx.QueryRow(ctx, p.rowSQL, rowArgs...).Scan(&written, &deleted); err != nil {

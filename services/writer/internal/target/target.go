@@ -44,6 +44,35 @@ type Result struct {
 	// Failed lists changes the target rejected (permanent errors), each
 	// isolated so the rest was applied.
 	Failed []Failure
+	// Applied lists, for a target that reports (see Reporter), every
+	// change newer than what the target had applied and the state it left
+	// the key in. Changes older than the ledger's are not listed.
+	Applied []Applied
+}
+
+// Applied is the state one change left a key in, for the writer's applied
+// report in staged mode.
+type Applied struct {
+	Item, Index int // the change: index into Apply's items, index in that batch
+	Version     int64
+	// Deleted: the key is gone from the target (or soft-deleted).
+	Deleted bool
+	// Row is the owned row as the target stored it (after its triggers),
+	// packed in the batch's column order; the change's own row when the
+	// target already held that content. nil when Deleted.
+	Row []byte
+}
+
+// Reporter is a Writer that can report, in Result.Applied, the state each
+// applied change left in the target, and that writes in staged mode: every
+// change newer than the ledger's is applied when the target's row differs
+// from it (the target's content is compared, not the hash last applied),
+// because the differ pushes exactly what it saw differ in the target, and
+// someone may have changed the row since it was last written.
+type Reporter interface {
+	Writer
+	// Reports reports whether the writer was opened in staged mode.
+	Reports() bool
 }
 
 // Failure is one change the target rejected.
@@ -63,7 +92,7 @@ type Ref struct {
 }
 
 // Version is the fencing version of change index of a message at seq.
-func Version(seq uint64, index int) int64 { return int64(seq<<20 | uint64(index)) }
+func Version(seq uint64, index int) int64 { return event.Version(seq, index) }
 
 // Collapse keeps the newest change of each key across items, sorted by key
 // (a stable lock order keeps concurrent writers from deadlocking).
