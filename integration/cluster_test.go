@@ -16,29 +16,34 @@ import (
 	"github.com/oneway-sync/oneway/shared/testkit/pgtest"
 )
 
-// TestClusterLeaderKilled runs the services as processes against a 3-node
-// NATS JetStream cluster (built nats-server binaries started from
-// deploy/nats/cluster.conf) with R3 streams: a reader and three writers
-// while the source keeps changing. The stream's leader node is killed with
+// TestClusterLeaderKilled runs the services of staged push as processes
+// against a 3-node NATS JetStream cluster (built nats-server binaries
+// started from deploy/nats/cluster.conf) with R3 streams: a reader, a
+// stager, a differ and three writers while the source keeps changing. The stream's leader node is killed with
 // SIGKILL mid-run and restarted later. Every change still arrives exactly
 // as in the source (`verify` 0) and nothing is dead-lettered.
 func TestClusterLeaderKilled(t *testing.T) {
 	cluster := testenv.StartNATSCluster(t)
 	src := testenv.Connect(t, pgtest.NewDatabase(t))
 	dstURL := pgtest.NewDatabase(t)
+	stageURL := pgtest.NewDatabase(t)
 	src.Exec(t, testenv.InvoicesDDL)
 	testenv.SeedInvoices(t, src, 1, 20000)
 
 	cfg := filepath.Join(t.TempDir(), "pipeline.yaml")
 	writeFile(t, cfg, fmt.Sprintf(`pipeline: invoices
+mode: staged
 nats:
   url: %q
   replicas: 3
+stage:
+  url: %q
 source:
   kind: postgres
   url: %q
   table: public.invoices
   key: [id]
+  columns: [id, customer, amount, status, note, updated_at]
   capture:
     column: updated_at
     batch_size: 500
@@ -49,9 +54,11 @@ targets:
     url: %q
     writer:
       ack_wait: 5s
-`, cluster.URLs(), src.URL, dstURL))
+`, cluster.URLs(), stageURL, src.URL, dstURL))
 
 	testenv.Start(t, "reader", "run", "--config", cfg)
+	testenv.Start(t, "stager", "run", "--config", cfg)
+	testenv.Start(t, "differ", "run", "--config", cfg)
 	for range 3 {
 		testenv.Start(t, "writer", "run", "--config", cfg)
 	}

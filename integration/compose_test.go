@@ -24,7 +24,7 @@ import (
 
 // oneway's own services in docker-compose.yml: each is built from its
 // Dockerfile into an image whose entrypoint is the binary of that name.
-var composeServices = []string{"reader", "writer", "oneway"}
+var composeServices = []string{"reader", "stager", "differ", "writer", "oneway"}
 
 func repoRoot() string {
 	_, file, _, _ := runtime.Caller(0)
@@ -68,7 +68,7 @@ func hostPath(svc types.ServiceConfig, inContainer string) string {
 // it mounts, and writers can be scaled.
 func TestComposeFile(t *testing.T) {
 	p := loadCompose(t)
-	for _, name := range []string{"nats", "postgres", "seeder", "reader", "writer", "oneway"} {
+	for _, name := range []string{"nats", "postgres", "seeder", "reader", "stager", "differ", "writer", "oneway"} {
 		if _, err := p.GetService(name); err != nil {
 			t.Errorf("docker-compose.yml: service %s: %v", name, err)
 		}
@@ -144,14 +144,16 @@ func TestComposeFile(t *testing.T) {
 // TestComposeStackAsProcesses runs the compose stack's services as local
 // processes with the compose file's own commands and environment — hosts
 // rewritten to an embedded JetStream and fresh PostgreSQL databases loaded
-// like the postgres container's init script — with three writers, while the
-// demo simulator changes the System of Record; `oneway verify` then exits 0.
+// like the postgres container's init script — in staged mode (reader,
+// stager, differ) with three writers, while the demo simulator changes the
+// System of Record; `oneway verify` then exits 0.
 func TestComposeStackAsProcesses(t *testing.T) {
 	p := loadCompose(t)
 	_, natsURL := bustest.StartJetStream(t)
 	dbs := map[string]string{
 		"oneway_demo_source": pgtest.NewDatabase(t),
 		"oneway_demo_target": pgtest.NewDatabase(t),
+		"oneway_stage":       pgtest.NewDatabase(t),
 	}
 	examples := filepath.Join(repoRoot(), "deploy", "examples")
 	psql(t, dbs["oneway_demo_source"], "-f", filepath.Join(examples, "invoices-source.sql"))
@@ -208,6 +210,8 @@ func TestComposeStackAsProcesses(t *testing.T) {
 		})
 	}
 	start("reader")
+	start("stager")
+	start("differ")
 	for range 3 { // docker compose up --scale writer=3
 		start("writer")
 	}
