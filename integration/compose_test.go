@@ -22,9 +22,13 @@ import (
 	"github.com/oneway-sync/oneway/shared/testkit/pgtest"
 )
 
-// oneway's own services in docker-compose.yml: each is built from its
-// Dockerfile into an image whose entrypoint is the binary of that name.
-var composeServices = []string{"reader", "stager", "differ", "writer", "oneway"}
+// oneway's own services in docker-compose.yml: each is built from a
+// Dockerfile services/<binary>/Dockerfile into an image whose entrypoint is
+// that binary.
+var composeServices = []string{"reader", "stager", "differ", "writer", "status", "oneway"}
+
+// binaryOf is the binary a compose service's image runs.
+func binaryOf(svc types.ServiceConfig) string { return filepath.Base(filepath.Dir(svc.Build.Dockerfile)) }
 
 func repoRoot() string {
 	_, file, _, _ := runtime.Caller(0)
@@ -68,7 +72,7 @@ func hostPath(svc types.ServiceConfig, inContainer string) string {
 // it mounts, and writers can be scaled.
 func TestComposeFile(t *testing.T) {
 	p := loadCompose(t)
-	for _, name := range []string{"nats", "postgres", "seeder", "reader", "stager", "differ", "writer", "oneway"} {
+	for _, name := range []string{"nats", "postgres", "seeder", "reader", "stager", "differ", "writer", "status", "oneway"} {
 		if _, err := p.GetService(name); err != nil {
 			t.Errorf("docker-compose.yml: service %s: %v", name, err)
 		}
@@ -82,13 +86,14 @@ func TestComposeFile(t *testing.T) {
 			if svc.Build == nil {
 				t.Fatal("no build section")
 			}
+			bin := binaryOf(svc)
 			df, err := os.ReadFile(filepath.Join(svc.Build.Context, svc.Build.Dockerfile))
 			if err != nil {
 				t.Fatalf("Dockerfile: %v", err)
 			}
 			for _, want := range []string{
-				"./cmd/" + name, "CGO_ENABLED=0", "USER nonroot",
-				fmt.Sprintf(`ENTRYPOINT ["/usr/local/bin/%s"]`, name),
+				"./cmd/" + bin, "CGO_ENABLED=0", "USER nonroot",
+				fmt.Sprintf(`ENTRYPOINT ["/usr/local/bin/%s"]`, bin),
 			} {
 				if !strings.Contains(string(df), want) {
 					t.Errorf("%s lacks %q", svc.Build.Dockerfile, want)
@@ -99,17 +104,19 @@ func TestComposeFile(t *testing.T) {
 			}
 			// cobra parses flags before it prints help: an unknown
 			// subcommand or flag fails here.
-			if r := testenv.Run(t, time.Minute, name, append(slices.Clone([]string(svc.Command)), "--help")...); r.Code != 0 {
-				t.Errorf("%s %v is not a valid command line: %s", name, svc.Command, r.Stderr)
+			if r := testenv.Run(t, time.Minute, bin, append(slices.Clone([]string(svc.Command)), "--help")...); r.Code != 0 {
+				t.Errorf("%s %v is not a valid command line: %s", bin, svc.Command, r.Stderr)
 			}
-			if name != "oneway" {
+			if name != "oneway" { // the CLI's one-off container has no healthcheck
 				hc := svc.HealthCheck
-				if hc == nil || len(hc.Test) < 3 || hc.Test[1] != "/usr/local/bin/"+name {
+				if hc == nil || len(hc.Test) < 3 || hc.Test[1] != "/usr/local/bin/"+bin {
 					t.Fatalf("healthcheck must run the service's own binary, got %+v", hc)
 				}
-				if r := testenv.Run(t, time.Minute, name, append(slices.Clone([]string(hc.Test[2:])), "--help")...); r.Code != 0 {
+				if r := testenv.Run(t, time.Minute, bin, append(slices.Clone([]string(hc.Test[2:])), "--help")...); r.Code != 0 {
 					t.Errorf("healthcheck %v is not a valid command line: %s", hc.Test, r.Stderr)
 				}
+			}
+			if name != "oneway" && name != "status" {
 				for _, dep := range []string{"nats", "postgres"} {
 					if d, ok := svc.DependsOn[dep]; !ok || d.Condition != types.ServiceConditionHealthy {
 						t.Errorf("depends_on %s: want condition service_healthy, got %+v", dep, d)
@@ -130,7 +137,7 @@ func TestComposeFile(t *testing.T) {
 					t.Setenv(k, *v)
 				}
 			}
-			if r := testenv.Run(t, time.Minute, name, "config", "validate", "--config", path); r.Code != 0 {
+			if r := testenv.Run(t, time.Minute, bin, "config", "validate", "--config", path); r.Code != 0 {
 				t.Errorf("the compose environment does not satisfy %s: %s", path, r.Stderr)
 			}
 		})
@@ -188,26 +195,32 @@ func TestComposeStackAsProcesses(t *testing.T) {
 	}
 	t.Setenv("ONEWAY_LOG_FORMAT", "text")
 
-	start := func(name string) {
+	start := func(name string) string {
 		svc, _ := p.GetService(name)
+		bin := binaryOf(svc)
 		args := slices.Clone([]string(svc.Command))
 		addr := freeAddr(t)
 		for i := range args {
-			if args[i] == "--admin-addr" && i+1 < len(args) {
+			if (args[i] == "--admin-addr" || args[i] == "--serve") && i+1 < len(args) {
 				args[i+1] = addr
 			}
 		}
-		proc := testenv.Start(t, name, args...)
+		proc := testenv.Start(t, bin, args...)
+		probe := "/readyz"
+		if name == "status" {
+			probe = "/healthz"
+		}
 		// The compose healthcheck, pointed at this process's admin port.
 		testenv.WaitFor(t, time.Minute, func() error {
 			if done, code := proc.Exited(); done {
 				t.Fatalf("%s exited with %d:\n%s", name, code, proc.Output())
 			}
-			if r := testenv.Run(t, time.Minute, name, "healthcheck", "--url", "http://"+addr+"/readyz"); r.Code != 0 {
+			if r := testenv.Run(t, time.Minute, bin, "healthcheck", "--url", "http://"+addr+probe); r.Code != 0 {
 				return fmt.Errorf("%s not ready: %s", name, r.Stderr)
 			}
 			return nil
 		})
+		return "http://" + addr
 	}
 	start("reader")
 	start("stager")
@@ -215,6 +228,7 @@ func TestComposeStackAsProcesses(t *testing.T) {
 	for range 3 { // docker compose up --scale writer=3
 		start("writer")
 	}
+	statusURL := start("status")
 
 	seeder, _ := p.GetService("seeder")
 	sim := simulatorSQL(t, hostPath(seeder, "/simulate.sh"))
@@ -224,6 +238,17 @@ func TestComposeStackAsProcesses(t *testing.T) {
 	testenv.WaitFor(t, 2*time.Minute, func() error {
 		if r := testenv.Run(t, time.Minute, "oneway", "verify", "--config", configPath); r.Code != 0 {
 			return fmt.Errorf("verify exit %d: %s%s", r.Code, r.Stdout, r.Stderr)
+		}
+		return nil
+	})
+	// The status service shows the pipeline with the target in sync.
+	testenv.WaitFor(t, time.Minute, func() error {
+		s, err := getStatus(statusURL)
+		if err != nil {
+			return err
+		}
+		if s.Pipeline != "invoices" || len(s.Targets) != 1 || s.Targets[0].LagMessages != 0 {
+			return fmt.Errorf("status: %+v", s)
 		}
 		return nil
 	})

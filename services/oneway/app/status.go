@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -15,19 +16,30 @@ import (
 	"github.com/oneway-sync/oneway/services/oneway/internal/status"
 	"github.com/oneway-sync/oneway/shared/cli"
 	"github.com/oneway-sync/oneway/shared/config"
+	"github.com/oneway-sync/oneway/shared/runner"
+	"github.com/oneway-sync/oneway/shared/telemetry"
 )
 
 func statusCommand() *cobra.Command {
-	var url, configPath string
+	var url, configPath, serve string
 	var asJSON bool
+	var store storeFlags
 	cmd := &cobra.Command{
 		Use:   "status",
 		Short: "Show a running pipeline's status: reader, lag, throughput, dead letters, last errors",
 		Long: `status asks a running "oneway up" for its status (/status.json on its admin
 address) and prints it as a table, or as JSON with --json. The address is
---url, else the config's admin.addr, else ` + defaultAdminAddr + `.`,
+--url, else the config's admin.addr, else ` + defaultAdminAddr + `.
+
+With --serve ADDR it serves the status page and /status.json itself, read
+from the pipeline's NATS server (--config, and --nats-url or the config's
+nats.url): for services run as separate processes or containers, where no
+"oneway up" serves it. Throughput there counts messages, not rows.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if serve != "" {
+				return serveStatus(cmd, configPath, serve, store)
+			}
 			if url == "" {
 				addr := defaultAdminAddr
 				if configPath != "" {
@@ -54,9 +66,44 @@ address) and prints it as a table, or as JSON with --json. The address is
 		},
 	}
 	cmd.Flags().StringVar(&url, "url", "", "base URL of the running oneway's admin server")
-	cmd.Flags().StringVarP(&configPath, "config", "c", "", "pipeline config (for its admin.addr)")
+	cmd.Flags().StringVarP(&configPath, "config", "c", os.Getenv("ONEWAY_CONFIG"), "pipeline config: its admin.addr, or what --serve reads (env ONEWAY_CONFIG)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the status as JSON")
+	cmd.Flags().StringVar(&serve, "serve", "", "serve the status page here (HOST:PORT) from the pipeline's NATS server, until stopped")
+	store.bind(cmd)
 	return cmd
+}
+
+// serveStatus serves the status page of the pipeline in configPath, read
+// from its NATS server, until SIGINT/SIGTERM.
+func serveStatus(cmd *cobra.Command, configPath, addr string, store storeFlags) error {
+	if configPath == "" {
+		return cli.Exit(cli.ExitUsage, fmt.Errorf("--serve needs --config"))
+	}
+	cfg, err := config.Load(configPath)
+	if err != nil {
+		return cli.Exit(cli.ExitUsage, fmt.Errorf("invalid config:\n%w", err))
+	}
+	f := cli.Flags{LogFormat: "auto", LogLevel: "info"}
+	log, err := f.Logger("oneway")
+	if err != nil {
+		return err
+	}
+	log = log.With("pipeline", cfg.Pipeline)
+	ctx, stop := runner.SignalContext(cmd.Context())
+	defer stop()
+	b, closeBus, err := store.connect(ctx, cfg, "oneway-status", log)
+	if err != nil {
+		return err
+	}
+	defer closeBus()
+	srv := telemetry.NewServer(addr, nil, nil, log)
+	collector := status.NewCollector(b, cfg, nil, nil)
+	status.Mount(srv, collector, log)
+	if err := srv.Start(); err != nil {
+		return cli.Exit(cli.ExitUsage, err)
+	}
+	log.Info("status page serving", "url", "http://"+srv.Addr()+"/")
+	return runner.Run(ctx, log, 10*time.Second, srv, collector)
 }
 
 func fetchStatus(ctx context.Context, base string) (status.Snapshot, []byte, error) {
