@@ -28,7 +28,9 @@ import (
 var composeServices = []string{"reader", "stager", "differ", "writer", "status", "oneway"}
 
 // binaryOf is the binary a compose service's image runs.
-func binaryOf(svc types.ServiceConfig) string { return filepath.Base(filepath.Dir(svc.Build.Dockerfile)) }
+func binaryOf(svc types.ServiceConfig) string {
+	return filepath.Base(filepath.Dir(svc.Build.Dockerfile))
+}
 
 func repoRoot() string {
 	_, file, _, _ := runtime.Caller(0)
