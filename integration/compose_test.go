@@ -18,7 +18,6 @@ import (
 	"github.com/compose-spec/compose-go/v2/types"
 
 	"github.com/oneway-sync/oneway/integration/testenv"
-	"github.com/oneway-sync/oneway/shared/natsbus/bustest"
 	"github.com/oneway-sync/oneway/shared/testkit/pgtest"
 )
 
@@ -152,13 +151,15 @@ func TestComposeFile(t *testing.T) {
 
 // TestComposeStackAsProcesses runs the compose stack's services as local
 // processes with the compose file's own commands and environment — hosts
-// rewritten to an embedded JetStream and fresh PostgreSQL databases loaded
+// rewritten to a 3-node JetStream cluster and fresh PostgreSQL databases loaded
 // like the postgres container's init script — in staged mode (reader,
 // stager, differ) with three writers, while the demo simulator changes the
 // System of Record; `oneway verify` then exits 0.
 func TestComposeStackAsProcesses(t *testing.T) {
 	p := loadCompose(t)
-	_, natsURL := bustest.StartJetStream(t)
+	// The compose file's single NATS service becomes a 3-node JetStream
+	// cluster of built nats-server processes (deploy/nats/cluster.conf).
+	natsURL := testenv.StartNATSCluster(t).URLs()
 	dbs := map[string]string{
 		"oneway_demo_source": pgtest.NewDatabase(t),
 		"oneway_demo_target": pgtest.NewDatabase(t),
