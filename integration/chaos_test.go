@@ -1108,9 +1108,19 @@ func chaosStopStage(r *chaosRow) {
 	t.Cleanup(func() { _ = exec.Command("pg_ctlcluster", append(append([]string{}, cluster...), "start")...).Run() })
 	r.fault()
 	pgCtl(t, cluster, "stop", "-m", "immediate")
+	ctx := context.Background()
+	before, err := r.applied(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	time.Sleep(outageLength()) // the outage
+	during, err := r.applied(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	pgCtl(t, cluster, "start")
 	r.heal()
+	r.note("%d changes reached the target while the stage was down (batches already pushed)", during-before)
 	r.finish()
 }
 
