@@ -1078,19 +1078,51 @@ func chaosKillStagerDiffer(r *chaosRow) {
 	r.start("reader", cfg)
 	procs := map[string]*testenv.Proc{"stager": r.start("stager", cfg), "differ": r.start("differ", cfg)}
 	r.start("writer", cfg)
+	consumer := map[string]string{"stager": bus.StagerConsumer(chaosPipeline), "differ": bus.DifferConsumer(chaosPipeline)}
 	r.loaded()
 	for range 2 {
 		for _, svc := range []string{"stager", "differ"} {
-			r.flowing(50)
+			r.working(consumer[svc], 10) // the one started last has taken work
 			time.Sleep(time.Duration(rand.IntN(300)) * time.Millisecond) // a random kill point, not synchronisation
 			r.fault()
 			procs[svc].Kill()
 			procs[svc] = r.start(svc, cfg)
 		}
 	}
-	r.flowing(50) // both restarted ones work
+	r.working(consumer["stager"], 10)
+	r.working(consumer["differ"], 10)
 	r.heal()
+	r.note("the stager and the differ killed twice each, each time once it had taken 10 messages")
 	r.finish()
+}
+
+// working waits until the durable consumer has delivered n more messages
+// than now: its (restarted) service is at work.
+func (r *chaosRow) working(durable string, n uint64) {
+	r.t.Helper()
+	delivered := func(ctx context.Context) (uint64, error) {
+		c, err := r.js.Consumer(ctx, bus.StreamName(chaosPipeline), durable)
+		if err != nil {
+			return 0, err
+		}
+		info, err := c.Info(ctx)
+		if err != nil {
+			return 0, err
+		}
+		return info.Delivered.Consumer, nil
+	}
+	var base uint64
+	r.poll(time.Minute, func(ctx context.Context) (err error) { base, err = delivered(ctx); return })
+	r.poll(time.Minute, func(ctx context.Context) error {
+		d, err := delivered(ctx)
+		if err != nil {
+			return err
+		}
+		if d < base+n {
+			return fmt.Errorf("consumer %s delivered %d of %d messages since", durable, d-base, n)
+		}
+		return nil
+	})
 }
 
 // Row 11: staged push with its stage on the stoppable PostgreSQL cluster,
