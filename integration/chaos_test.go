@@ -1082,7 +1082,8 @@ func chaosKillStagerDiffer(r *chaosRow) {
 	r.loaded()
 	for range 2 {
 		for _, svc := range []string{"stager", "differ"} {
-			r.working(consumer[svc], 10) // the one started last has taken work
+			// The one started last has taken work; kill it at a random point.
+			r.working(consumer[svc], 10)
 			time.Sleep(time.Duration(rand.IntN(300)) * time.Millisecond) // a random kill point, not synchronisation
 			r.fault()
 			procs[svc].Kill()
