@@ -100,6 +100,7 @@ func TestChaos(t *testing.T) {
 		{"3", "kill -9 the reader after publishing, before saving its position (snapshot, watermark)", false, chaosKillReader("2m")},
 		{"3", "the same, republished beyond a 1 s duplicate window", true, chaosKillReader("1s")},
 		{"3", "cdc: kill -9 the reader twice mid-stream (inserts, updates, deletes)", false, chaosKillReaderCDC},
+		{"4", "staged: kill -9 the stager and the differ, twice each, mid-step", true, chaosKillStagerDiffer},
 		{"5", "SIGSTOP each of 2 writers for 2.5× AckWait, then SIGCONT", true, chaosPauseWriters},
 		{"6", "kill -9 the stream leader of a 3-node cluster (R3), restart it", true, chaosKillLeader},
 		{"7", "2 of 3 NATS nodes down for " + outageLength().String(), false, chaosNoQuorum},
@@ -108,6 +109,7 @@ func TestChaos(t *testing.T) {
 		{"9", "client↔NATS connections black-holed for " + outageLength().String(), true, chaosCutNATS(true)},
 		{"10", "writer↔target connections cut for " + outageLength().String(), false, chaosCutTarget},
 		{"10", "target PostgreSQL stopped (-m immediate) for " + outageLength().String(), true, chaosStopTarget},
+		{"11", "staged: the stage PostgreSQL stopped (-m immediate) for " + outageLength().String(), false, chaosStopStage},
 		{"12", "reader↔source connections cut for " + outageLength().String(), false, chaosCutSource(false)},
 		{"12", "cdc: reader↔source connections (replication included) cut for " + outageLength().String(), false, chaosCutSource(true)},
 		{"21", "HTTP target at 2× AckWait per request for " + chaosSlowTarget.String(), true, chaosSlowHTTP},
@@ -157,8 +159,6 @@ recovery s: from the heal to the target holding every change with nothing pendin
 // chaosElsewhere maps the matrix rows TestChaos does not run to the tests
 // that cover them, or says why none does yet.
 var chaosElsewhere = []testenv.ChaosResult{
-	{Row: "4", Fault: "kill -9 stager / differ mid-step", Result: "pending: staged push"},
-	{Row: "11", Fault: "stage PostgreSQL crash mid-transaction", Result: "pending: staged push"},
 	{Row: "13", Fault: "a record the target rejects", Result: "covered by TestRejectedRecordIsDeadLettered, TestPoisonRecordPerKind, TestHTTPRejectionRetriedAfterFix, TestMySQLDataTooLongRetriedAfterFix, TestDeadLetterRetriedAfterFix"},
 	{Row: "14", Fault: "malformed event (bad bytes, unknown version, no key)", Result: "covered by TestRoundTripAndValidate (shared/event: each is a permanent error) and TestConsume (shared/natsbus: a permanent failure is dead-lettered, the others flow); no end-to-end test publishes garbage"},
 	{Row: "15", Fault: "the same event 3× in the window, and after it", Result: "covered by TestPublishFenced, TestPublishAsyncDeduplicates, TestReplayChangesNothing"},
@@ -167,12 +167,12 @@ var chaosElsewhere = []testenv.ChaosResult{
 	{Row: "18", Fault: "clock skew between reader and source", Result: "not automated: the watermark and its bound are read from the source database (TestSafeBound), never from the reader's clock"},
 	{Row: "19", Fault: "source schema change", Result: "not automated yet (README, Known limits, documents the behaviour)"},
 	{Row: "20", Fault: "a consumer or stream deleted by an operator", Result: "covered by TestReplayChangesNothing (consumer); a deleted stream is not automated"},
-	{Row: "23", Fault: "a target that rewrites values on write", Result: "pending: staged push"},
-	{Row: "24", Fault: "a mass delete beyond a configured share", Result: "pending: staged push"},
+	{Row: "23", Fault: "a target that rewrites values on write", Result: "covered by TestStagedTrimmingTargetDoesNotLoop"},
+	{Row: "24", Fault: "a mass delete beyond a configured share", Result: "covered by TestStagedBreakerHoldsMassDelete"},
 	{Row: "25", Fault: "names with quotes, semicolons, mixed case, unicode", Result: "covered by TestAwkwardNamesAreQuoted"},
 	{Row: "26", Fault: "insecure transport in production mode", Result: "covered by TestProductionModeRefusesInsecureTransport"},
 	{Row: "27", Fault: "bad pipeline config", Result: "covered by TestBadConfigNamesItsError"},
-	{Row: "28", Fault: "target edited by hand", Result: "pending: staged push (by hand today: oneway replay --rebuild, TestReplayRebuildsTruncatedTarget)"},
+	{Row: "28", Fault: "target edited by hand", Result: "covered by TestStagedPoliciesAndRepairs (staged mode), TestReplayRebuildsTruncatedTarget (oneway replay --rebuild)"},
 }
 
 // chaosSetup is what a row runs against.
@@ -180,7 +180,11 @@ type chaosSetup struct {
 	// CDC reads the source with the cdc pattern (logical replication, a
 	// slot of the row's own) and makes the workload delete keys too;
 	// otherwise the watermark pattern on updated_at.
-	CDC       bool
+	CDC bool
+	// Staged runs the pipeline in staged mode (stager, differ) on a
+	// PostgreSQL stage, on StageOn (default the test server).
+	Staged    bool
+	StageOn   string
 	Workload  testenv.WorkloadOptions
 	SlowApply time.Duration // each target write statement takes at least this long
 	TargetOn  string        // PostgreSQL server of the target database; default the test server
@@ -195,6 +199,7 @@ type chaosRow struct {
 	notes []string
 
 	srcURL, dstURL string
+	stageURL       string // staged mode's stage database; "" in direct mode
 	slot           string // the cdc pattern's slot and publication; "" for watermark
 	natsURL        string // direct, for the checks
 	cluster        *testenv.NATSCluster
@@ -222,6 +227,13 @@ func (r *chaosRow) setup(o chaosSetup) {
 		r.dstURL = pgtest.NewDatabaseOn(t, o.TargetOn)
 	} else {
 		r.dstURL = pgtest.NewDatabase(t)
+	}
+	if o.Staged {
+		if o.StageOn != "" {
+			r.stageURL = pgtest.NewDatabaseOn(t, o.StageOn)
+		} else {
+			r.stageURL = pgtest.NewDatabase(t)
+		}
 	}
 	if o.CDC {
 		r.slot = cdcSlot(t)
@@ -286,7 +298,11 @@ func (r *chaosRow) config(c chaosConfig) string {
 		c.Workers = 2
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "pipeline: %s\nnats:\n  url: %q\n", chaosPipeline, c.NATSURL)
+	fmt.Fprintf(&b, "pipeline: %s\n", chaosPipeline)
+	if r.stageURL != "" {
+		fmt.Fprintf(&b, "mode: staged\nstage:\n  url: %q\n  scan_interval: 5s\n", r.stageURL)
+	}
+	fmt.Fprintf(&b, "nats:\n  url: %q\n", c.NATSURL)
 	if c.Replicas > 0 {
 		fmt.Fprintf(&b, "  replicas: %d\n", c.Replicas)
 	}
@@ -308,6 +324,7 @@ func (r *chaosRow) config(c chaosConfig) string {
   url: %q
   table: public.chaos
   key: [id]
+  columns: [id, version, payload, updated_at]
   capture: %s
 targets:
 `, c.SourceURL, capture)
@@ -484,8 +501,10 @@ func (r *chaosRow) finish() {
 		t.Errorf("%d dead letters (%v); want none", n, err)
 		r.note("%d dead letters", n)
 	}
-	if n, err := r.redeliveries(ctx); err == nil {
-		r.note("%d redeliveries", n)
+	if r.stageURL == "" { // one source message per stream sequence: staged streams carry more subjects
+		if n, err := r.redeliveries(ctx); err == nil {
+			r.note("%d redeliveries", n)
+		}
 	}
 	if r.api == nil {
 		mustVerify(t, r.config(chaosConfig{}), 0)
@@ -501,17 +520,26 @@ func (r *chaosRow) stream(ctx context.Context) (jetstream.Stream, error) {
 	return r.js.Stream(ctx, bus.StreamName(chaosPipeline))
 }
 
-// pending is what the writer's consumer has not acked yet.
+// pending is what the writer's consumer (and in staged mode the stager's
+// and the differ's) has not acked yet.
 func (r *chaosRow) pending(ctx context.Context) (uint64, error) {
-	c, err := r.js.Consumer(ctx, bus.StreamName(chaosPipeline), bus.WriterConsumer(chaosPipeline, r.targetName))
-	if err != nil {
-		return 0, err
+	names := []string{bus.WriterConsumer(chaosPipeline, r.targetName)}
+	if r.stageURL != "" {
+		names = append(names, bus.StagerConsumer(chaosPipeline), bus.DifferConsumer(chaosPipeline))
 	}
-	info, err := c.Info(ctx)
-	if err != nil {
-		return 0, err
+	var n uint64
+	for _, name := range names {
+		c, err := r.js.Consumer(ctx, bus.StreamName(chaosPipeline), name)
+		if err != nil {
+			return 0, fmt.Errorf("consumer %s: %w", name, err)
+		}
+		info, err := c.Info(ctx)
+		if err != nil {
+			return 0, err
+		}
+		n += info.NumPending + uint64(info.NumAckPending)
 	}
-	return info.NumPending + uint64(info.NumAckPending), nil
+	return n, nil
 }
 
 // redeliveries is the consumer's deliveries beyond one per message (valid
@@ -1039,6 +1067,94 @@ func chaosCutSource(cdc bool) func(r *chaosRow) {
 		r.heal()
 		r.finish()
 	}
+}
+
+// Row 4: staged push on a PostgreSQL stage; the stager and the differ are
+// each killed with SIGKILL at a random point of their work, twice, and
+// restarted at once. They resume from what the stage and the stream hold.
+func chaosKillStagerDiffer(r *chaosRow) {
+	r.setup(chaosSetup{Staged: true})
+	cfg := r.config(chaosConfig{})
+	r.start("reader", cfg)
+	procs := map[string]*testenv.Proc{"stager": r.start("stager", cfg), "differ": r.start("differ", cfg)}
+	r.start("writer", cfg)
+	consumer := map[string]string{"stager": bus.StagerConsumer(chaosPipeline), "differ": bus.DifferConsumer(chaosPipeline)}
+	r.loaded()
+	for range 2 {
+		for _, svc := range []string{"stager", "differ"} {
+			// The one started last has taken work; kill it at a random point.
+			r.working(consumer[svc], 10)
+			time.Sleep(time.Duration(rand.IntN(300)) * time.Millisecond) // a random kill point, not synchronisation
+			r.fault()
+			procs[svc].Kill()
+			procs[svc] = r.start(svc, cfg)
+		}
+	}
+	r.working(consumer["stager"], 10)
+	r.working(consumer["differ"], 10)
+	r.heal()
+	r.note("the stager and the differ killed twice each, each time once it had taken 10 messages")
+	r.finish()
+}
+
+// working waits until the durable consumer has delivered n more messages
+// than now: its (restarted) service is at work.
+func (r *chaosRow) working(durable string, n uint64) {
+	r.t.Helper()
+	delivered := func(ctx context.Context) (uint64, error) {
+		c, err := r.js.Consumer(ctx, bus.StreamName(chaosPipeline), durable)
+		if err != nil {
+			return 0, err
+		}
+		info, err := c.Info(ctx)
+		if err != nil {
+			return 0, err
+		}
+		return info.Delivered.Consumer, nil
+	}
+	var base uint64
+	r.poll(time.Minute, func(ctx context.Context) (err error) { base, err = delivered(ctx); return })
+	r.poll(time.Minute, func(ctx context.Context) error {
+		d, err := delivered(ctx)
+		if err != nil {
+			return err
+		}
+		if d < base+n {
+			return fmt.Errorf("consumer %s delivered %d of %d messages since", durable, d-base, n)
+		}
+		return nil
+	})
+}
+
+// Row 11: staged push with its stage on the stoppable PostgreSQL cluster,
+// which crashes (stop -m immediate) mid-transaction for the outage; the
+// stager and the differ wait and go on from the committed stage.
+func chaosStopStage(r *chaosRow) {
+	t := r.t
+	server, cluster := outageServer(t)
+	r.setup(chaosSetup{Staged: true, StageOn: server})
+	cfg := r.config(chaosConfig{})
+	for _, svc := range []string{"reader", "stager", "differ", "writer"} {
+		r.start(svc, cfg)
+	}
+	r.loaded()
+	t.Cleanup(func() { _ = exec.Command("pg_ctlcluster", append(append([]string{}, cluster...), "start")...).Run() })
+	r.fault()
+	pgCtl(t, cluster, "stop", "-m", "immediate")
+	ctx := context.Background()
+	before, err := r.applied(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(outageLength()) // the outage
+	during, err := r.applied(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pgCtl(t, cluster, "start")
+	r.heal()
+	r.note("%d changes reached the target while the stage was down (batches already pushed)", during-before)
+	r.finish()
 }
 
 // Row 3 with cdc: the reader is killed mid-stream, twice, while keys are

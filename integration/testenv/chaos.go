@@ -138,7 +138,9 @@ SELECT g, 1, 'k' || g || ' v1' FROM generate_series(1, %d) g`, o.Keys))
 // Start begins the changes in a goroutine; Stop ends it.
 func (w *Workload) Start() {
 	w.t.Helper()
-	conn, err := pgx.Connect(context.Background(), w.url)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, w.url)
 	if err != nil {
 		w.t.Fatalf("workload: connect to the source: %v", err)
 	}
