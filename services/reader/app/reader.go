@@ -98,6 +98,12 @@ func (r *Reader) Run(ctx context.Context) error {
 			return err
 		}
 		defer pool.Close()
+		if r.side.name != "source" {
+			// A target's table may not exist yet: its writer creates it.
+			if err := r.waitTable(ctx, pool, spec.Table); err != nil {
+				return err
+			}
+		}
 		var source *pgsource.Source
 		err = retry.Do(ctx, r.retryPolicy(), func(ctx context.Context) error {
 			var err error
@@ -148,6 +154,38 @@ func (r *Reader) Run(ctx context.Context) error {
 			continue
 		}
 		return err
+	}
+}
+
+// waitTable returns once table exists, checking every poll interval (at
+// least 100 ms, at most 5 s), or with nil when ctx ends (Run then stops
+// cleanly).
+func (r *Reader) waitTable(ctx context.Context, pool pgconn.Querier, table pgconn.Table) error {
+	every := min(max(r.side.src.Capture.PollInterval.Duration, 100*time.Millisecond), 5*time.Second)
+	logged := false
+	for {
+		var found bool
+		err := retry.Do(ctx, r.retryPolicy(), func(ctx context.Context) error {
+			var err error
+			_, found, err = pgconn.Columns(ctx, pool, table)
+			return pgconn.Classify(err)
+		})
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil:
+			return fmt.Errorf("look up table %s: %w", table, err)
+		case found:
+			return nil
+		case !logged:
+			logged = true
+			r.log.Info("table does not exist yet; waiting for its writer to create it", "table", table.String())
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(every):
+		}
 	}
 }
 
