@@ -100,7 +100,7 @@ func (r *Reader) Run(ctx context.Context) error {
 		defer pool.Close()
 		if r.side.name != "source" {
 			// A target's table may not exist yet: its writer creates it.
-			if err := r.waitTable(ctx, pool, spec.Table); err != nil {
+			if err := r.waitTable(ctx, pool, spec.Table); err != nil || ctx.Err() != nil {
 				return err
 			}
 		}
