@@ -144,6 +144,7 @@ func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.
 	}
 	var store stage.Store
 	var scans scanCount
+	readbacks := newCycleCount()
 	if cfg.Staged() {
 		var err error
 		if store, err = stagedb.Open(ctx, cfg, o.dataDir, 8); err != nil {
@@ -163,9 +164,21 @@ func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.
 		df.OnScanned = scans.add
 		components = append(components, st, df)
 		for _, t := range cfg.Targets {
-			if t.Readback != nil {
-				log.Warn("target read-back is configured but not run by this build yet: the differ knows the target from the writers' reports only", "target", t.Name)
+			if t.Readback == nil {
+				continue
 			}
+			rb, err := readerapp.NewReadback(cfg, t.Name, b, log, metrics)
+			if err != nil {
+				return err
+			}
+			ready, _ := health.Register(rb.Name())
+			name := t.Name
+			readbacks.watch(name)
+			rb.OnCaughtUp = func(uint64) {
+				ready()
+				readbacks.add(name)
+			}
+			components = append(components, rb)
 		}
 	}
 	for _, t := range cfg.Targets {
@@ -187,7 +200,7 @@ func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.
 			wait := waitSynced
 			if cfg.Staged() {
 				wait = func(ctx context.Context, b *natsbus.Bus, cfg *config.Pipeline, c *caughtUp, log *slog.Logger) (bool, error) {
-					return waitStagedSynced(ctx, b, cfg, c, &scans, store, log)
+					return waitStagedSynced(ctx, b, cfg, c, &scans, readbacks, store, log)
 				}
 			}
 			ok, err := wait(ctx, b, cfg, &caught, log)
