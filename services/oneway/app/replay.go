@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -26,6 +27,7 @@ type replayOptions struct {
 	since    string
 	all      bool
 	rebuild  bool
+	shadow   bool
 	progress io.Writer
 }
 
@@ -44,6 +46,23 @@ is skipped. So after a target lost rows (truncated, restored from an old
 backup) pass --rebuild: it clears the target's ledger first, and every
 replayed change is written (PostgreSQL and SQLite targets). --into names
 another target of the config to replay into, e.g. a fresh one.
+
+--shadow (PostgreSQL targets, direct mode) rebuilds into a shadow table
+instead: <table>_oneway_shadow, created LIKE the target table (columns,
+defaults, constraints, indexes), with a ledger of its own, so every
+replayed change is written there while the live writers keep applying to
+the live table. Once the shadow has caught up with the stream, one
+transaction locks the live ledger and table, applies what is left, and
+renames the shadow into place: readers see the old table until then and
+the rebuilt one after, never a half-built one. What only the live table
+knows is kept: rows of keys the replay never saw (orphans, keys whose
+history the stream no longer holds) are carried over as they are, with
+their ledger rows, and target-only columns (those the source does not own)
+are copied from the live table for keys present in both; a row the target
+had lost is back with its target-only columns at their defaults. Triggers,
+grants, policies and publications of the old table are not carried over;
+a view or a foreign key that references the table makes the swap fail and
+leaves the table as it was. Run one --shadow replay per target at a time.
 
 How far back it can go is the stream's retention (nats.max_age,
 nats.max_bytes); beyond it, "oneway resync" re-reads the source instead.
@@ -73,6 +92,7 @@ With an embedded NATS server either stop "oneway up" first or start it with
 	cmd.Flags().StringVar(&o.since, "since", "", "start at this time (RFC 3339, e.g. 2026-11-27T10:00:00Z)")
 	cmd.Flags().BoolVar(&o.all, "all", false, "replay everything the stream holds")
 	cmd.Flags().BoolVar(&o.rebuild, "rebuild", false, "clear the target's ledger first, so every replayed change is written")
+	cmd.Flags().BoolVar(&o.shadow, "shadow", false, "rebuild into a shadow table and swap it in atomically at the end (postgres targets)")
 	return cmd
 }
 
@@ -110,6 +130,18 @@ func runReplay(ctx context.Context, cfg *config.Pipeline, o replayOptions, out i
 		}
 		dest = o.into
 	}
+	if o.shadow {
+		if o.rebuild {
+			return cli.Exit(cli.ExitUsage, fmt.Errorf("--shadow and --rebuild exclude each other: a shadow has a fresh ledger of its own"))
+		}
+		t, _ := cfg.Target(dest)
+		if t.Kind != config.KindPostgres {
+			return cli.Exit(cli.ExitUsage, fmt.Errorf("--shadow: target %s is %s; only postgres targets have a shadow", dest, t.Kind))
+		}
+		if cfg.Staged() {
+			return cli.Exit(cli.ExitUsage, fmt.Errorf("--shadow: pipeline %s is in staged mode, where the differ repairs targets itself", cfg.Pipeline))
+		}
+	}
 	b, closeBus, err := o.store.connect(ctx, cfg, "oneway-replay", log)
 	if err != nil {
 		return err
@@ -121,6 +153,19 @@ func runReplay(ctx context.Context, cfg *config.Pipeline, o replayOptions, out i
 	}
 	start := time.Now()
 	show := progressPrinter(o.progress, dest, start, log)
+	if o.shadow {
+		st, err := w.ReplayShadow(ctx, from, show)
+		if err != nil {
+			return err
+		}
+		if st.Empty {
+			fmt.Fprintf(out, "nothing to replay into target %s: the table was left as it was\n", dest)
+			return nil
+		}
+		fmt.Fprintf(out, "replayed into a shadow of target %s and swapped it in in %s: %d rows carried over (orphans, keys outside the replay), target-only columns [%s] kept on %d rows\n",
+			dest, time.Since(start).Round(time.Millisecond), st.CarriedRows, strings.Join(st.TargetOnlyColumns, ", "), st.TargetOnlyRows)
+		return nil
+	}
 	if err := w.Replay(ctx, from, o.rebuild, show); err != nil {
 		return err
 	}
