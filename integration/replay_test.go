@@ -238,5 +238,4 @@ INSERT INTO public.invoices (id, customer, amount, status) VALUES (10000 + $1::i
 		t.Errorf("%d shadow or old tables left behind", n)
 	}
 	t.Logf("%d write rounds and %d target reads during the replay", rounds.Load(), reads.Load())
-	t.Log(up.Output()) // TEMP
 }

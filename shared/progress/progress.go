@@ -23,7 +23,8 @@ type Options struct {
 	Work string
 	// Unit is what is counted, e.g. "rows" or "messages".
 	Unit string
-	// Total is how many units there are, 0 when unknown (no ETA).
+	// Total is how many units there are, 0 when unknown (no ETA). It may
+	// be an estimate: once more are done, the total is what was done.
 	Total int64
 	// Terminal receives the bar when it is a terminal; otherwise (nil, a
 	// file, a pipe) progress goes to Log. Services pass nil: log lines only.
@@ -48,6 +49,9 @@ type Reporter struct {
 	last  time.Time // of the last log line
 	done  int64
 	total int64
+	// touched: Set or Add was called; Finish of an untouched Reporter
+	// shows nothing (the work had nothing to count).
+	touched bool
 }
 
 // New starts reporting; the clock starts now.
@@ -116,10 +120,14 @@ func (r *Reporter) SetTotal(total int64) {
 	}
 }
 
-// Finish completes the bar, or logs the final line.
+// Finish completes the bar, or logs the final line; nothing when nothing
+// was reported.
 func (r *Reporter) Finish() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if !r.touched {
+		return
+	}
 	if r.bar != nil {
 		if r.total <= 0 || r.done >= r.total {
 			_ = r.bar.Finish()
@@ -133,6 +141,13 @@ func (r *Reporter) Finish() {
 }
 
 func (r *Reporter) update(final bool) {
+	r.touched = true
+	if r.total > 0 && r.done > r.total {
+		r.total = r.done
+		if r.bar != nil {
+			r.bar.ChangeMax64(r.total)
+		}
+	}
 	if r.bar != nil {
 		_ = r.bar.Set64(r.done)
 		return

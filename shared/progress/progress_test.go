@@ -114,3 +114,22 @@ func TestAddIsSafeForConcurrentUse(t *testing.T) {
 		t.Fatalf("done = %d, want 4000", r.done)
 	}
 }
+
+func TestEstimatedTotalAndUntouchedFinish(t *testing.T) {
+	var buf bytes.Buffer
+	clock := newClock()
+	r := New(Options{Work: "verify", Unit: "rows", Total: 100, Log: textLog(&buf), Now: clock.now})
+	r.Finish()
+	if buf.Len() != 0 {
+		t.Fatalf("an untouched reporter logged: %s", buf.String())
+	}
+	r = New(Options{Work: "verify", Unit: "rows", Total: 100, Log: textLog(&buf), Now: clock.now})
+	clock.advance(10 * time.Second)
+	r.Set(150) // the estimate was low
+	r.Finish()
+	want := "level=INFO msg=progress work=verify unit=rows done=150 total=150 percent=100 rate_per_s=15 elapsed=10s\n" +
+		"level=INFO msg=\"progress done\" work=verify unit=rows done=150 total=150 percent=100 rate_per_s=15 elapsed=10s\n"
+	if buf.String() != want {
+		t.Errorf("log:\n got: %q\nwant: %q", buf.String(), want)
+	}
+}

@@ -5,16 +5,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/oneway-sync/oneway/services/oneway/internal/dlq"
 	writerapp "github.com/oneway-sync/oneway/services/writer/app"
 	"github.com/oneway-sync/oneway/shared/cli"
 	"github.com/oneway-sync/oneway/shared/config"
+	"github.com/oneway-sync/oneway/shared/progress"
 	"github.com/oneway-sync/oneway/shared/runner"
 )
 
@@ -152,9 +151,10 @@ func runReplay(ctx context.Context, cfg *config.Pipeline, o replayOptions, out i
 		return err
 	}
 	start := time.Now()
-	show := progressPrinter(o.progress, dest, start, log)
+	show, finish := progressPrinter(o.progress, dest, log)
 	if o.shadow {
 		st, err := w.ReplayShadow(ctx, from, show)
+		finish()
 		if err != nil {
 			return err
 		}
@@ -166,40 +166,26 @@ func runReplay(ctx context.Context, cfg *config.Pipeline, o replayOptions, out i
 			dest, time.Since(start).Round(time.Millisecond), st.CarriedRows, strings.Join(st.TargetOnlyColumns, ", "), st.TargetOnlyRows)
 		return nil
 	}
-	if err := w.Replay(ctx, from, o.rebuild, show); err != nil {
+	err = w.Replay(ctx, from, o.rebuild, show)
+	finish()
+	if err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "replayed into target %s in %s\n", dest, time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
-// progressPrinter shows a replay's progress: one line redrawn in place on a
-// terminal (done/total, rate, ETA), a log line every 5 s otherwise.
-func progressPrinter(w io.Writer, target string, start time.Time, log *slog.Logger) func(writerapp.ReplayProgress) {
-	f, _ := w.(*os.File)
-	tty := f != nil && dlq.IsTerminal(f)
-	var last time.Time
+// progressPrinter shows a replay's progress (see package progress): a bar
+// on a terminal (done/total, msg/s, ETA), a log line every 5 s otherwise.
+// finish ends it.
+func progressPrinter(w io.Writer, target string, log *slog.Logger) (show func(writerapp.ReplayProgress), finish func()) {
+	r := progress.New(progress.Options{Work: "replay " + target, Unit: "messages", Terminal: w, Log: log, Attrs: []any{"target", target}})
+	var total uint64
 	return func(p writerapp.ReplayProgress) {
-		el := time.Since(start).Seconds()
-		rate := float64(p.Done) / max(el, 0.001)
-		eta := "?"
-		if rate > 0 && p.Total >= p.Done {
-			eta = (time.Duration(float64(p.Total-p.Done)/rate) * time.Second).Round(time.Second).String()
+		if p.Total != total {
+			total = p.Total
+			r.SetTotal(int64(total))
 		}
-		if tty {
-			pct := 100.0
-			if p.Total > 0 {
-				pct = 100 * float64(p.Done) / float64(p.Total)
-			}
-			fmt.Fprintf(w, "\rreplay %s: %d/%d messages (%.0f%%), %.0f msg/s, ETA %s   ", target, p.Done, p.Total, pct, rate, eta)
-			if p.Done >= p.Total {
-				fmt.Fprintln(w)
-			}
-			return
-		}
-		if time.Since(last) >= 5*time.Second {
-			last = time.Now()
-			log.Info("replay progress", "target", target, "done", p.Done, "total", p.Total, "msgs_per_s", int(rate), "eta", eta)
-		}
-	}
+		r.Set(int64(p.Done))
+	}, r.Finish
 }
