@@ -59,9 +59,11 @@ history the stream no longer holds) are carried over as they are, with
 their ledger rows, and target-only columns (those the source does not own)
 are copied from the live table for keys present in both; a row the target
 had lost is back with its target-only columns at their defaults. Triggers,
-grants, policies and publications of the old table are not carried over;
-a view or a foreign key that references the table makes the swap fail and
-leaves the table as it was. Run one --shadow replay per target at a time.
+grants, policies, publications and the table's own foreign keys are not
+carried over; a view or another table's foreign key that references it
+makes the swap fail and leaves the table as it was. While a long
+transaction holds the table, the swap's lock is given up after 10 s and
+asked for again, with a warning. Run one --shadow replay per target at a time.
 
 How far back it can go is the stream's retention (nats.max_age,
 nats.max_bytes); beyond it, "oneway resync" re-reads the source instead.

@@ -2,6 +2,7 @@ package pgtarget
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -51,9 +52,14 @@ import (
 // fenced by the new ledger. Objects that point at the old table by OID —
 // views, foreign keys from other tables, triggers, grants, publications,
 // row-level policies — are not carried over: a view or foreign key makes
-// the swap fail (the old table cannot be dropped) and nothing changes.
+// the swap fail (the old table cannot be dropped) and nothing changes; the
+// table's own foreign keys are not copied by LIKE and are not carried over.
 // One shadow per table at a time; OpenShadow drops a leftover one.
 type Shadow struct {
+	// LockTimeout bounds each wait for the live table's lock (see Swap);
+	// OpenShadow sets 10s.
+	LockTimeout time.Duration
+
 	pool       *pgxpool.Pool
 	log        *slog.Logger
 	live       pgconn.Table
@@ -102,7 +108,7 @@ func OpenShadow(ctx context.Context, pool *pgxpool.Pool, spec Spec, log *slog.Lo
 	if err != nil {
 		return nil, err
 	}
-	s := &Shadow{pool: pool, log: log, live: spec.Table, liveLedger: t.ledger,
+	s := &Shadow{LockTimeout: 10 * time.Second, pool: pool, log: log, live: spec.Table, liveLedger: t.ledger,
 		shadow: pgconn.Table{Schema: spec.Table.Schema, Name: suffixed(spec.Table.Name, shadowSuffix)}}
 	var exists bool
 	if err := pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", spec.Table.Quoted()).Scan(&exists); err != nil {
@@ -160,7 +166,31 @@ func (s *Shadow) Discard(ctx context.Context) error {
 // it must leave nothing more to apply to Target and stop applying to it.
 // On any error nothing is swapped and the live table is as it was; the
 // shadow is left for Discard.
+//
+// While the lock waits, every new reader and writer of the table queues
+// behind it; so a lock not granted within LockTimeout (a long transaction
+// holds the table) is given up and asked for again after a pause, until ctx
+// ends, with a warning each time.
 func (s *Shadow) Swap(ctx context.Context, catchUp func(ctx context.Context) error) (SwapStats, error) {
+	for {
+		st, err := s.swap(ctx, catchUp)
+		if !errors.Is(err, errLockBusy) {
+			return st, err
+		}
+		s.log.Warn("the live table is busy; asking for the swap's lock again", "table", s.live.String(),
+			"lock_timeout", s.LockTimeout.String(), "hint", "a long transaction on the table holds it: see pg_stat_activity")
+		select {
+		case <-ctx.Done():
+			return SwapStats{}, fmt.Errorf("swap shadow %s into %s: %w", s.shadow, s.live, ctx.Err())
+		case <-time.After(s.LockTimeout):
+		}
+	}
+}
+
+// errLockBusy: the live table's lock was not granted within LockTimeout.
+var errLockBusy = errors.New("lock not granted in time")
+
+func (s *Shadow) swap(ctx context.Context, catchUp func(ctx context.Context) error) (SwapStats, error) {
 	var st SwapStats
 	started := time.Now()
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
@@ -172,8 +202,17 @@ func (s *Shadow) Swap(ctx context.Context, catchUp func(ctx context.Context) err
 		if liveLedger {
 			lock = s.liveLedger.Quoted() + ", " + lock
 		}
+		if _, err := tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", s.LockTimeout.Milliseconds())); err != nil {
+			return err
+		}
 		if _, err := tx.Exec(ctx, "LOCK TABLE "+lock+" IN ACCESS EXCLUSIVE MODE"); err != nil {
+			if pgconn.Code(err) == "55P03" { // lock_not_available
+				return errLockBusy
+			}
 			return fmt.Errorf("lock %s: %w", lock, err)
+		}
+		if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = 0"); err != nil {
+			return err
 		}
 		s.log.Info("live table locked for the swap", "table", s.live.String())
 		if err := catchUp(ctx); err != nil {
@@ -205,6 +244,9 @@ func (s *Shadow) Swap(ctx context.Context, catchUp func(ctx context.Context) err
 		}
 		return s.rename(ctx, tx, liveLedger)
 	})
+	if errors.Is(err, errLockBusy) {
+		return SwapStats{}, err
+	}
 	if err != nil {
 		return SwapStats{}, pgconn.Classify(fmt.Errorf("swap shadow %s into %s: %w", s.shadow, s.live, err))
 	}

@@ -1,9 +1,13 @@
 package pgtarget
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
+	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/oneway-sync/oneway/shared/pgconn"
 )
@@ -129,4 +133,72 @@ func TestShadowRefusesStagedAndMissingTable(t *testing.T) {
 	if _, err := OpenShadow(testCtx(t), pool, spec, slog.New(slog.DiscardHandler)); err == nil {
 		t.Error("a shadow of a staged target was opened")
 	}
+}
+
+// lockedBuffer is a log sink safe for concurrent use.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// TestShadowSwapWaitsOutABusyTable: while a long transaction holds the
+// live table, the swap gives its lock up after LockTimeout (so readers do
+// not queue behind it for long), warns, and asks again until it gets it.
+func TestShadowSwapWaitsOutABusyTable(t *testing.T) {
+	t.Parallel()
+	_, pool := newDB(t)
+	exec(t, pool, itemsDDL)
+	live := openTarget(t, pool, defaultSpec())
+	apply(t, live, item(1, cdc, up("1", "one", "1.00")))
+	var logs lockedBuffer
+	sh, err := OpenShadow(testCtx(t), pool, defaultSpec(), slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatalf("open shadow: %v", err)
+	}
+	sh.LockTimeout = 50 * time.Millisecond
+	apply(t, sh.Target(), item(1, cdc, up("1", "one", "1.00")))
+
+	holder, err := pool.Begin(testCtx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Rollback(context.Background())
+	if _, err := holder.Exec(testCtx(t), "SELECT count(*) FROM public.items"); err != nil {
+		t.Fatal(err)
+	}
+	swapped := make(chan error, 1)
+	go func() {
+		_, err := sh.Swap(testCtx(t), func(context.Context) error { return nil })
+		swapped <- err
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for strings.Count(logs.String(), "the live table is busy") < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no second lock attempt; log:\n%s", logs.String())
+		}
+		select {
+		case err := <-swapped:
+			t.Fatalf("swap ended while the table was held: %v", err)
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if err := holder.Commit(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-swapped; err != nil {
+		t.Fatalf("swap after the holder committed: %v", err)
+	}
+	equal(t, "rows", itemRows(t, pool), []string{"1|'one'|'1.00'"})
 }
