@@ -15,7 +15,8 @@ import (
 
 // TestReplayRebuildsTruncatedTarget: a target table truncated by hand is
 // not repaired by a plain replay (every change is fenced: the ledger says
-// it was applied), and is rebuilt by `replay --all --rebuild`.
+// it was applied), and is rebuilt by `replay --all --rebuild`, and again
+// by `replay --all --shadow`.
 func TestReplayRebuildsTruncatedTarget(t *testing.T) {
 	src := testenv.Connect(t, pgtest.NewDatabase(t))
 	dst := testenv.Connect(t, pgtest.NewDatabase(t))
@@ -54,8 +55,17 @@ func TestReplayRebuildsTruncatedTarget(t *testing.T) {
 	if n := dst.Int(t, "SELECT count(*) FROM public.invoices WHERE status = 'paid'"); n != 500 {
 		t.Fatalf("%d paid invoices after the rebuild, want the newest state of 500", n)
 	}
+	// The same with a shadow: its ledger is new, so nothing is fenced.
+	dst.Exec(t, "TRUNCATE public.invoices")
+	if r := replay("--all", "--shadow"); !strings.Contains(r.Stdout, "swapped it in") {
+		t.Fatalf("replay --shadow output: %s", r.Stdout)
+	}
+	mustVerify(t, cfg, 0)
+	if n := dst.Int(t, "SELECT count(*) FROM public.invoices WHERE status = 'paid'"); n != 500 {
+		t.Fatalf("%d paid invoices after the shadow rebuild, want the newest state of 500", n)
+	}
 
-	for _, bad := range [][]string{{"--all", "--from-seq", "3"}, {}, {"--since", "yesterday"}} {
+	for _, bad := range [][]string{{"--all", "--from-seq", "3"}, {}, {"--since", "yesterday"}, {"--all", "--shadow", "--rebuild"}} {
 		r := testenv.Run(t, time.Minute, "oneway", append([]string{"replay", "--config", cfg, "--target", "pg"}, bad...)...)
 		if r.Code != 2 {
 			t.Errorf("replay %v: exit %d, want 2\n%s", bad, r.Code, r.Stderr)
