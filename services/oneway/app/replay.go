@@ -58,9 +58,10 @@ knows is kept: rows of keys the replay never saw (orphans, keys whose
 history the stream no longer holds) are carried over as they are, with
 their ledger rows, and target-only columns (those the source does not own)
 are copied from the live table for keys present in both; a row the target
-had lost is back with its target-only columns at their defaults. Triggers,
-grants, policies, publications and the table's own foreign keys are not
-carried over; a view or another table's foreign key that references it
+had lost is back with its target-only columns at their defaults. The
+table's GRANTs (and owner, when the replaying role may) are kept; triggers,
+policies, publications and the table's own foreign keys are not carried
+over; a view or another table's foreign key that references it
 makes the swap fail and leaves the table as it was. While a long
 transaction holds the table, the swap's lock is given up after 10 s and
 asked for again, with a warning. Run one --shadow replay per target at a time.

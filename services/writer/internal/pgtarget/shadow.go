@@ -49,9 +49,10 @@ import (
 // Readers that queued on the lock then read the new table by name. Live
 // writers' statements name the tables, so PostgreSQL resolves them again
 // after the rename: the next live change lands in the new table and is
-// fenced by the new ledger. Objects that point at the old table by OID —
-// views, foreign keys from other tables, triggers, grants, publications,
-// row-level policies — are not carried over: a view or foreign key makes
+// fenced by the new ledger. The old table's privileges (GRANTs) and owner
+// are carried over. Objects that point at the old table by OID — views,
+// foreign keys from other tables, triggers, publications, row-level
+// policies, column privileges — are not: a view or foreign key makes
 // the swap fail (the old table cannot be dropped) and nothing changes; the
 // table's own foreign keys are not copied by LIKE and are not carried over.
 // One shadow per table at a time; OpenShadow drops a leftover one.
@@ -349,6 +350,9 @@ func (s *Shadow) rename(ctx context.Context, tx pgx.Tx, liveLedger bool) error {
 	if err := s.moveSequences(ctx, tx, old); err != nil {
 		return err
 	}
+	if err := s.copyPrivileges(ctx, tx, old); err != nil {
+		return err
+	}
 	if err := exec("DROP TABLE " + old.Quoted()); err != nil {
 		return err
 	}
@@ -406,6 +410,59 @@ WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
 		if _, err := tx.Exec(ctx, sql); err != nil {
 			return fmt.Errorf("move sequence %s of column %s: %w", q.name, q.column, err)
 		}
+	}
+	return nil
+}
+
+// copyPrivileges gives the new table the old one's table privileges
+// (GRANTs, to roles and PUBLIC) and, when the replaying role may, its
+// owner: readers that could read the table still can.
+func (s *Shadow) copyPrivileges(ctx context.Context, tx pgx.Tx, old pgconn.Table) error {
+	rows, err := tx.Query(ctx, `
+SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END, a.privilege_type, a.is_grantable
+FROM pg_class c, aclexplode(c.relacl) a
+WHERE c.oid = to_regclass($1) AND a.grantee <> c.relowner`, old.Quoted())
+	if err != nil {
+		return fmt.Errorf("read the privileges of %s: %w", old, err)
+	}
+	type grant struct {
+		grantee, privilege string
+		grantable          bool
+	}
+	grants, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (grant, error) {
+		var g grant
+		err := r.Scan(&g.grantee, &g.privilege, &g.grantable)
+		return g, err
+	})
+	if err != nil {
+		return fmt.Errorf("read the privileges of %s: %w", old, err)
+	}
+	for _, g := range grants {
+		sql := fmt.Sprintf("GRANT %s ON %s TO %s", g.privilege, s.live.Quoted(), g.grantee)
+		if g.grantable {
+			sql += " WITH GRANT OPTION"
+		}
+		if _, err := tx.Exec(ctx, sql); err != nil {
+			return fmt.Errorf("copy privilege %s of %s to the new table: %w", g.privilege, g.grantee, err)
+		}
+	}
+	var owner string
+	var may bool
+	err = tx.QueryRow(ctx, `
+SELECT o.relowner::regrole::text, pg_has_role(current_user, o.relowner, 'MEMBER')
+FROM pg_class o, pg_class n
+WHERE o.oid = to_regclass($1) AND n.oid = to_regclass($2) AND o.relowner <> n.relowner`, old.Quoted(), s.live.Quoted()).Scan(&owner, &may)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return nil
+	case err != nil:
+		return fmt.Errorf("read the owner of %s: %w", old, err)
+	case !may:
+		s.log.Warn("the rebuilt table is owned by the replaying role, not the old owner (not a member of it)", "table", s.live.String(), "old_owner", owner)
+		return nil
+	}
+	if _, err := tx.Exec(ctx, fmt.Sprintf("ALTER TABLE %s OWNER TO %s", s.live.Quoted(), owner)); err != nil {
+		return fmt.Errorf("give the new table %s's owner %s: %w", s.live, owner, err)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package pgtarget
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -18,7 +19,7 @@ import (
 // replay did not cover is carried over with its ledger row, a live write
 // that came during the swap waits for it and lands in the new table, the
 // swapped ledger fences, and a reader waiting on the lock counts the new
-// table.
+// table, which keeps the old one's privileges.
 func TestShadowSwap(t *testing.T) {
 	t.Parallel()
 	dbURL, pool := newDB(t)
@@ -32,6 +33,12 @@ func TestShadowSwap(t *testing.T) {
 		"INSERT INTO public.items (id, name, amount, crm_notes) VALUES (99, 'orphan', 9, 'orphan note')",
 		"DELETE FROM public.items WHERE id = 2") // a lost row
 	before := one[int64](t, pool, "SELECT count(*) FROM public.items")
+	role := fmt.Sprintf("shadow_reader_%d", time.Now().UnixNano())
+	exec(t, pool, "CREATE ROLE "+role, "GRANT SELECT ON public.items TO "+role)
+	t.Cleanup(func() {
+		_, _ = pool.Exec(context.Background(), "DROP OWNED BY "+role)
+		_, _ = pool.Exec(context.Background(), "DROP ROLE "+role)
+	})
 
 	sh, err := OpenShadow(testCtx(t), pool, defaultSpec(), slog.New(slog.DiscardHandler))
 	if err != nil {
@@ -79,6 +86,9 @@ func TestShadowSwap(t *testing.T) {
 		"5|'five'|'5.00'|'fresh'",
 		"99|'orphan'|'9.00'|'orphan note'",
 	})
+	if !one[bool](t, pool, "SELECT has_table_privilege($1, 'public.items', 'SELECT')", role) {
+		t.Error("the reader role lost SELECT on the rebuilt table")
+	}
 	equal(t, "ledger keys", strs(t, pool, "SELECT id::text FROM "+live.Ledger().Quoted()+" ORDER BY id"), []string{"1", "2", "3", "5"})
 	if n := one[int64](t, pool, "SELECT count(DISTINCT seq_no) FROM public.items"); n != 5 {
 		t.Errorf("%d distinct serial values in 5 rows: the sequence did not move with the table", n)
