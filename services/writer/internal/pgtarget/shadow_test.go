@@ -24,7 +24,7 @@ func TestShadowSwap(t *testing.T) {
 	t.Parallel()
 	dbURL, pool := newDB(t)
 	livePool := openPool(t, dbURL)
-	exec(t, pool, "CREATE TABLE public.items (id integer PRIMARY KEY, name text, amount numeric(12,2), crm_notes text DEFAULT 'fresh', seq_no serial)")
+	exec(t, pool, "CREATE TABLE public.items (id integer PRIMARY KEY, name text, amount numeric(12,2), crm_notes text DEFAULT 'fresh', seq_no serial, ident int GENERATED ALWAYS AS IDENTITY)")
 	live := openTarget(t, livePool, defaultSpec())
 	apply(t, live, item(1, cdc, up("1", "one", "1.00"), up("3", "three", "3.00")))
 	apply(t, live, item(2, cdc, up("2", "two", "2.00")))
@@ -78,7 +78,7 @@ func TestShadowSwap(t *testing.T) {
 	if st.CarriedRows != 2 || st.CarriedLedger != 1 || st.TargetOnlyRows != 1 {
 		t.Errorf("stats = %+v, want 2 carried rows (3 and the orphan), 1 ledger row (3), 1 target-only row (1)", st)
 	}
-	equal(t, "target-only columns", st.TargetOnlyColumns, []string{"crm_notes", "seq_no"})
+	equal(t, "target-only columns", st.TargetOnlyColumns, []string{"crm_notes", "seq_no", "ident"})
 	equal(t, "rows", itemRows(t, pool, "crm_notes"), []string{
 		"1|'uno'|'1.00'|'keep me'",
 		"2|'two'|'2.00'|'fresh'",
@@ -93,6 +93,11 @@ func TestShadowSwap(t *testing.T) {
 	if n := one[int64](t, pool, "SELECT count(DISTINCT seq_no) FROM public.items"); n != 5 {
 		t.Errorf("%d distinct serial values in 5 rows: the sequence did not move with the table", n)
 	}
+	exec(t, pool, "INSERT INTO public.items (id, name) VALUES (100, 'after the swap')")
+	if n := one[int64](t, pool, "SELECT count(DISTINCT ident) FROM public.items"); n != 6 {
+		t.Errorf("%d distinct identities in 6 rows: %v", n, strs(t, pool, "SELECT format('%s:%s', id, ident) FROM public.items ORDER BY id"))
+	}
+	exec(t, pool, "DELETE FROM public.items WHERE id = 100")
 	equal(t, "tables left", strs(t, pool, `SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname IN ('public', 'oneway') AND c.relkind IN ('r', 'i') ORDER BY 1`),
 		[]string{"items", "items_pkey", "ledger_1", "ledger_1_pkey", "ledger_scopes", "ledger_scopes_pipeline_target_table_name_key", "ledger_scopes_pkey"})
