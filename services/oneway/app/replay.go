@@ -55,8 +55,8 @@ transaction locks the live ledger and table, applies what is left, and
 renames the shadow into place: readers see the old table until then and
 the rebuilt one after, never a half-built one. What only the live table
 knows is kept: rows of keys the replay never saw (orphans, keys whose
-history the stream no longer holds) are carried over as they are, with
-their ledger rows, and target-only columns (those the source does not own)
+history the stream no longer holds, rows a soft or none delete policy
+keeps) are carried over as they are, with their ledger rows, and target-only columns (those the source does not own)
 are copied from the live table for keys present in both; a row the target
 had lost is back with its target-only columns at their defaults. The
 table's GRANTs (and owner, when the replaying role may) are kept; triggers,

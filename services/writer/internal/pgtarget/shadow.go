@@ -332,9 +332,20 @@ ORDER BY a.attnum`, s.live.Quoted())
 		st.TargetOnlyRows = tag.RowsAffected()
 	}
 	notSeen := fmt.Sprintf("NOT EXISTS (SELECT 1 FROM %s k WHERE %s)", s.t.ledger.Quoted(), strings.Join(ledgerMatch, " AND "))
+	// A row is carried when the replay did not leave its key: the key is
+	// not in the shadow's ledger (an orphan, history not replayed), or,
+	// where a delete keeps the row (delete: soft or none), the shadow's
+	// last change of it is a delete (a tombstone: an empty hash) it had no
+	// row for. Keys in the shadow table already are kept as the replay left
+	// them (ON CONFLICT DO NOTHING).
+	carry := notSeen
+	if s.t.spec.Delete != DeleteHard {
+		carry = fmt.Sprintf("NOT EXISTS (SELECT 1 FROM %s k WHERE %s AND octet_length(k.oneway_hash) > 0)",
+			s.t.ledger.Quoted(), strings.Join(ledgerMatch, " AND "))
+	}
 	tag, err := tx.Exec(ctx, fmt.Sprintf(`INSERT INTO %s AS s (%s) OVERRIDING SYSTEM VALUE
 SELECT %s FROM %s l WHERE %s ON CONFLICT DO NOTHING`,
-		s.shadow.Quoted(), pgconn.QuoteList("", cols), pgconn.QuoteList("l.", cols), s.live.Quoted(), notSeen))
+		s.shadow.Quoted(), pgconn.QuoteList("", cols), pgconn.QuoteList("l.", cols), s.live.Quoted(), carry))
 	if err != nil {
 		return fmt.Errorf("carry over the rows of keys the replay did not see: %w", err)
 	}

@@ -217,3 +217,41 @@ func TestShadowSwapWaitsOutABusyTable(t *testing.T) {
 	}
 	equal(t, "rows", itemRows(t, pool), []string{"1|'one'|'1.00'"})
 }
+
+// TestShadowKeepsWhatTheDeletePolicyKeeps: with delete policy none or soft
+// a source delete leaves the row in the target. A replay that sees only
+// the delete of a key (its insert aged out of the stream) has no row for
+// it; the swap carries the live row over as it is.
+func TestShadowKeepsWhatTheDeletePolicyKeeps(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		spec func(*Spec)
+		want []string
+	}{
+		{"hard", func(*Spec) {}, []string{"2|'two'|'2.00'|NULL"}},
+		{"none", func(s *Spec) { s.Delete = DeleteNone }, []string{"1|'one'|'1.00'|NULL", "2|'two'|'2.00'|NULL"}},
+		{"soft", func(s *Spec) { s.Delete, s.SoftDeleteColumn = DeleteSoft, "deleted" }, []string{"1|'one'|'1.00'|'t'", "2|'two'|'2.00'|'f'"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			_, pool := newDB(t)
+			exec(t, pool, "CREATE TABLE public.items (id integer PRIMARY KEY, name text, amount numeric(12,2), deleted boolean)")
+			spec := defaultSpec()
+			tt.spec(&spec)
+			live := openTarget(t, pool, spec)
+			apply(t, live, item(1, cdc, up("1", "one", "1.00"), up("2", "two", "2.00")))
+			apply(t, live, item(2, cdc, del("1")))
+			sh, err := OpenShadow(testCtx(t), pool, spec, slog.New(slog.DiscardHandler))
+			if err != nil {
+				t.Fatalf("open shadow: %v", err)
+			}
+			apply(t, sh.Target(), item(2, cdc, del("1"))) // seq 1 aged out
+			if _, err := sh.Swap(testCtx(t), func(context.Context) error { return nil }); err != nil {
+				t.Fatalf("swap: %v", err)
+			}
+			equal(t, "rows", itemRows(t, pool, "deleted"), tt.want)
+		})
+	}
+}
