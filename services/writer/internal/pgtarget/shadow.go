@@ -38,9 +38,10 @@ import (
 //     current end) and stop applying to Target before it returns;
 //  3. carries over what the replay cannot know: the rows of keys the
 //     shadow's ledger has never seen (orphans, keys whose history the
-//     stream no longer holds) with their ledger rows, and, for keys in
-//     both tables, the values of the target-only columns (those no
-//     replayed batch owns, bar the soft-delete column);
+//     stream no longer holds) with their ledger rows, the rows a soft or
+//     none delete policy keeps when the shadow saw only their delete,
+//     and, for keys in both tables, the values of the target-only columns
+//     (those no replayed batch owns, bar the soft-delete column);
 //  4. renames live → <table>_oneway_old, shadow → live (likewise the
 //     ledgers), hands the old table's serial sequences to the new one and
 //     moves identity sequences on, renames the shadow's indexes after the
