@@ -5,15 +5,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/oneway-sync/oneway/services/oneway/internal/dlq"
 	writerapp "github.com/oneway-sync/oneway/services/writer/app"
 	"github.com/oneway-sync/oneway/shared/cli"
 	"github.com/oneway-sync/oneway/shared/config"
+	"github.com/oneway-sync/oneway/shared/progress"
 	"github.com/oneway-sync/oneway/shared/runner"
 )
 
@@ -26,6 +26,7 @@ type replayOptions struct {
 	since    string
 	all      bool
 	rebuild  bool
+	shadow   bool
 	progress io.Writer
 }
 
@@ -44,6 +45,26 @@ is skipped. So after a target lost rows (truncated, restored from an old
 backup) pass --rebuild: it clears the target's ledger first, and every
 replayed change is written (PostgreSQL and SQLite targets). --into names
 another target of the config to replay into, e.g. a fresh one.
+
+--shadow (PostgreSQL targets, direct mode) rebuilds into a shadow table
+instead: <table>_oneway_shadow, created LIKE the target table (columns,
+defaults, constraints, indexes), with a ledger of its own, so every
+replayed change is written there while the live writers keep applying to
+the live table. Once the shadow has caught up with the stream, one
+transaction locks the live ledger and table, applies what is left, and
+renames the shadow into place: readers see the old table until then and
+the rebuilt one after, never a half-built one. What only the live table
+knows is kept: rows of keys the replay never saw (orphans, keys whose
+history the stream no longer holds, rows a soft or none delete policy
+keeps) are carried over as they are, with their ledger rows, and target-only columns (those the source does not own)
+are copied from the live table for keys present in both; a row the target
+had lost is back with its target-only columns at their defaults. The
+table's GRANTs (and owner, when the replaying role may) are kept; triggers,
+policies, publications and the table's own foreign keys are not carried
+over; a view or another table's foreign key that references it
+makes the swap fail and leaves the table as it was. While a long
+transaction holds the table, the swap's lock is given up after 10 s and
+asked for again, with a warning. Run one --shadow replay per target at a time.
 
 How far back it can go is the stream's retention (nats.max_age,
 nats.max_bytes); beyond it, "oneway resync" re-reads the source instead.
@@ -73,6 +94,7 @@ With an embedded NATS server either stop "oneway up" first or start it with
 	cmd.Flags().StringVar(&o.since, "since", "", "start at this time (RFC 3339, e.g. 2026-11-27T10:00:00Z)")
 	cmd.Flags().BoolVar(&o.all, "all", false, "replay everything the stream holds")
 	cmd.Flags().BoolVar(&o.rebuild, "rebuild", false, "clear the target's ledger first, so every replayed change is written")
+	cmd.Flags().BoolVar(&o.shadow, "shadow", false, "rebuild into a shadow table and swap it in atomically at the end (postgres targets)")
 	return cmd
 }
 
@@ -110,6 +132,18 @@ func runReplay(ctx context.Context, cfg *config.Pipeline, o replayOptions, out i
 		}
 		dest = o.into
 	}
+	if o.shadow {
+		if o.rebuild {
+			return cli.Exit(cli.ExitUsage, fmt.Errorf("--shadow and --rebuild exclude each other: a shadow has a fresh ledger of its own"))
+		}
+		t, _ := cfg.Target(dest)
+		if t.Kind != config.KindPostgres {
+			return cli.Exit(cli.ExitUsage, fmt.Errorf("--shadow: target %s is %s; only postgres targets have a shadow", dest, t.Kind))
+		}
+		if cfg.Staged() {
+			return cli.Exit(cli.ExitUsage, fmt.Errorf("--shadow: pipeline %s is in staged mode, where the differ repairs targets itself", cfg.Pipeline))
+		}
+	}
 	b, closeBus, err := o.store.connect(ctx, cfg, "oneway-replay", log)
 	if err != nil {
 		return err
@@ -120,41 +154,41 @@ func runReplay(ctx context.Context, cfg *config.Pipeline, o replayOptions, out i
 		return err
 	}
 	start := time.Now()
-	show := progressPrinter(o.progress, dest, start, log)
-	if err := w.Replay(ctx, from, o.rebuild, show); err != nil {
+	show, finish := progressPrinter(o.progress, dest, log)
+	if o.shadow {
+		st, err := w.ReplayShadow(ctx, from, show)
+		finish()
+		if err != nil {
+			return err
+		}
+		if st.Empty {
+			fmt.Fprintf(out, "nothing to replay into target %s: the table was left as it was\n", dest)
+			return nil
+		}
+		fmt.Fprintf(out, "replayed into a shadow of target %s and swapped it in in %s: %d rows carried over (orphans, keys outside the replay), target-only columns [%s] kept on %d rows\n",
+			dest, time.Since(start).Round(time.Millisecond), st.CarriedRows, strings.Join(st.TargetOnlyColumns, ", "), st.TargetOnlyRows)
+		return nil
+	}
+	err = w.Replay(ctx, from, o.rebuild, show)
+	finish()
+	if err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "replayed into target %s in %s\n", dest, time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
-// progressPrinter shows a replay's progress: one line redrawn in place on a
-// terminal (done/total, rate, ETA), a log line every 5 s otherwise.
-func progressPrinter(w io.Writer, target string, start time.Time, log *slog.Logger) func(writerapp.ReplayProgress) {
-	f, _ := w.(*os.File)
-	tty := f != nil && dlq.IsTerminal(f)
-	var last time.Time
+// progressPrinter shows a replay's progress (see package progress): a bar
+// on a terminal (done/total, msg/s, ETA), a log line every 5 s otherwise.
+// finish ends it.
+func progressPrinter(w io.Writer, target string, log *slog.Logger) (show func(writerapp.ReplayProgress), finish func()) {
+	r := progress.New(progress.Options{Work: "replay " + target, Unit: "messages", Terminal: w, Log: log, Attrs: []any{"target", target}})
+	var total uint64
 	return func(p writerapp.ReplayProgress) {
-		el := time.Since(start).Seconds()
-		rate := float64(p.Done) / max(el, 0.001)
-		eta := "?"
-		if rate > 0 && p.Total >= p.Done {
-			eta = (time.Duration(float64(p.Total-p.Done)/rate) * time.Second).Round(time.Second).String()
+		if p.Total != total {
+			total = p.Total
+			r.SetTotal(int64(total))
 		}
-		if tty {
-			pct := 100.0
-			if p.Total > 0 {
-				pct = 100 * float64(p.Done) / float64(p.Total)
-			}
-			fmt.Fprintf(w, "\rreplay %s: %d/%d messages (%.0f%%), %.0f msg/s, ETA %s   ", target, p.Done, p.Total, pct, rate, eta)
-			if p.Done >= p.Total {
-				fmt.Fprintln(w)
-			}
-			return
-		}
-		if time.Since(last) >= 5*time.Second {
-			last = time.Now()
-			log.Info("replay progress", "target", target, "done", p.Done, "total", p.Total, "msgs_per_s", int(rate), "eta", eta)
-		}
-	}
+		r.Set(int64(p.Done))
+	}, r.Finish
 }

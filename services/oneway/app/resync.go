@@ -31,7 +31,13 @@ source table or when the slot was lost. Use it after restoring the source from a
 backup, after changing the table or key, or whenever you want a full pass.
 
 Targets are not touched, and a full pass does not rewrite them: the
-writers' ledger skips every row whose content they already applied.
+writers' ledger skips every row whose content they already applied. The
+reader logs the pass's progress ("progress", work=snapshot: rows published,
+rate and ETA against the table's row estimate) every 5 s.
+
+It is also how to rebuild a target once the stream no longer holds its
+history (nats.max_age, nats.max_bytes): resync, then "replay --shadow" or
+"replay --rebuild" replays the new snapshot.
 
 It refuses while a reader of the pipeline runs (it holds the reader lease
 itself while it works). With an embedded NATS server (no nats.url) stop

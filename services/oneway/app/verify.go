@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
@@ -16,6 +15,7 @@ import (
 	"github.com/oneway-sync/oneway/shared/cli"
 	"github.com/oneway-sync/oneway/shared/config"
 	"github.com/oneway-sync/oneway/shared/pgconn"
+	"github.com/oneway-sync/oneway/shared/progress"
 )
 
 func verifyCommand() *cobra.Command {
@@ -43,7 +43,7 @@ only when the target's orphan policy is "delete".`,
 			if err != nil {
 				return err
 			}
-			return runVerify(cmd.Context(), cfg, target, cmd.OutOrStdout(), log)
+			return runVerify(cmd.Context(), cfg, target, cmd.OutOrStdout(), cmd.ErrOrStderr(), log)
 		},
 	}
 	f.Bind(cmd)
@@ -51,7 +51,10 @@ only when the target's orphan policy is "delete".`,
 	return cmd
 }
 
-func runVerify(ctx context.Context, cfg *config.Pipeline, only string, out io.Writer, log *slog.Logger) error {
+// runVerify compares the source with each target (or only one), printing
+// the results to out and the progress to term (a bar when it is a
+// terminal, else log lines).
+func runVerify(ctx context.Context, cfg *config.Pipeline, only string, out, term io.Writer, log *slog.Logger) error {
 	if cfg.Source.Kind != config.KindPostgres {
 		return cli.Exit(cli.ExitUsage, fmt.Errorf("verify reads the source table back and needs a postgres source; a %s source has no read-back (query the targets, or verify against the database the events come from)", cfg.Source.Kind))
 	}
@@ -97,20 +100,18 @@ func runVerify(ctx context.Context, cfg *config.Pipeline, only string, out io.Wr
 			continue
 		}
 		matched++
-		start := time.Now()
-		last := start
-		every := func(stage string) func(n int64) {
-			return func(n int64) {
-				if time.Since(last) > 5*time.Second {
-					last = time.Now()
-					log.Info("verify progress", "target", t.Name, "stage", stage, "rows", n,
-						"rows_per_s", int(float64(n)/time.Since(start).Seconds()))
-				}
-			}
+		// The source's row estimate (pg_class.reltuples) gives the
+		// compare an ETA; -1 or 0 when never analysed.
+		var estimate int64
+		if err := src.QueryRow(ctx, "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass($1)", srcTable.Quoted()).Scan(&estimate); err != nil {
+			return fmt.Errorf("estimate the rows of %s: %w", srcTable, err)
 		}
+		reading := progress.New(progress.Options{Work: "verify " + t.Name + ": read target", Unit: "rows",
+			Terminal: term, Log: log, Attrs: []any{"target", t.Name}})
 		dst, what, err := verify.OpenTarget(ctx, verify.TargetSpec{
-			Pipeline: cfg.Pipeline, Target: t, Layout: layout, Progress: every("read target"),
+			Pipeline: cfg.Pipeline, Target: t, Layout: layout, Progress: reading.Set,
 		})
+		reading.Finish()
 		var skip *verify.SkipError
 		if errors.As(err, &skip) {
 			fmt.Fprintf(out, "target %s (%s): skipped: %s\n", t.Name, t.Kind, skip.Reason)
@@ -119,7 +120,10 @@ func runVerify(ctx context.Context, cfg *config.Pipeline, only string, out io.Wr
 		if err != nil {
 			return err
 		}
-		rep, err := compare(ctx, src, srcTable, layout, cfg.Source.Capture.DeleteFeed.SoftDeleteColumn, dst, every("compare"))
+		comparing := progress.New(progress.Options{Work: "verify " + t.Name + ": compare", Unit: "source rows",
+			Total: estimate, Terminal: term, Log: log, Attrs: []any{"target", t.Name}})
+		rep, err := compare(ctx, src, srcTable, layout, cfg.Source.Capture.DeleteFeed.SoftDeleteColumn, dst, comparing.Set)
+		comparing.Finish()
 		if err != nil {
 			return err
 		}

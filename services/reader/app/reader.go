@@ -29,6 +29,7 @@ import (
 	"github.com/oneway-sync/oneway/shared/event"
 	"github.com/oneway-sync/oneway/shared/natsbus"
 	"github.com/oneway-sync/oneway/shared/pgconn"
+	"github.com/oneway-sync/oneway/shared/progress"
 	"github.com/oneway-sync/oneway/shared/retry"
 	"github.com/oneway-sync/oneway/shared/telemetry"
 )
@@ -51,6 +52,9 @@ type Reader struct {
 	OnCaughtUp func(lastSeq uint64)
 
 	lastSeq atomic.Uint64
+	// tableEstimate is the source table's row estimate (reltuples), the
+	// total of the snapshot's progress lines; 0 when unknown.
+	tableEstimate atomic.Int64
 }
 
 // New returns a reader for cfg's source. metrics may be nil.
@@ -112,6 +116,11 @@ func (r *Reader) Run(ctx context.Context) error {
 		})
 		if err != nil {
 			return fmt.Errorf("open source: %w", err)
+		}
+		var estimate int64
+		if err := pool.QueryRow(ctx, "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass($1)",
+			spec.Table.Quoted()).Scan(&estimate); err == nil {
+			r.tableEstimate.Store(estimate)
 		}
 		obj, err := r.bus.CaptureStore(ctx, r.cfg.NATS.Replicas)
 		if err != nil {
@@ -517,6 +526,14 @@ func (r *Reader) publish(ctx context.Context, kv jetstream.KeyValue, st jetstrea
 			r.log.Warn("final position save failed; a restart republishes (deduplicated)", "error", err)
 		}
 	}()
+	// Snapshot pages (a snapshot, the first cycle of a list pattern) are
+	// reported as a backfill: rows published by this run, rate and ETA.
+	var backfill *progress.Reporter
+	defer func() {
+		if backfill != nil {
+			backfill.Finish()
+		}
+	}()
 	for it := range items {
 		if it.Batch != nil {
 			data, err := event.Encode(it.Batch)
@@ -558,6 +575,16 @@ func (r *Reader) publish(ctx context.Context, kv jetstream.KeyValue, st jetstrea
 			}
 			last = seq
 			r.lastSeq.Store(seq)
+			if it.Batch.GetPattern() == onewayv1.CapturePattern_CAPTURE_PATTERN_SNAPSHOT {
+				if backfill == nil {
+					backfill = progress.New(progress.Options{Work: "snapshot", Unit: "rows", Total: r.tableEstimate.Load(),
+						Log: r.log, Attrs: []any{"table", r.cfg.Source.Table}})
+				}
+				backfill.Add(int64(len(it.Batch.GetChanges())))
+			} else if backfill != nil {
+				backfill.Finish()
+				backfill = nil
+			}
 			if r.metrics != nil {
 				r.metrics.EventsProcessed.WithLabelValues(r.side.service, r.cfg.Pipeline, "published").Add(float64(len(it.Batch.GetChanges())))
 			}

@@ -112,6 +112,21 @@ func (w *Writer) openTarget(ctx context.Context) (tgt target.Writer, close func(
 	return tgt, func() { closeTarget(); closePool() }, nil
 }
 
+// pgSpec is the spec of a PostgreSQL target.
+func (w *Writer) pgSpec() (pgtarget.Spec, error) {
+	t := w.target
+	schema, table, err := config.SplitTable(t.Table)
+	if err != nil {
+		return pgtarget.Spec{}, errs.Permanent(fmt.Errorf("target %s table: %w", t.Name, err))
+	}
+	return pgtarget.Spec{
+		Pipeline: w.cfg.Pipeline, Target: t.Name,
+		Table: pgconn.Table{Schema: schema, Name: table}, CreateTable: t.CreatesTable(),
+		Delete: pgtarget.DeletePolicy(t.Delete), SoftDeleteColumn: t.SoftDeleteColumn,
+		LedgerSchema: t.LedgerSchema, Staged: w.cfg.Staged(),
+	}, nil
+}
+
 // newTarget opens the configured kind of target; pool is its ledger
 // database (the target itself for postgres, nil for sqlite).
 func (w *Writer) newTarget(ctx context.Context, pool *pgxpool.Pool) (target.Writer, func(), error) {
@@ -119,16 +134,11 @@ func (w *Writer) newTarget(ctx context.Context, pool *pgxpool.Pool) (target.Writ
 	t := w.target
 	switch t.Kind {
 	case config.KindPostgres:
-		schema, table, err := config.SplitTable(t.Table)
+		spec, err := w.pgSpec()
 		if err != nil {
-			return nil, nil, errs.Permanent(fmt.Errorf("target %s table: %w", t.Name, err))
+			return nil, nil, err
 		}
-		tg, err := pgtarget.Open(ctx, pool, pgtarget.Spec{
-			Pipeline: w.cfg.Pipeline, Target: t.Name,
-			Table: pgconn.Table{Schema: schema, Name: table}, CreateTable: t.CreatesTable(),
-			Delete: pgtarget.DeletePolicy(t.Delete), SoftDeleteColumn: t.SoftDeleteColumn,
-			LedgerSchema: t.LedgerSchema, Staged: w.cfg.Staged(),
-		}, w.log)
+		tg, err := pgtarget.Open(ctx, pool, spec, w.log)
 		return tg, noop, err
 	case config.KindSQLite:
 		tg, err := sqlitetarget.Open(ctx, sqlitetarget.Spec{

@@ -76,6 +76,10 @@ type Target struct {
 	// existing key, so a reload over a full target does not pay twice.
 	bulkOffUntil  atomic.Int64
 	bulkConflicts atomic.Int32
+	// keyNames and owned are the key columns and the owned columns of
+	// the layouts prepared so far (under mu), for a shadow's swap.
+	keyNames []string
+	owned    map[string]bool
 }
 
 // Open registers this target in the ledger catalog,
@@ -194,6 +198,13 @@ func (t *Target) prepare(ctx context.Context, b *onewayv1.Batch) (*plan, error) 
 	p.copyTarget = fmt.Sprintf("COPY %s (%s) FROM STDIN", t.spec.Table.Quoted(), pgconn.QuoteList("", copyCols))
 	p.copyLedger = fmt.Sprintf("COPY %s (%s, oneway_version, oneway_hash, oneway_changed, oneway_applies) FROM STDIN",
 		t.ledger.Quoted(), pgconn.QuoteList("", keyNames))
+	t.keyNames = keyNames
+	if t.owned == nil {
+		t.owned = map[string]bool{}
+	}
+	for _, c := range b.GetColumns() {
+		t.owned[c.GetName()] = true
+	}
 	t.plans[sig.String()] = p
 	return p, nil
 }
