@@ -353,8 +353,8 @@ func (p *Pipeline) validateMode(c *checker) {
 	for i := range p.Targets {
 		t := &p.Targets[i]
 		field := func(name string) string { return indexPath("targets", i) + "." + name }
-		if t.Kind != "" && t.Kind != KindPostgres && slices.Contains(targetKinds, t.Kind) {
-			c.add(field("kind"), "staged mode supports postgres targets only (yet), got %q", t.Kind)
+		if t.Kind != "" && t.Kind != KindPostgres && t.Kind != KindSQLite && slices.Contains(targetKinds, t.Kind) {
+			c.add(field("kind"), "staged mode supports postgres and sqlite targets only (yet), got %q", t.Kind)
 		}
 		if t.Orphans == "delete" && t.Delete == "none" {
 			c.add(field("orphans"), `"delete" needs a delete policy that deletes (hard or soft), but delete is "none"`)
