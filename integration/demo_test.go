@@ -1,0 +1,217 @@
+package integration
+
+import (
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	_ "modernc.org/sqlite"
+
+	"github.com/oneway-sync/oneway/integration/testenv"
+)
+
+// demoStatus is the part of /status.json the demo test reads.
+type demoStatus struct {
+	Targets []struct {
+		Name        string `json:"name"`
+		LagMessages uint64 `json:"lag_messages"`
+		DeadLetters uint64 `json:"dead_letters"`
+	} `json:"targets"`
+	Comparison *struct {
+		SourceRows int64  `json:"source_rows"`
+		TargetRows int64  `json:"target_rows"`
+		OutOfStep  int64  `json:"out_of_step"`
+		Error      string `json:"error"`
+	} `json:"comparison"`
+}
+
+func getDemoStatus(base string) (demoStatus, error) {
+	var s demoStatus
+	resp, err := http.Get(base + "/status.json")
+	if err != nil {
+		return s, err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return s, fmt.Errorf("HTTP %d: %s", resp.StatusCode, b)
+	}
+	return s, json.Unmarshal(b, &s)
+}
+
+// demoInStep is nil once the status page shows the SoR and the target
+// equal (counts and every owned value), nothing pending and nothing
+// dead-lettered.
+func demoInStep(up *testenv.Proc, base string) error {
+	if done, code := up.Exited(); done {
+		return fmt.Errorf("oneway up exited with %d", code)
+	}
+	s, err := getDemoStatus(base)
+	if err != nil {
+		return err
+	}
+	c := s.Comparison
+	switch {
+	case c == nil:
+		return errors.New("the status has no comparison")
+	case c.Error != "":
+		return fmt.Errorf("comparison failed: %s", c.Error)
+	case len(s.Targets) != 1 || s.Targets[0].DeadLetters != 0:
+		return fmt.Errorf("targets: %+v", s.Targets)
+	case c.SourceRows == 0 || c.SourceRows != c.TargetRows || c.OutOfStep != 0:
+		return fmt.Errorf("not in step: SoR %d rows, target %d rows, %d out of step", c.SourceRows, c.TargetRows, c.OutOfStep)
+	}
+	return nil
+}
+
+var statusURLRe = regexp.MustCompile(`Status page: (http://\S+)/`)
+
+// waitBanner waits for the demo's banner and returns the status page's
+// base URL from it.
+func waitBanner(t *testing.T, up *testenv.Proc, want string) string {
+	t.Helper()
+	var base string
+	testenv.WaitFor(t, time.Minute, func() error {
+		if done, code := up.Exited(); done {
+			t.Fatalf("oneway up exited with %d", code)
+		}
+		out := up.Output()
+		m := statusURLRe.FindStringSubmatch(out)
+		if m == nil {
+			return errors.New("no banner yet")
+		}
+		if !strings.Contains(out, want) {
+			t.Fatalf("the banner does not say %q:\n%s", want, out)
+		}
+		base = m[1]
+		return nil
+	})
+	return base
+}
+
+func openDemoDB(t *testing.T, path string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.SetMaxOpenConns(1)
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func sqliteExec(t *testing.T, db *sql.DB, q string, args ...any) {
+	t.Helper()
+	if _, err := db.Exec(q, args...); err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+}
+
+// TestDemoNoConfig runs the README's command, `oneway up` with no config,
+// in an empty directory: the demo seeds its SoR, the status page shows the
+// target in step with it while the simulator keeps changing it, a row
+// deleted and a row edited in the target by hand are repaired (the
+// target's own column kept), Ctrl-C exits cleanly, and a second start
+// resumes without seeding again.
+func TestDemoNoConfig(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv("ONEWAY_CONFIG", "")
+	up := testenv.StartIn(t, dir, "oneway", "up")
+	base := waitBanner(t, up, "seeded with 2000 invoices")
+	for _, f := range []string{"data/demo/sor.db", "data/demo/target.db", "data/demo/oneway.yaml", "data/nats"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Fatalf("the demo has no %s: %v", f, err)
+		}
+	}
+	// The acceptance: in step within a minute (with room for a loaded CI
+	// machine).
+	testenv.WaitFor(t, 2*time.Minute, func() error { return demoInStep(up, base) })
+
+	// The simulator changes the SoR.
+	sor := openDemoDB(t, filepath.Join(dir, "data/demo/sor.db"))
+	testenv.WaitFor(t, time.Minute, func() error {
+		var n int
+		if err := sor.QueryRow("SELECT count(*) FROM invoices WHERE id > 2000 OR updated_at > ?",
+			time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)).Scan(&n); err != nil {
+			return err
+		}
+		if n == 0 {
+			return errors.New("the simulator changed nothing yet")
+		}
+		return nil
+	})
+
+	// Hand edits of the target: a row deleted, a row changed (with a
+	// value in the target's own column), a row added.
+	tgt := openDemoDB(t, filepath.Join(dir, "data/demo/target.db"))
+	var deleted, edited int64
+	if err := tgt.QueryRow("SELECT min(id), max(id) FROM invoices WHERE id <= 1000").Scan(&deleted, &edited); err != nil {
+		t.Fatal(err)
+	}
+	sqliteExec(t, tgt, "DELETE FROM invoices WHERE id = ?", deleted)
+	sqliteExec(t, tgt, "UPDATE invoices SET customer = 'edited by hand', notes = 'mine' WHERE id = ?", edited)
+	sqliteExec(t, tgt, "INSERT INTO invoices (id, customer, amount, status, updated_at) VALUES (99999999, 'orphan', 1, 'draft', '2020-01-01')")
+	r := testenv.Run(t, time.Minute, "oneway", "status", "--url", base)
+	if r.Code != 0 || !strings.Contains(r.Stdout, "out of step") {
+		t.Fatalf("oneway status: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
+	}
+	testenv.WaitFor(t, 2*time.Minute, func() error {
+		if err := demoInStep(up, base); err != nil {
+			return err
+		}
+		var notes sql.NullString
+		var orphans int
+		if err := tgt.QueryRow("SELECT notes FROM invoices WHERE id = ?", edited).Scan(&notes); err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		if err := tgt.QueryRow("SELECT count(*) FROM invoices WHERE id = 99999999").Scan(&orphans); err != nil {
+			return err
+		}
+		if orphans != 0 {
+			return errors.New("the orphan is still there")
+		}
+		// In step means the edit was repaired; the simulator may have
+		// deleted the row meanwhile, else its notes survive.
+		if notes.Valid && notes.String != "mine" {
+			return fmt.Errorf("the target's own column was overwritten: %q", notes.String)
+		}
+		return nil
+	})
+
+	if code := up.Interrupt(t, time.Minute); code != 0 {
+		t.Fatalf("oneway up exited with %d after Ctrl-C, want 0\n%s", code, up.Output())
+	}
+
+	// A restart resumes: the simulator's changes are still in the SoR (a
+	// seed would have none: its times are days old).
+	simulated := func() int {
+		var n int
+		if err := sor.QueryRow("SELECT count(*) FROM invoices WHERE updated_at > ?",
+			time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := simulated()
+	if before == 0 {
+		t.Fatal("no simulated changes in the SoR before the restart")
+	}
+	up = testenv.StartIn(t, dir, "oneway", "up")
+	base = waitBanner(t, up, "resuming the demo")
+	if after := simulated(); after < before {
+		t.Fatalf("the SoR has %d simulated changes after a restart, %d before: it was seeded again", after, before)
+	}
+	testenv.WaitFor(t, 2*time.Minute, func() error { return demoInStep(up, base) })
+	if code := up.Interrupt(t, time.Minute); code != 0 {
+		t.Fatalf("oneway up exited with %d after the second Ctrl-C, want 0\n%s", code, up.Output())
+	}
+}
