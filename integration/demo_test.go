@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"database/sql"
 	"encoding/json"
 	"errors"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chromedp/chromedp"
 	_ "modernc.org/sqlite"
 
 	"github.com/oneway-sync/oneway/integration/testenv"
@@ -136,6 +138,8 @@ func TestDemoNoConfig(t *testing.T) {
 	// machine).
 	testenv.WaitFor(t, 2*time.Minute, func() error { return demoInStep(up, base) })
 
+	demoPageInStep(t, base)
+
 	// The simulator changes the SoR.
 	sor := openDemoDB(t, filepath.Join(dir, "data/demo/sor.db"))
 	testenv.WaitFor(t, time.Minute, func() error {
@@ -214,4 +218,48 @@ func TestDemoNoConfig(t *testing.T) {
 	if code := up.Interrupt(t, time.Minute); code != 0 {
 		t.Fatalf("oneway up exited with %d after the second Ctrl-C, want 0\n%s", code, up.Output())
 	}
+}
+
+// demoPageInStep loads the status page in headless Chromium and waits until
+// it shows the SoR and the target in step (row counts equal, 0 rows out of
+// step), then saves a screenshot as a test artifact
+// (ONEWAY_TEST_ARTIFACTS, default integration/artifacts).
+func demoPageInStep(t *testing.T, base string) {
+	t.Helper()
+	chromium := chromiumPath(t)
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromium), chromedp.NoSandbox, chromedp.Headless,
+		chromedp.Flag("disable-dev-shm-usage", true), chromedp.WindowSize(1200, 900))
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancelAlloc()
+	ctx, cancel := chromedp.NewContext(actx)
+	defer cancel()
+	if err := chromedp.Do(ctx, chromedp.Navigate(base+"/")); err != nil {
+		t.Fatalf("browser: %v", err)
+	}
+	sctx, scancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer scancel()
+	const inStep = `(() => {
+  const v = id => document.querySelector('[data-testid="' + id + '"]').textContent;
+  return v("out-of-step").includes("in step") && v("source-rows") === v("target-rows") && v("source-rows") !== "…";
+})()`
+	if _, err := chromedp.Run(sctx, chromedp.Poll[bool](inStep, chromedp.WithPollingTimeout(2*time.Minute), chromedp.WithPollingInterval(100*time.Millisecond))); err != nil {
+		t.Fatalf("the status page never showed the SoR and the target in step: %v", err)
+	}
+	shot, err := chromedp.Run(sctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatalf("screenshot: %v", err)
+	}
+	dir := os.Getenv("ONEWAY_TEST_ARTIFACTS")
+	if dir == "" {
+		dir = filepath.Join(repoRoot(), "integration", "artifacts")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "demo-status-page.png")
+	if err := os.WriteFile(path, shot, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("screenshot: %s (%d bytes)", path, len(shot))
 }
