@@ -14,10 +14,10 @@ import (
 	"time"
 
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
-	"github.com/oneway-sync/oneway/services/reader/internal/source"
 	"github.com/oneway-sync/oneway/shared/errs"
 	"github.com/oneway-sync/oneway/shared/event"
 	"github.com/oneway-sync/oneway/shared/retry"
+	"github.com/oneway-sync/oneway/shared/source"
 )
 
 // Cycle is the synthetic pattern (Window zero) and the window pattern.

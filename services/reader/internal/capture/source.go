@@ -4,7 +4,7 @@ import (
 	"context"
 
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
-	"github.com/oneway-sync/oneway/services/reader/internal/source"
+	"github.com/oneway-sync/oneway/shared/source"
 )
 
 // Source is a table the watermark, watermark_cdc, synthetic and window

@@ -7,9 +7,9 @@ import (
 	"time"
 
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
-	"github.com/oneway-sync/oneway/services/reader/internal/source"
 	"github.com/oneway-sync/oneway/shared/event"
 	"github.com/oneway-sync/oneway/shared/retry"
+	"github.com/oneway-sync/oneway/shared/source"
 )
 
 // Watermark is the watermark pattern and, with CDC set, watermark_cdc.

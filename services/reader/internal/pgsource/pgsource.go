@@ -17,9 +17,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
-	"github.com/oneway-sync/oneway/services/reader/internal/source"
 	"github.com/oneway-sync/oneway/shared/errs"
 	"github.com/oneway-sync/oneway/shared/pgconn"
+	"github.com/oneway-sync/oneway/shared/source"
 )
 
 // Row is one record's owned values as PostgreSQL text; nil is NULL. Rows

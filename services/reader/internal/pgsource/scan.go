@@ -9,9 +9,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/oneway-sync/oneway/services/reader/internal/source"
 	"github.com/oneway-sync/oneway/shared/errs"
 	"github.com/oneway-sync/oneway/shared/pgconn"
+	"github.com/oneway-sync/oneway/shared/source"
 )
 
 // The synthetic and window patterns merge a scan of the table, in key
