@@ -2,9 +2,9 @@ package sqlsource
 
 import (
 	"context"
-	"fmt"
 	"database/sql"
 	"database/sql/driver"
+	"fmt"
 	"math"
 	"time"
 

@@ -14,18 +14,18 @@ import (
 type kind uint8
 
 const (
-	kText      kind = iota // text as stored (numbers in decimal)
-	kInt                   // decimal digits
-	kNumeric               // exact decimal text
-	kFloat64               // double precision
-	kFloat32               // real
-	kBool                  // t / f
-	kBytea                 // \x hex
-	kTimestamp             // YYYY-MM-DD HH:MM:SS[.ffffff]
-	kTimestampTZ           // the same, in UTC, with +00
-	kDate                  // YYYY-MM-DD
-	kTime                  // HH:MM:SS[.ffffff]
-	kJSON                  // the document as stored
+	kText        kind = iota // text as stored (numbers in decimal)
+	kInt                     // decimal digits
+	kNumeric                 // exact decimal text
+	kFloat64                 // double precision
+	kFloat32                 // real
+	kBool                    // t / f
+	kBytea                   // \x hex
+	kTimestamp               // YYYY-MM-DD HH:MM:SS[.ffffff]
+	kTimestampTZ             // the same, in UTC, with +00
+	kDate                    // YYYY-MM-DD
+	kTime                    // HH:MM:SS[.ffffff]
+	kJSON                    // the document as stored
 )
 
 // pgType maps a SQLite declared type to the PostgreSQL type the source
