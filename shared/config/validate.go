@@ -409,9 +409,9 @@ func (s *Source) validate(c *checker) {
 	switch s.Kind {
 	case "":
 		c.add("source.kind", "required")
-	case KindPostgres, KindKafka:
+	case KindPostgres, KindKafka, KindSQLite, KindMySQL:
 	default:
-		c.add("source.kind", "unsupported kind %q (supported: %s, %s)", s.Kind, KindPostgres, KindKafka)
+		c.add("source.kind", "unsupported kind %q (supported: %s, %s, %s, %s)", s.Kind, KindPostgres, KindSQLite, KindMySQL, KindKafka)
 	}
 	switch {
 	case s.Kind == KindKafka && s.URL != "":
@@ -433,6 +433,9 @@ func (s *Source) validate(c *checker) {
 		c.add("source.table", "required")
 	} else if _, _, err := SplitTable(s.Table); err != nil {
 		c.add("source.table", "%v", err)
+	}
+	if s.Kind == KindSQLite || s.Kind == KindMySQL {
+		s.validateSQL(c)
 	}
 
 	if len(s.Key) == 0 {

@@ -29,6 +29,7 @@ import (
 	"github.com/oneway-sync/oneway/shared/natsbus"
 	"github.com/oneway-sync/oneway/shared/pgconn"
 	"github.com/oneway-sync/oneway/shared/retry"
+	"github.com/oneway-sync/oneway/shared/sqlsource"
 	"github.com/oneway-sync/oneway/shared/telemetry"
 )
 
@@ -83,24 +84,11 @@ func (r *Reader) Run(ctx context.Context) error {
 		capt = r.newCDC(cdc)
 		setup.Slot = src.Capture.Slot
 	} else {
-		spec, err := sourceSpec(r.cfg)
+		source, closeSource, err := r.openSource(ctx)
 		if err != nil {
 			return err
 		}
-		pool, err := pgconn.Open(ctx, src.URL.Value(), "oneway-reader-"+r.cfg.Pipeline, 4)
-		if err != nil {
-			return err
-		}
-		defer pool.Close()
-		var source *pgsource.Source
-		err = retry.Do(ctx, r.retryPolicy(), func(ctx context.Context) error {
-			var err error
-			source, err = pgsource.Open(ctx, pool, spec, r.log)
-			return pgconn.Classify(err)
-		})
-		if err != nil {
-			return fmt.Errorf("open source: %w", err)
-		}
+		defer closeSource()
 		obj, err := r.bus.CaptureStore(ctx, r.cfg.NATS.Replicas)
 		if err != nil {
 			return err
@@ -179,6 +167,79 @@ func jsUnavailable(err error) error {
 	return errs.Unavailable(err)
 }
 
+// openSource opens the configured SQL source (postgres, sqlite, mysql),
+// retrying while it is unreachable, and returns it with its close.
+func (r *Reader) openSource(ctx context.Context) (capture.Source, func(), error) {
+	src := r.cfg.Source
+	if src.Kind == config.KindSQLite || src.Kind == config.KindMySQL {
+		spec, err := sqlSourceSpec(r.cfg)
+		if err != nil {
+			return nil, nil, err
+		}
+		var source *sqlsource.Source
+		err = retry.Do(ctx, r.retryPolicy(), func(ctx context.Context) error {
+			var err error
+			source, err = sqlsource.Open(ctx, spec, r.log)
+			return err
+		})
+		if err != nil {
+			return nil, nil, fmt.Errorf("open source: %w", err)
+		}
+		return source, func() { source.Close() }, nil
+	}
+	spec, err := sourceSpec(r.cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	pool, err := pgconn.Open(ctx, src.URL.Value(), "oneway-reader-"+r.cfg.Pipeline, 4)
+	if err != nil {
+		return nil, nil, err
+	}
+	var source *pgsource.Source
+	err = retry.Do(ctx, r.retryPolicy(), func(ctx context.Context) error {
+		var err error
+		source, err = pgsource.Open(ctx, pool, spec, r.log)
+		return pgconn.Classify(err)
+	})
+	if err != nil {
+		pool.Close()
+		return nil, nil, fmt.Errorf("open source: %w", err)
+	}
+	return source, pool.Close, nil
+}
+
+// sqlSourceSpec is what the configured pattern reads from a sqlite or
+// mysql source.
+func sqlSourceSpec(cfg *config.Pipeline) (sqlsource.Spec, error) {
+	src := cfg.Source
+	capt := src.Capture
+	spec := sqlsource.Spec{Kind: src.Kind, URL: src.URL.Value(), Key: src.Key, Columns: src.Columns,
+		SoftDeleteColumn: capt.DeleteFeed.SoftDeleteColumn}
+	var err error
+	if src.Kind == config.KindMySQL {
+		spec.Database, spec.Table, err = config.SplitMySQLTable(src.Table)
+	} else {
+		_, spec.Table, err = config.SplitTable(src.Table) // SQLite has no schemas
+	}
+	if err != nil {
+		return spec, errs.Permanent(fmt.Errorf("source table: %w", err))
+	}
+	switch capt.Pattern {
+	case config.PatternWatermark, config.PatternWatermarkCDC:
+		spec.WatermarkColumn = capt.Column
+		spec.Coarse = capt.Pattern == config.PatternWatermarkCDC
+		if capt.DeleteFeed.Table != "" {
+			return spec, errs.Permanentf("a %s source has no delete feed table support; use soft_delete_column", src.Kind)
+		}
+	case config.PatternWindow:
+		spec.WindowColumn = capt.Column
+	case config.PatternSynthetic:
+	default:
+		return spec, errs.Permanentf("capture pattern %q is not supported for a %s source", capt.Pattern, src.Kind)
+	}
+	return spec, nil
+}
+
 // sourceSpec is what the configured pattern reads.
 func sourceSpec(cfg *config.Pipeline) (pgsource.Spec, error) {
 	src := cfg.Source
@@ -223,7 +284,7 @@ func sourceName(cfg *config.Pipeline) string {
 }
 
 // newCapture builds the configured pattern's capture.
-func (r *Reader) newCapture(source *pgsource.Source, store *capture.Store) capture.Capture {
+func (r *Reader) newCapture(source capture.Source, store *capture.Store) capture.Capture {
 	c := r.cfg.Source.Capture
 	layout := capture.Layout{
 		Pipeline: r.cfg.Pipeline, Table: r.cfg.Source.Table, Columns: source.Columns(),
