@@ -210,7 +210,7 @@ func TestDemoNoConfig(t *testing.T) {
 		t.Fatal("no simulated changes in the SoR before the restart")
 	}
 	up = testenv.StartIn(t, dir, "oneway", "up")
-	base = waitBanner(t, up, "resuming the demo")
+	base = waitBanner(t, up, "Resuming the demo")
 	if after := simulated(); after < before {
 		t.Fatalf("the SoR has %d simulated changes after a restart, %d before: it was seeded again", after, before)
 	}

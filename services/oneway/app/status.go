@@ -153,7 +153,7 @@ func printStatus(out io.Writer, s status.Snapshot) {
 		if c.Error != "" {
 			fmt.Fprintf(out, "\ncomparison failed: %s\n", c.Error)
 		} else {
-			fmt.Fprintf(out, "\nSoR %d rows, target %s %d rows, %d out of step\n", c.SourceRows, c.Target, c.TargetRows, c.OutOfStep)
+			fmt.Fprintf(out, "\ncompared directly: SoR %d rows; target %s %d rows, %d out of step\n", c.SourceRows, c.Target, c.TargetRows, c.OutOfStep)
 		}
 	}
 	for _, t := range s.Targets {

@@ -150,13 +150,14 @@ func (d *Demo) Banner(w io.Writer, statusURL string) {
 		}
 		return p
 	}
-	start := "resuming the demo (a restart: nothing is seeded again)"
+	start := "Resuming the demo where it stopped (nothing is seeded again)."
 	if d.Seeded {
-		start = fmt.Sprintf("starting the demo (the SoR was just seeded with %d invoices)", SeedRows)
+		start = fmt.Sprintf("A first start: the SoR was just seeded with %d invoices.", SeedRows)
 	}
 	dataDir := filepath.Dir(d.Dir)
 	fmt.Fprintf(w, `
-  oneway demo — no config given, so oneway runs its built-in demo, %s.
+  oneway demo — no config given, so oneway runs its built-in demo.
+  %s
 
     System of Record  %s   (table %s, changed every few seconds by a simulator)
     target            %s   (kept in step in staged mode; edit it and watch it repaired)

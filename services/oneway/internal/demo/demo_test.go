@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/oneway-sync/oneway/shared/config"
 )
 
 func testCtx(t *testing.T) context.Context {
@@ -75,6 +77,14 @@ func TestPrepareSeedsOnceAndResumes(t *testing.T) {
 	cfg, err := os.ReadFile(d.ConfigPath)
 	require.NoError(t, err)
 	require.Equal(t, d.Config(), string(cfg))
+	p, err := config.Load(d.ConfigPath)
+	require.NoError(t, err, "the demo's config is a valid pipeline")
+	require.True(t, p.Staged())
+	require.Equal(t, config.KindSQLite, p.Source.Kind)
+	require.Equal(t, d.SourcePath, p.Source.URL.Value())
+	require.Len(t, p.Targets, 1)
+	require.Equal(t, d.TargetPath, p.Targets[0].URL.Value())
+	require.NotNil(t, p.Targets[0].Readback, "hand edits of the target are read back")
 }
 
 func TestConfigQuotesPaths(t *testing.T) {
