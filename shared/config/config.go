@@ -308,12 +308,22 @@ type Breaker struct {
 }
 
 // Readback reads a target back into the stage, like a reader reads the
-// source: the target table, its owned columns (source.columns), with a
-// capture pattern that sees deletions.
+// source: the target table, its owned columns (source.columns) and key,
+// with a capture pattern of its own. Only the patterns that see deletions
+// (synthetic, window inside its window) see rows deleted by hand.
 type Readback struct {
-	// Pattern is the capture pattern. Default and only value: "synthetic"
-	// (a full read each cycle compared with the previous one).
+	// Pattern is the capture pattern: "synthetic" (default: a full read
+	// each cycle compared with the previous one), "window", "watermark" or
+	// "watermark_cdc" ("watermark+cdc" is accepted). cdc is not supported
+	// (it would need a replication slot on the target).
 	Pattern string `yaml:"pattern"`
+	// Column is the pattern's column in the target, as for
+	// source.capture.column: required for window, watermark and
+	// watermark_cdc, not allowed for synthetic; an owned column.
+	Column string `yaml:"column,omitempty"`
+	// Window is the span of the window pattern; required (> 0) for it, not
+	// allowed with the others.
+	Window Duration `yaml:"window,omitempty"`
 	// PollInterval is the time between reads. Default 30s; > 0.
 	PollInterval Duration `yaml:"poll_interval"`
 	// BatchSize is the rows per message. Default 1000; 1..100000.

@@ -51,6 +51,12 @@ func TestStagedDefaults(t *testing.T) {
 	require.Equal(t, 5, tg.MaxPushesPerVersion)
 	require.Equal(t, Breaker{MaxDeleteShare: 0.5, Allow: true, Window: Duration{10 * time.Minute}}, tg.Breaker)
 	require.Equal(t, &Readback{Pattern: PatternSynthetic, PollInterval: Duration{30 * time.Second}, BatchSize: 1000}, tg.Readback)
+
+	// Any pattern but cdc; watermark+cdc is spelled watermark_cdc.
+	src = strings.Replace(src, "readback: {}", "readback: {pattern: watermark+cdc, column: updated_at}", 1)
+	p, err = Parse("t.yaml", []byte(src), noEnv)
+	require.NoError(t, err)
+	require.Equal(t, &Readback{Pattern: PatternWatermarkCDC, Column: "updated_at", PollInterval: Duration{30 * time.Second}, BatchSize: 1000}, p.Targets[0].Readback)
 }
 
 func TestStagedSQLiteTarget(t *testing.T) {
@@ -81,7 +87,13 @@ func TestStagedValidationErrors(t *testing.T) {
 		{"share over one", strings.Replace(stagedBase, target, target+"    breaker:\n      max_delete_share: 1.5\n", 1), "targets[0].breaker.max_delete_share", 15, "got 1.5"},
 		{"share not a number", strings.Replace(stagedBase, target, target+"    breaker:\n      max_delete_share: lots\n", 1), "targets[0].breaker.max_delete_share", 15, "expected a number"},
 		{"window zero", strings.Replace(stagedBase, target, target+"    breaker:\n      window: 0s\n", 1), "targets[0].breaker.window", 15, "must be > 0"},
-		{"readback pattern", strings.Replace(stagedBase, target, target+"    readback:\n      pattern: watermark\n", 1), "targets[0].readback.pattern", 15, `must be synthetic`},
+		{"readback pattern cdc", strings.Replace(stagedBase, target, target+"    readback:\n      pattern: cdc\n", 1), "targets[0].readback.pattern", 15, `cdc is not supported for a read-back`},
+		{"readback pattern unknown", strings.Replace(stagedBase, target, target+"    readback:\n      pattern: guess\n", 1), "targets[0].readback.pattern", 15, `unknown capture pattern "guess"`},
+		{"readback watermark without column", strings.Replace(stagedBase, target, target+"    readback:\n      pattern: watermark\n", 1), "targets[0].readback.column", 15, `required for the watermark pattern`},
+		{"readback column not owned", strings.Replace(stagedBase, target, target+"    readback:\n      pattern: watermark\n      column: crm_notes\n", 1), "targets[0].readback.column", 16, `"crm_notes" is not in source.columns`},
+		{"readback synthetic with column", strings.Replace(stagedBase, target, target+"    readback:\n      column: updated_at\n", 1), "targets[0].readback.column", 15, `not used by the synthetic pattern`},
+		{"readback window without span", strings.Replace(stagedBase, target, target+"    readback:\n      pattern: window\n      column: updated_at\n", 1), "targets[0].readback.window", 15, `required for the window pattern`},
+		{"readback window on watermark", strings.Replace(stagedBase, target, target+"    readback:\n      pattern: watermark\n      column: updated_at\n      window: 1h\n", 1), "targets[0].readback.window", 17, `only for the window pattern`},
 		{"readback poll", strings.Replace(stagedBase, target, target+"    readback:\n      poll_interval: 0s\n", 1), "targets[0].readback.poll_interval", 15, "must be > 0"},
 		{"readback batch", strings.Replace(stagedBase, target, target+"    readback:\n      batch_size: 0\n", 1), "targets[0].readback.batch_size", 15, "between 1 and 100000"},
 		{"readback unknown field", strings.Replace(stagedBase, target, target+"    readback:\n      table: x\n", 1), "targets[0].readback.table", 15, `unknown field "table"`},

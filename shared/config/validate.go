@@ -239,6 +239,9 @@ func (p *Pipeline) applyDefaults(pos *positions) {
 			if unset(prefix + "readback.pattern") {
 				rb.Pattern = defaultReadbackPattern
 			}
+			if alias, ok := patternAliases[rb.Pattern]; ok {
+				rb.Pattern = alias
+			}
 			if unset(prefix + "readback.poll_interval") {
 				rb.PollInterval = Duration{defaultReadbackPoll}
 			}
@@ -364,7 +367,7 @@ func (p *Pipeline) validateMode(c *checker) {
 
 // validateStaged checks the target settings of staged push (in either
 // mode: a value is wrong or right whatever the mode).
-func (t *Target) validateStaged(c *checker, field func(string) string) {
+func (t *Target) validateStaged(c *checker, field func(string) string, src *Source) {
 	if t.MaxPushesPerVersion < 1 || t.MaxPushesPerVersion > 1000 {
 		c.add(field("max_pushes_per_version"), "must be between 1 and 1000, got %d", t.MaxPushesPerVersion)
 	}
@@ -375,15 +378,7 @@ func (t *Target) validateStaged(c *checker, field func(string) string) {
 		c.add(field("breaker.window"), "must be > 0, got %s", t.Breaker.Window)
 	}
 	if rb := t.Readback; rb != nil {
-		if rb.Pattern != PatternSynthetic {
-			c.add(field("readback.pattern"), "must be %s (a read-back must see deletions), got %q", PatternSynthetic, rb.Pattern)
-		}
-		if rb.PollInterval.Duration <= 0 {
-			c.add(field("readback.poll_interval"), "must be > 0, got %s", rb.PollInterval)
-		}
-		if rb.BatchSize < 1 || rb.BatchSize > 100_000 {
-			c.add(field("readback.batch_size"), "must be between 1 and 100000, got %d", rb.BatchSize)
-		}
+		rb.validate(c, field, src)
 	}
 }
 
@@ -676,7 +671,7 @@ func (t *Target) validate(c *checker, path string, src *Source) {
 		c.add(field("ledger_schema"), "%v", err)
 	}
 
-	t.validateStaged(c, field)
+	t.validateStaged(c, field, src)
 
 	w := &t.Writer
 	if w.Workers < 1 || w.Workers > 64 {
@@ -731,4 +726,46 @@ func validAddr(addr string) error {
 		return fmt.Errorf("must be host:port with a numeric port, got port %q", port)
 	}
 	return nil
+}
+
+// validate checks a target's read-back; src is the pipeline's source,
+// whose key and owned columns the read-back reads.
+func (rb *Readback) validate(c *checker, field func(string) string, src *Source) {
+	needsColumn := true
+	switch rb.Pattern {
+	case PatternSynthetic:
+		needsColumn = false
+	case PatternWindow, PatternWatermark, PatternWatermarkCDC:
+	case PatternCDC:
+		c.add(field("readback.pattern"), "cdc is not supported for a read-back (it would need a replication slot on the target); use %s, %s, %s or %s",
+			PatternSynthetic, PatternWindow, PatternWatermark, PatternWatermarkCDC)
+		return
+	default:
+		c.add(field("readback.pattern"), "unknown capture pattern %q (supported for a read-back: %s, %s, %s, %s)",
+			rb.Pattern, PatternSynthetic, PatternWindow, PatternWatermark, PatternWatermarkCDC)
+		return
+	}
+	switch {
+	case !needsColumn && rb.Column != "":
+		c.add(field("readback.column"), "not used by the %s pattern; remove it", rb.Pattern)
+	case !needsColumn:
+	case rb.Column == "":
+		c.add(field("readback.column"), "required for the %s pattern", rb.Pattern)
+	case ValidIdentifier(rb.Column) != nil:
+		c.add(field("readback.column"), "%v", ValidIdentifier(rb.Column))
+	case len(src.Columns) > 0 && !slices.Contains(src.Columns, rb.Column):
+		c.add(field("readback.column"), "%q is not in source.columns (a read-back reads the owned columns only)", rb.Column)
+	}
+	switch {
+	case rb.Pattern == PatternWindow && rb.Window.Duration <= 0:
+		c.add(field("readback.window"), "required for the window pattern: a span > 0 such as 720h, got %s", rb.Window)
+	case rb.Pattern != PatternWindow && rb.Window.Duration != 0:
+		c.add(field("readback.window"), "only for the window pattern (pattern is %s)", rb.Pattern)
+	}
+	if rb.PollInterval.Duration <= 0 {
+		c.add(field("readback.poll_interval"), "must be > 0, got %s", rb.PollInterval)
+	}
+	if rb.BatchSize < 1 || rb.BatchSize > 100_000 {
+		c.add(field("readback.batch_size"), "must be between 1 and 100000, got %d", rb.BatchSize)
+	}
 }

@@ -28,7 +28,7 @@ func (r *Reader) runKafka(ctx context.Context) error {
 	setup := capture.Setup{Pattern: config.PatternCDC, Source: kafkaSourceName(r.cfg), Stream: true}
 	holder := holderID()
 	for {
-		l, err := acquireLease(ctx, kv, bus.ReaderLeaseKey(r.cfg.Pipeline, "source"), holder, r.log)
+		l, err := acquireLease(ctx, kv, bus.ReaderLeaseKey(r.cfg.Pipeline, r.side.name), holder, r.log)
 		if err != nil {
 			return nil // ctx ended while standing by
 		}
@@ -70,5 +70,5 @@ func kafkaSpec(cfg *config.Pipeline, budget int, r *Reader) debezium.Spec {
 // kafkaSourceName names what a kafka source's position is about: the
 // topic, and the table and key its events become.
 func kafkaSourceName(cfg *config.Pipeline) string {
-	return "kafka:" + cfg.Source.Kafka.Topic + "→" + sourceName(cfg)
+	return "kafka:" + cfg.Source.Kafka.Topic + "→" + sourceName(cfg.Source)
 }

@@ -1,6 +1,7 @@
 // Package app is the reader service: it reads the System of Record and
-// publishes change batches to oneway.<pipeline>.source. integration/ and
-// `oneway up` run it in-process through New and Run.
+// publishes change batches to oneway.<pipeline>.source, and in staged mode
+// reads targets back (NewReadback) onto oneway.<pipeline>.target.<t>.
+// integration/ and `oneway up` run it in-process through New and Run.
 package app
 
 import (
@@ -36,9 +37,10 @@ import (
 // Position is where the reader is, stored as JSON in the state bucket.
 type Position = capture.Position
 
-// Reader runs one pipeline's source side.
+// Reader runs one side of a pipeline: its source, or a target read back.
 type Reader struct {
 	cfg     *config.Pipeline
+	side    side
 	bus     *natsbus.Bus
 	log     *slog.Logger
 	metrics *telemetry.Metrics
@@ -54,18 +56,22 @@ type Reader struct {
 
 // New returns a reader for cfg's source. metrics may be nil.
 func New(cfg *config.Pipeline, b *natsbus.Bus, log *slog.Logger, metrics *telemetry.Metrics) *Reader {
-	return &Reader{cfg: cfg, bus: b, log: log.With("component", "reader"), metrics: metrics}
+	return newReader(cfg, sourceSide(cfg), b, log, metrics)
 }
 
-// Name implements runner.Component.
-func (r *Reader) Name() string { return "reader" }
+func newReader(cfg *config.Pipeline, s side, b *natsbus.Bus, log *slog.Logger, metrics *telemetry.Metrics) *Reader {
+	return &Reader{cfg: cfg, side: s, bus: b, log: log.With("component", s.service), metrics: metrics}
+}
+
+// Name implements runner.Component: "reader", or "readback-<t>".
+func (r *Reader) Name() string { return r.side.service }
 
 // Run reads until ctx ends. It returns nil after a clean stop.
 func (r *Reader) Run(ctx context.Context) error {
-	if r.cfg.Source.Kind == config.KindKafka {
+	if r.side.src.Kind == config.KindKafka {
 		return r.runKafka(ctx)
 	}
-	src := r.cfg.Source
+	src := r.side.src
 	if _, err := r.bus.EnsureStream(ctx, natsbus.PipelineStream(r.cfg)); err != nil {
 		return err
 	}
@@ -73,7 +79,7 @@ func (r *Reader) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	setup := capture.Setup{Pattern: src.Capture.Pattern, Source: sourceName(r.cfg)}
+	setup := capture.Setup{Pattern: src.Capture.Pattern, Source: sourceName(src)}
 	var capt capture.Capture
 	if src.Capture.Pattern == config.PatternCDC {
 		cdc, err := r.openCDC(ctx)
@@ -102,7 +108,7 @@ func (r *Reader) Run(ctx context.Context) error {
 	holder := holderID()
 	wait := outageWait{}
 	for {
-		l, err := acquireLease(ctx, kv, bus.ReaderLeaseKey(r.cfg.Pipeline, "source"), holder, r.log)
+		l, err := acquireLease(ctx, kv, bus.ReaderLeaseKey(r.cfg.Pipeline, r.side.name), holder, r.log)
 		if err != nil {
 			return nil // ctx ended while standing by
 		}
@@ -170,9 +176,9 @@ func jsUnavailable(err error) error {
 // openSource opens the configured SQL source (postgres, sqlite, mysql),
 // retrying while it is unreachable, and returns it with its close.
 func (r *Reader) openSource(ctx context.Context) (capture.Source, func(), error) {
-	src := r.cfg.Source
+	src := r.side.src
 	if src.Kind == config.KindSQLite || src.Kind == config.KindMySQL {
-		spec, err := sqlSourceSpec(r.cfg)
+		spec, err := sqlSourceSpec(src)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -187,11 +193,11 @@ func (r *Reader) openSource(ctx context.Context) (capture.Source, func(), error)
 		}
 		return source, func() { source.Close() }, nil
 	}
-	spec, err := sourceSpec(r.cfg)
+	spec, err := sourceSpec(src)
 	if err != nil {
 		return nil, nil, err
 	}
-	pool, err := pgconn.Open(ctx, src.URL.Value(), "oneway-reader-"+r.cfg.Pipeline, 4)
+	pool, err := pgconn.Open(ctx, src.URL.Value(), r.application(), 4)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -210,8 +216,7 @@ func (r *Reader) openSource(ctx context.Context) (capture.Source, func(), error)
 
 // sqlSourceSpec is what the configured pattern reads from a sqlite or
 // mysql source.
-func sqlSourceSpec(cfg *config.Pipeline) (sqlsource.Spec, error) {
-	src := cfg.Source
+func sqlSourceSpec(src config.Source) (sqlsource.Spec, error) {
 	capt := src.Capture
 	spec := sqlsource.Spec{Kind: src.Kind, URL: src.URL.Value(), Key: src.Key, Columns: src.Columns,
 		SoftDeleteColumn: capt.DeleteFeed.SoftDeleteColumn}
@@ -240,13 +245,21 @@ func sqlSourceSpec(cfg *config.Pipeline) (sqlsource.Spec, error) {
 	return spec, nil
 }
 
-// sourceSpec is what the configured pattern reads.
-func sourceSpec(cfg *config.Pipeline) (pgsource.Spec, error) {
-	src := cfg.Source
+// application is the PostgreSQL application_name of the reader's
+// connections.
+func (r *Reader) application() string {
+	if r.side.name == "source" {
+		return "oneway-reader-" + r.cfg.Pipeline
+	}
+	return "oneway-" + r.side.service + "-" + r.cfg.Pipeline
+}
+
+// sourceSpec is what src's pattern reads.
+func sourceSpec(src config.Source) (pgsource.Spec, error) {
 	capt := src.Capture
 	schema, table, err := config.SplitTable(src.Table)
 	if err != nil {
-		return pgsource.Spec{}, errs.Permanent(fmt.Errorf("source table: %w", err))
+		return pgsource.Spec{}, errs.Permanent(fmt.Errorf("table %s: %w", src.Table, err))
 	}
 	spec := pgsource.Spec{
 		Table: pgconn.Table{Schema: schema, Name: table}, Key: src.Key, Columns: src.Columns,
@@ -275,39 +288,38 @@ func sourceSpec(cfg *config.Pipeline) (pgsource.Spec, error) {
 }
 
 // sourceName names the table and key a position is about.
-func sourceName(cfg *config.Pipeline) string {
-	t := cfg.Source.Table
+func sourceName(src config.Source) string {
+	t := src.Table
 	if schema, table, err := config.SplitTable(t); err == nil {
 		t = schema + "." + table
 	}
-	return t + "(" + strings.Join(cfg.Source.Key, ",") + ")"
+	return t + "(" + strings.Join(src.Key, ",") + ")"
 }
 
 // newCapture builds the configured pattern's capture.
 func (r *Reader) newCapture(source capture.Source, store *capture.Store) capture.Capture {
-	c := r.cfg.Source.Capture
+	c := r.side.src.Capture
 	layout := capture.Layout{
-		Pipeline: r.cfg.Pipeline, Table: r.cfg.Source.Table, Columns: source.Columns(),
+		Pipeline: r.cfg.Pipeline, Origin: r.side.origin(), Table: r.side.src.Table, Columns: source.Columns(),
 		KeyIdx: source.KeyIndexes(), Budget: int(r.bus.NC.MaxPayload()) * 3 / 4,
 	}
 	switch c.Pattern {
 	case config.PatternSynthetic, config.PatternWindow:
 		return &capture.Cycle{Source: source, Layout: layout, Store: store,
-			ObjectName: bus.CaptureObject(r.cfg.Pipeline, "source", "hashes"),
+			ObjectName: bus.CaptureObject(r.cfg.Pipeline, r.side.name, "hashes"),
 			Window:     c.Window.Duration, BatchSize: c.BatchSize, Interval: c.PollInterval.Duration,
 			Lookback: c.Lookback.Duration, Log: r.log, Retry: r.retryPolicy()}
 	default:
 		return &capture.Watermark{Source: source, Layout: layout, BatchSize: c.BatchSize,
 			Interval: c.PollInterval.Duration, Lookback: c.Lookback.Duration,
 			CDC: c.Pattern == config.PatternWatermarkCDC, Overlap: c.Overlap.Duration,
-			Store: store, ObjectName: bus.CaptureObject(r.cfg.Pipeline, "source", "overlap"),
+			Store: store, ObjectName: bus.CaptureObject(r.cfg.Pipeline, r.side.name, "overlap"),
 			Log: r.log, Retry: r.retryPolicy()}
 	}
 }
 
-// cdcConfig is what the cdc pattern captures.
-func cdcConfig(cfg *config.Pipeline, application string) (pgcdc.Config, error) {
-	src := cfg.Source
+// cdcConfig is what the cdc pattern captures of src.
+func cdcConfig(src config.Source, application string) (pgcdc.Config, error) {
 	schema, table, err := config.SplitTable(src.Table)
 	if err != nil {
 		return pgcdc.Config{}, errs.Permanent(fmt.Errorf("source table: %w", err))
@@ -323,7 +335,7 @@ func cdcConfig(cfg *config.Pipeline, application string) (pgcdc.Config, error) {
 // openCDC checks the source and prepares its publication (pgcdc.Open),
 // retrying while the source is unreachable.
 func (r *Reader) openCDC(ctx context.Context) (*pgcdc.Capture, error) {
-	cfg, err := cdcConfig(r.cfg, "oneway-reader-"+r.cfg.Pipeline)
+	cfg, err := cdcConfig(r.side.src, r.application())
 	if err != nil {
 		return nil, err
 	}
@@ -342,9 +354,9 @@ func (r *Reader) openCDC(ctx context.Context) (*pgcdc.Capture, error) {
 // newCDC builds the cdc pattern's capture; its slot state feeds the cdc
 // gauges.
 func (r *Reader) newCDC(c *pgcdc.Capture) *capture.CDC {
-	capt := r.cfg.Source.Capture
+	capt := r.side.src.Capture
 	cdc := &capture.CDC{Source: c,
-		Layout: capture.Layout{Pipeline: r.cfg.Pipeline, Table: r.cfg.Source.Table,
+		Layout: capture.Layout{Pipeline: r.cfg.Pipeline, Origin: r.side.origin(), Table: r.side.src.Table,
 			Budget: int(r.bus.NC.MaxPayload()) * 3 / 4},
 		BatchSize: capt.BatchSize, Idle: capt.PollInterval.Duration, Slot: capt.Slot,
 		Log: r.log, Retry: r.retryPolicy()}
@@ -373,7 +385,7 @@ var errLeaseLost = errors.New("reader lease lost")
 
 // runActive reads and publishes while this reader holds the lease.
 func (r *Reader) runActive(parent context.Context, capt capture.Capture, setup capture.Setup, kv jetstream.KeyValue, l *lease) error {
-	saved, err := loadPosition(parent, kv, r.cfg.Pipeline)
+	saved, err := loadPosition(parent, kv, r.cfg.Pipeline, r.side.name)
 	if err != nil {
 		return err
 	}
@@ -388,7 +400,7 @@ func (r *Reader) runActive(parent context.Context, capt capture.Capture, setup c
 	if err != nil {
 		return fmt.Errorf("open stream: %w", jsUnavailable(err))
 	}
-	lastMsg, err := lastOn(parent, st, bus.SourceSubject(r.cfg.Pipeline))
+	lastMsg, err := lastOn(parent, st, r.side.subject)
 	if err != nil {
 		return err
 	}
@@ -400,7 +412,7 @@ func (r *Reader) runActive(parent context.Context, capt capture.Capture, setup c
 		// its saved position alone.
 		lastBatch, _ = event.Decode(lastMsg.Data)
 	}
-	r.log.Info("reader active", "table", r.cfg.Source.Table, "pattern", setup.Pattern, "phase", pos.Phase,
+	r.log.Info("reader active", "side", r.side.name, "table", r.side.src.Table, "pattern", setup.Pattern, "phase", pos.Phase,
 		"watermark", pos.Watermark, "cycle", pos.Cycle, "last_stream_seq", last)
 
 	ctx, cancel := context.WithCancel(parent)
@@ -495,7 +507,7 @@ func (r *Reader) msgID(from Position, b *onewayv1.Batch) string {
 	}
 	fromJSON, _ := json.Marshal(from)
 	content.Write(fromJSON)
-	return r.cfg.Pipeline + ":source:" + hex.EncodeToString(content.Sum(nil)[:16])
+	return r.cfg.Pipeline + ":" + r.side.name + ":" + hex.EncodeToString(content.Sum(nil)[:16])
 }
 
 // publish sends pages in order, one at a time, each retried with its
@@ -506,14 +518,14 @@ func (r *Reader) msgID(from Position, b *onewayv1.Batch) string {
 // acknowledged. The position is saved only after that, at most every 250
 // ms, at once for pages that ask, and at the end.
 func (r *Reader) publish(ctx context.Context, kv jetstream.KeyValue, st jetstream.Stream, last uint64, pos Position, items <-chan capture.Page) error {
-	subject := bus.SourceSubject(r.cfg.Pipeline)
+	subject := r.side.subject
 	saved := pos
 	lastSave := time.Now()
 	save := func(ctx context.Context) error {
 		if equalPos(saved, pos) {
 			return nil
 		}
-		if err := savePosition(ctx, kv, r.cfg.Pipeline, pos); err != nil {
+		if err := savePosition(ctx, kv, r.cfg.Pipeline, r.side.name, pos); err != nil {
 			return err
 		}
 		saved, lastSave = pos, time.Now()
@@ -536,11 +548,11 @@ func (r *Reader) publish(ctx context.Context, kv jetstream.KeyValue, st jetstrea
 			if max := r.bus.NC.MaxPayload(); int64(len(data)) > max {
 				k := event.Key(it.Batch.GetChanges()[0], event.KeyIndexes(it.Batch))
 				return errs.Permanentf("table %s: the row with key %s alone encodes to %d bytes, more than the NATS server's max_payload (%d): raise max_payload or leave large columns out of source.columns",
-					r.cfg.Source.Table, k, len(data), max)
+					r.side.src.Table, k, len(data), max)
 			}
 			msgID := r.msgID(pos, it.Batch)
 			if it.ID != "" {
-				msgID = r.cfg.Pipeline + ":source:" + it.ID
+				msgID = r.cfg.Pipeline + ":" + r.side.name + ":" + it.ID
 			}
 			var seq uint64
 			var dup bool
@@ -569,7 +581,7 @@ func (r *Reader) publish(ctx context.Context, kv jetstream.KeyValue, st jetstrea
 			last = seq
 			r.lastSeq.Store(seq)
 			if r.metrics != nil {
-				r.metrics.EventsProcessed.WithLabelValues("reader", r.cfg.Pipeline, "published").Add(float64(len(it.Batch.GetChanges())))
+				r.metrics.EventsProcessed.WithLabelValues(r.side.service, r.cfg.Pipeline, "published").Add(float64(len(it.Batch.GetChanges())))
 			}
 		}
 		if it.Commit != nil {
@@ -606,9 +618,9 @@ func equalPos(a, b Position) bool {
 	return string(ja) == string(jb)
 }
 
-func loadPosition(ctx context.Context, kv jetstream.KeyValue, pipeline string) (Position, error) {
+func loadPosition(ctx context.Context, kv jetstream.KeyValue, pipeline, side string) (Position, error) {
 	var pos Position
-	e, err := kv.Get(ctx, bus.ReaderPositionKey(pipeline, "source"))
+	e, err := kv.Get(ctx, bus.ReaderPositionKey(pipeline, side))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return pos, nil
 	}
@@ -617,17 +629,17 @@ func loadPosition(ctx context.Context, kv jetstream.KeyValue, pipeline string) (
 	}
 	if err := json.Unmarshal(e.Value(), &pos); err != nil {
 		return pos, errs.Permanentf("reader position in %s is corrupt (%v); delete key %s to start over",
-			bus.StateBucket, err, bus.ReaderPositionKey(pipeline, "source"))
+			bus.StateBucket, err, bus.ReaderPositionKey(pipeline, side))
 	}
 	return pos, nil
 }
 
-func savePosition(ctx context.Context, kv jetstream.KeyValue, pipeline string, pos Position) error {
+func savePosition(ctx context.Context, kv jetstream.KeyValue, pipeline, side string, pos Position) error {
 	data, err := json.Marshal(pos)
 	if err != nil {
 		return err
 	}
-	if _, err := kv.Put(ctx, bus.ReaderPositionKey(pipeline, "source"), data); err != nil {
+	if _, err := kv.Put(ctx, bus.ReaderPositionKey(pipeline, side), data); err != nil {
 		return fmt.Errorf("save reader position: %w", jsUnavailable(err))
 	}
 	return nil

@@ -78,7 +78,7 @@ func Resync(ctx context.Context, b *natsbus.Bus, cfg *config.Pipeline, log *slog
 		_ = kv.Delete(rctx, leaseKey, jetstream.LastRevision(rev))
 	}()
 
-	pos, err := loadPosition(ctx, kv, pipeline)
+	pos, err := loadPosition(ctx, kv, pipeline, "source")
 	if err != nil {
 		return rep, err
 	}

@@ -10,8 +10,11 @@ import (
 // Layout is what every batch of one source shares.
 type Layout struct {
 	Pipeline string
-	Table    string
-	Columns  []*onewayv1.Column
+	// Origin is the batches' origin: "source" (when empty), or
+	// "target.<t>" for a target's read-back.
+	Origin  string
+	Table   string
+	Columns []*onewayv1.Column
 	// KeyIdx are the positions of the key columns in Columns, in key order.
 	KeyIdx []int
 	// Budget is the most bytes a message may take (below the server's
@@ -67,7 +70,7 @@ func (l *Layout) send(pattern onewayv1.CapturePattern, changes []*onewayv1.Chang
 			changes[last].Position = tag(last)
 		}
 		b := &onewayv1.Batch{
-			SchemaVersion: event.SchemaVersion, Pipeline: l.Pipeline, Origin: "source",
+			SchemaVersion: event.SchemaVersion, Pipeline: l.Pipeline, Origin: l.origin(),
 			Pattern: pattern, Table: l.Table, Columns: l.Columns, Changes: changes[start:end],
 		}
 		return emit(Page{Batch: b, Next: next(last)})
@@ -86,6 +89,14 @@ func (l *Layout) send(pattern onewayv1.CapturePattern, changes []*onewayv1.Chang
 		return flush(len(changes))
 	}
 	return nil
+}
+
+// origin is the batches' origin.
+func (l *Layout) origin() string {
+	if l.Origin == "" {
+		return "source"
+	}
+	return l.Origin
 }
 
 func nowNano() int64 { return time.Now().UnixNano() }
