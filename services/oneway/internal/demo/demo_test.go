@@ -168,4 +168,3 @@ func TestBannerNamesTheFiles(t *testing.T) {
 		require.Contains(t, out, want)
 	}
 }
-
