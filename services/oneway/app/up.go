@@ -192,9 +192,14 @@ func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.
 		df.OnScanned = scans.add
 		components = append(components, st, df)
 		for _, t := range cfg.Targets {
-			if t.Readback != nil {
-				log.Warn("target read-back is configured but not run by this build yet: the differ knows the target from the writers' reports only", "target", t.Name)
+			if t.Readback == nil {
+				continue
 			}
+			rb, err := readerapp.NewReadback(cfg, t.Name, b, log, metrics)
+			if err != nil {
+				return err
+			}
+			components = append(components, rb)
 		}
 	}
 	for _, t := range cfg.Targets {
