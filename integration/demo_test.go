@@ -127,8 +127,12 @@ func sqliteExec(t *testing.T, db *sql.DB, q string, args ...any) {
 func TestDemoNoConfig(t *testing.T) {
 	dir := t.TempDir()
 	t.Setenv("ONEWAY_CONFIG", "")
+	testenv.Bin(t, "oneway") // built once: not part of what is timed
+	began := time.Now()
+	phase := func(what string) { t.Logf("%5.1fs %s", time.Since(began).Seconds(), what) }
 	up := testenv.StartIn(t, dir, "oneway", "up")
 	base := waitBanner(t, up, "seeded with 2000 invoices")
+	phase("started")
 	for _, f := range []string{"data/demo/sor.db", "data/demo/target.db", "data/demo/oneway.yaml", "data/nats"} {
 		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
 			t.Fatalf("the demo has no %s: %v", f, err)
@@ -137,8 +141,9 @@ func TestDemoNoConfig(t *testing.T) {
 	// The acceptance: in step within a minute (with room for a loaded CI
 	// machine).
 	testenv.WaitFor(t, 2*time.Minute, func() error { return demoInStep(up, base) })
-
+	phase("in step")
 	demoPageInStep(t, base)
+	phase("the status page shows it")
 
 	// The simulator changes the SoR.
 	sor := openDemoDB(t, filepath.Join(dir, "data/demo/sor.db"))
@@ -154,6 +159,7 @@ func TestDemoNoConfig(t *testing.T) {
 		return nil
 	})
 
+	phase("the simulator changed the SoR")
 	// Hand edits of the target: a row deleted, a row changed (with a
 	// value in the target's own column), a row added.
 	tgt := openDemoDB(t, filepath.Join(dir, "data/demo/target.db"))
@@ -191,9 +197,11 @@ func TestDemoNoConfig(t *testing.T) {
 		return nil
 	})
 
+	phase("hand edits repaired")
 	if code := up.Interrupt(t, time.Minute); code != 0 {
 		t.Fatalf("oneway up exited with %d after Ctrl-C, want 0\n%s", code, up.Output())
 	}
+	phase("stopped by Ctrl-C")
 
 	// A restart resumes: the simulator's changes are still in the SoR (a
 	// seed would have none: its times are days old).
@@ -214,7 +222,15 @@ func TestDemoNoConfig(t *testing.T) {
 	if after := simulated(); after < before {
 		t.Fatalf("the SoR has %d simulated changes after a restart, %d before: it was seeded again", after, before)
 	}
+	// The restarted pipeline carries the simulator's next changes.
+	testenv.WaitFor(t, time.Minute, func() error {
+		if n := simulated(); n <= before {
+			return fmt.Errorf("no new simulated changes after the restart (%d)", n)
+		}
+		return nil
+	})
 	testenv.WaitFor(t, 2*time.Minute, func() error { return demoInStep(up, base) })
+	phase("in step after the restart")
 	if code := up.Interrupt(t, time.Minute); code != 0 {
 		t.Fatalf("oneway up exited with %d after the second Ctrl-C, want 0\n%s", code, up.Output())
 	}
