@@ -665,12 +665,21 @@ func TestSQLSourcePatterns(t *testing.T) {
 
 				writer := testenv.Start(t, "writer", "run", "--config", cfg)
 				reader := testenv.Start(t, "reader", "run", "--config", cfg, "--log-format", "json", "--log-level", "debug")
-				testenv.WaitFor(t, time.Minute, func() error {
-					if n := log.last(t); n < 3 {
-						return fmt.Errorf("%d messages published", n)
-					}
-					return nil
-				})
+				if p.softDeletes {
+					// The first kill lands in the snapshot.
+					testenv.WaitFor(t, time.Minute, func() error {
+						if n := log.last(t); n < 3 {
+							return fmt.Errorf("%d messages published", n)
+						}
+						return nil
+					})
+				} else {
+					// The first kill lands after the first cycle stored its
+					// hash list: a first cycle (no list yet) cut short loses
+					// the deletes of keys it had published (a limitation of
+					// the cycle patterns on every source, reported).
+					waitLogCount(t, reader, "cycle done", 0, 2)
+				}
 				live := rows
 				round := func(first int) {
 					reader.Kill()
