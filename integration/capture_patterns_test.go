@@ -725,3 +725,30 @@ func TestSQLSourcePatterns(t *testing.T) {
 		}
 	}
 }
+
+// `oneway up` runs a SQLite or MySQL source with the embedded NATS
+// server, and `oneway verify` reads the source back: equal after a sync,
+// different (exit 1) after a change the target has not seen.
+func TestSQLSourceUpAndVerify(t *testing.T) {
+	for _, src := range sqlSoRs {
+		t.Run(src.kind, func(t *testing.T) {
+			sor := src.open(t)
+			sor.insert(t, 1, 300)
+			dst := testenv.Connect(t, pgtest.NewDatabase(t))
+			cfg := filepath.Join(t.TempDir(), "pipeline.yaml")
+			writeSourceConfig(t, cfg, "", sor.kind, sor.url, sor.table, dst.URL, "items", "",
+				"    pattern: watermark\n    column: updated_at\n    poll_interval: 100ms")
+			data := t.TempDir()
+			upSynced(t, cfg, data, 0)
+			mustVerify(t, cfg, 0)
+			if n := dst.Int(t, "SELECT count(*) FROM public.items WHERE flag AND amount > 0 AND updated_at IS NOT NULL"); n != 150 {
+				t.Fatalf("%d rows with typed values in the target, want 150", n)
+			}
+			sor.exec(t, "UPDATE items SET v = 'unseen' WHERE id = 5")
+			out := mustVerify(t, cfg, 1)
+			if !strings.Contains(out.Stdout, "different=1") {
+				t.Fatalf("verify did not see the change:\n%s", out.Stdout)
+			}
+		})
+	}
+}
