@@ -39,6 +39,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -172,6 +173,9 @@ func connect(spec Spec) (*sql.DB, dialect, string, error) {
 	case KindSQLite:
 		if spec.URL == "" {
 			return nil, dialect{}, "", errs.Permanentf("sqlite source: the database file's path is required")
+		}
+		if _, err := os.Stat(spec.URL); err != nil {
+			return nil, dialect{}, "", errs.Permanent(fmt.Errorf("sqlite source: %w", err))
 		}
 		q := url.Values{}
 		q.Add("_pragma", "busy_timeout(10000)")
