@@ -24,7 +24,7 @@ import (
 // oneway's own services in docker-compose.yml: each is built from a
 // Dockerfile services/<binary>/Dockerfile into an image whose entrypoint is
 // that binary.
-var composeServices = []string{"reader", "stager", "differ", "writer", "status", "oneway"}
+var composeServices = []string{"reader", "readback", "stager", "differ", "writer", "status", "oneway"}
 
 // binaryOf is the binary a compose service's image runs.
 func binaryOf(svc types.ServiceConfig) string {
@@ -73,7 +73,7 @@ func hostPath(svc types.ServiceConfig, inContainer string) string {
 // it mounts, and writers can be scaled.
 func TestComposeFile(t *testing.T) {
 	p := loadCompose(t)
-	for _, name := range []string{"nats", "postgres", "seeder", "reader", "stager", "differ", "writer", "status", "oneway"} {
+	for _, name := range []string{"nats", "postgres", "seeder", "reader", "readback", "stager", "differ", "writer", "status", "oneway"} {
 		if _, err := p.GetService(name); err != nil {
 			t.Errorf("docker-compose.yml: service %s: %v", name, err)
 		}
@@ -152,8 +152,8 @@ func TestComposeFile(t *testing.T) {
 // TestComposeStackAsProcesses runs the compose stack's services as local
 // processes with the compose file's own commands and environment — hosts
 // rewritten to a 3-node JetStream cluster and fresh PostgreSQL databases loaded
-// like the postgres container's init script — in staged mode (reader,
-// stager, differ) with three writers, while the demo simulator changes the
+// like the postgres container's init script — in staged mode (reader, the
+// target's read-back, stager, differ) with three writers, while the demo simulator changes the
 // System of Record; `oneway verify` then exits 0.
 func TestComposeStackAsProcesses(t *testing.T) {
 	p := loadCompose(t)
@@ -226,6 +226,7 @@ func TestComposeStackAsProcesses(t *testing.T) {
 		return "http://" + addr
 	}
 	start("reader")
+	start("readback")
 	start("stager")
 	start("differ")
 	for range 3 { // docker compose up --scale writer=3

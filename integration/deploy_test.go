@@ -95,7 +95,7 @@ func TestKubernetesManifests(t *testing.T) {
 		}
 		byKind[o.str("kind")] = append(byKind[o.str("kind")], o)
 	}
-	for kind, n := range map[string]int{"Namespace": 1, "Service": 1, "StatefulSet": 1, "Deployment": 4, "PodDisruptionBudget": 5, "ScaledObject": 1} {
+	for kind, n := range map[string]int{"Namespace": 1, "Service": 1, "StatefulSet": 1, "Deployment": 5, "PodDisruptionBudget": 6, "ScaledObject": 1} {
 		if len(byKind[kind]) != n {
 			t.Errorf("%d %s objects, want %d", len(byKind[kind]), kind, n)
 		}

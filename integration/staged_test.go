@@ -2,11 +2,11 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,13 +21,16 @@ import (
 	"github.com/oneway-sync/oneway/shared/testkit/pgtest"
 )
 
-// Staged push end to end. The target's read-back (a reader on the target)
-// is wired by `oneway up` in a later change; these tests stand in for it
-// with readback, which does what the synthetic pattern does: read the
-// target's owned columns, compare with its previous read, publish the
-// differences on oneway.<p>.target.<t>. Source deletes, which the watermark
-// reader cannot see, are published on the source subject while the reader
-// is stopped (it fences its subject), as a CDC reader would publish them.
+// Staged push end to end, with each target read back by the real
+// read-back (a reader on the target, synthetic pattern, polling every
+// readbackPoll): `oneway up` runs one per target that configures it, and
+// TestStagedServicesKilled runs it as its own process (`reader run
+// --readback`). Source deletes, which the watermark reader cannot see, are
+// published on the source subject while the reader is stopped (it fences
+// its subject), as a CDC reader would publish them.
+
+// readbackPoll is the read-back's poll interval in these tests.
+const readbackPoll = "200ms"
 
 // invoiceColumns is the source layout as the reader publishes it.
 var invoiceColumns = []*onewayv1.Column{
@@ -68,8 +71,14 @@ targets:
 	return path
 }
 
-func stagedTarget(name, url, extra string) string {
-	return fmt.Sprintf("  - name: %s\n    kind: postgres\n    url: %q\n    writer:\n      ack_wait: 5s\n%s", name, url, extra)
+// stagedTarget is a postgres target read back every poll (no read-back
+// when poll is "").
+func stagedTarget(name, url, poll, extra string) string {
+	rb := ""
+	if poll != "" {
+		rb = "    readback:\n      pattern: synthetic\n      poll_interval: " + poll + "\n"
+	}
+	return fmt.Sprintf("  - name: %s\n    kind: postgres\n    url: %q\n    writer:\n      ack_wait: 5s\n%s%s", name, url, rb, extra)
 }
 
 func jetStream(t *testing.T, natsURL string) jetstream.JetStream {
@@ -84,81 +93,6 @@ func jetStream(t *testing.T, natsURL string) jetstream.JetStream {
 		t.Fatal(err)
 	}
 	return js
-}
-
-// readback stands in for a target's read-back (the synthetic pattern).
-type readback struct {
-	js     jetstream.JetStream
-	db     *testenv.DB
-	target string
-	mu     sync.Mutex
-	prev   map[string][]byte // key → packed owned row of the previous read
-}
-
-func newReadback(js jetstream.JetStream, db *testenv.DB, target string) *readback {
-	return &readback{js: js, db: db, target: target, prev: map[string][]byte{}}
-}
-
-// run reads the target once and publishes what changed since the last
-// read: upserts for new or changed rows, deletes for keys gone. It returns
-// the number of changes published.
-func (r *readback) run(t *testing.T) int {
-	t.Helper()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	ctx := context.Background()
-	conn, err := pgxConnect(ctx, r.db.URL)
-	if err != nil {
-		t.Errorf("readback connect: %v", err)
-		return 0
-	}
-	defer conn.Close(ctx)
-	rows, err := conn.Query(ctx, "SELECT "+ownedColumns+" FROM public.invoices ORDER BY id")
-	if err != nil {
-		t.Errorf("readback query: %v", err)
-		return 0
-	}
-	cur := map[string][]byte{}
-	b := &onewayv1.Batch{SchemaVersion: event.SchemaVersion, Pipeline: "invoices", Origin: "target." + r.target,
-		Pattern: onewayv1.CapturePattern_CAPTURE_PATTERN_SYNTHETIC, Table: "public.invoices", Columns: invoiceColumns}
-	for rows.Next() {
-		vals := make([]*string, len(invoiceColumns))
-		ptrs := make([]any, len(vals))
-		for i := range vals {
-			ptrs[i] = &vals[i]
-		}
-		if err := rows.Scan(ptrs...); err != nil {
-			t.Errorf("readback scan: %v", err)
-			return 0
-		}
-		packed := make([][]byte, len(vals))
-		for i, v := range vals {
-			if v != nil {
-				packed[i] = []byte(*v)
-			}
-		}
-		row := event.PackRow(packed)
-		key := *vals[0]
-		cur[key] = row
-		if string(r.prev[key]) != string(row) {
-			b.Changes = append(b.Changes, &onewayv1.Change{Op: onewayv1.Op_OP_UPSERT, Row: row, Hash: event.RowHash(row)})
-		}
-	}
-	if err := rows.Err(); err != nil {
-		t.Errorf("readback rows: %v", err)
-		return 0
-	}
-	for key := range r.prev {
-		if _, ok := cur[key]; !ok {
-			b.Changes = append(b.Changes, deleteChange(key))
-		}
-	}
-	r.prev = cur
-	if len(b.Changes) == 0 {
-		return 0
-	}
-	publishBatch(t, r.js, bus.TargetSubject("invoices", r.target), b)
-	return len(b.Changes)
 }
 
 func deleteChange(key string) *onewayv1.Change {
@@ -228,29 +162,23 @@ func TestStagedPoliciesAndRepairs(t *testing.T) {
 	_, natsURL := bustest.StartJetStream(t)
 	js := jetStream(t, natsURL)
 	cfg := stagedConfig(t, natsURL, src.URL, "", "1h",
-		stagedTarget("a", dbs["a"].URL, "    delete: hard\n    orphans: keep\n    recreate_deleted: true\n")+
-			stagedTarget("b", dbs["b"].URL, "    delete: soft\n    soft_delete_column: deleted_at\n    orphans: delete\n")+
-			stagedTarget("c", dbs["c"].URL, "    delete: none\n    orphans: report\n    recreate_deleted: true\n"))
+		stagedTarget("a", dbs["a"].URL, readbackPoll, "    delete: hard\n    orphans: keep\n    recreate_deleted: true\n")+
+			stagedTarget("b", dbs["b"].URL, readbackPoll, "    delete: soft\n    soft_delete_column: deleted_at\n    orphans: delete\n")+
+			stagedTarget("c", dbs["c"].URL, readbackPoll, "    delete: none\n    orphans: report\n    recreate_deleted: true\n"))
 	data := t.TempDir()
 	start := time.Now()
 	upSynced(t, cfg, data, 0)
 	t.Logf("first sync: %s", time.Since(start))
 	mustVerify(t, cfg, 0)
 
-	rbs := map[string]*readback{}
-	for name, db := range dbs {
-		rbs[name] = newReadback(js, db, name)
-		if n := rbs[name].run(t); n != 200 {
-			t.Fatalf("first read-back of %s published %d rows, want 200", name, n)
-		}
+	// Hand edits while nothing runs: the read-backs see them on the next
+	// start, against the hash lists of their last cycles.
+	for _, db := range dbs {
 		db.Exec(t,
 			"DELETE FROM public.invoices WHERE id = 5",
 			"UPDATE public.invoices SET amount = 0.01, crm_notes = 'keep me' WHERE id = 6",
 			"UPDATE public.invoices SET crm_notes = 'crm eight' WHERE id = 8",
 			"INSERT INTO public.invoices (id, customer, crm_notes) VALUES (999999, 'orphan', 'hand-made')")
-		if n := rbs[name].run(t); n != 3 {
-			t.Fatalf("read-back of %s published %d changes, want 3 (5 deleted, 6 changed, 999999 new)", name, n)
-		}
 	}
 	src.Exec(t, "DELETE FROM public.invoices WHERE id = 10")
 	publishSourceDeletes(t, js, 10)
@@ -340,7 +268,7 @@ func TestStagedTrimmingTargetDoesNotLoop(t *testing.T) {
 		`CREATE TRIGGER trim_note BEFORE INSERT OR UPDATE ON public.invoices FOR EACH ROW EXECUTE FUNCTION trim_note()`)
 	_, natsURL := bustest.StartJetStream(t)
 	js := jetStream(t, natsURL)
-	cfg := stagedConfig(t, natsURL, src.URL, "", "1h", stagedTarget("pg", dst.URL, "    max_pushes_per_version: 3\n"))
+	cfg := stagedConfig(t, natsURL, src.URL, "", "1h", stagedTarget("pg", dst.URL, readbackPoll, "    max_pushes_per_version: 3\n"))
 	data := t.TempDir()
 
 	r := upSynced(t, cfg, data, 1) // synced, except one dead letter
@@ -395,7 +323,7 @@ func TestStagedBreakerHoldsMassDelete(t *testing.T) {
 	testenv.SeedInvoices(t, src, 1, 1000)
 	_, natsURL := bustest.StartJetStream(t)
 	js := jetStream(t, natsURL)
-	cfg := stagedConfig(t, natsURL, src.URL, "", "1h", stagedTarget("pg", dst.URL, ""))
+	cfg := stagedConfig(t, natsURL, src.URL, "", "1h", stagedTarget("pg", dst.URL, readbackPoll, ""))
 	data := t.TempDir()
 	upSynced(t, cfg, data, 0)
 
@@ -449,8 +377,7 @@ func TestStagedServicesKilled(t *testing.T) {
 	testenv.SeedInvoices(t, src, 1, rows)
 	dst.Exec(t, targetDDL)
 	_, natsURL := bustest.StartJetStream(t)
-	js := jetStream(t, natsURL)
-	cfg := stagedConfig(t, natsURL, src.URL, stageURL, "2s", stagedTarget("pg", dst.URL, ""))
+	cfg := stagedConfig(t, natsURL, src.URL, stageURL, "2s", stagedTarget("pg", dst.URL, "500ms", "    recreate_deleted: true\n"))
 	count := func() int64 { return dst.Int(t, "SELECT count(*) FROM public.invoices") }
 	atLeast := func(n int64) func() error {
 		return func() error {
@@ -461,27 +388,11 @@ func TestStagedServicesKilled(t *testing.T) {
 		}
 	}
 
-	// The read-back runs all along, as the target's reader would.
-	rb := newReadback(js, dst, "pg")
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		tick := time.NewTicker(500 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-				rb.run(t)
-			}
-		}
-	}()
-	defer func() { close(stop); wg.Wait() }()
-
-	run := func(svc string) *testenv.Proc { return testenv.Start(t, svc, "run", "--config", cfg) }
+	run := func(svc string, args ...string) *testenv.Proc {
+		return testenv.Start(t, svc, append([]string{"run", "--config", cfg}, args...)...)
+	}
+	// The read-back runs all along, as its own process.
+	readback := run("reader", "--readback", "pg")
 	reader, stager, differ, writer := run("reader"), run("stager"), run("differ"), run("writer")
 	start := time.Now()
 	phase := func(what string) {
@@ -502,23 +413,39 @@ func TestStagedServicesKilled(t *testing.T) {
 	writer.Kill()
 	writer = run("writer")
 
-	testenv.WaitFor(t, syncTimeout, func() error {
+	verified := func() error {
 		r := testenv.Run(t, time.Minute, "oneway", "verify", "--config", cfg, "--log-level", "warn")
 		if r.Code != 0 {
 			return fmt.Errorf("verify exit %d: %s", r.Code, strings.TrimSpace(r.Stdout))
 		}
 		return nil
-	})
+	}
+	testenv.WaitFor(t, syncTimeout, verified)
 	phase("verified")
-	for _, p := range []*testenv.Proc{reader, stager, differ, writer} {
+
+	// The read-back is killed too, and a row deleted by hand meanwhile:
+	// the restarted read-back sees it gone (against its saved hash list),
+	// and the row is recreated.
+	readback.Kill()
+	dst.Exec(t, "DELETE FROM public.invoices WHERE id = 7")
+	readback = run("reader", "--readback", "pg")
+	testenv.WaitFor(t, syncTimeout, func() error {
+		if dst.Int(t, "SELECT count(*) FROM public.invoices WHERE id = 7") != 1 {
+			return errors.New("row 7, deleted by hand, is not recreated yet")
+		}
+		return verified()
+	})
+	phase("row deleted by hand recreated")
+	for _, p := range []*testenv.Proc{readback, reader, stager, differ, writer} {
 		p.Stop(t, 30*time.Second)
 	}
 	if n := dst.Int(t, "SELECT count(*) FROM public.invoices WHERE status = 'paid'"); n != rows/20 {
 		t.Fatalf("%d paid rows, want %d", n, rows/20)
 	}
 	// Each key written once, or twice when the update came after its first
-	// write: never more, and never twice for a key not updated.
-	if got := dst.Int(t, "SELECT count(*) FROM oneway.ledger_1 WHERE oneway_applies NOT BETWEEN 1 AND CASE WHEN id % 20 = 3 THEN 2 ELSE 1 END"); got != 0 {
+	// write or it was recreated (7): never more, and never twice for a key
+	// not updated.
+	if got := dst.Int(t, "SELECT count(*) FROM oneway.ledger_1 WHERE oneway_applies NOT BETWEEN 1 AND CASE WHEN id % 20 = 3 OR id = 7 THEN 2 ELSE 1 END"); got != 0 {
 		t.Fatalf("%d keys were written more often than they changed", got)
 	}
 	if got := dst.Int(t, "SELECT count(*) FROM oneway.ledger_1"); got != rows {

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -21,14 +23,59 @@ type scanCount struct{ n atomic.Int64 }
 
 func (s *scanCount) add() { s.n.Add(1) }
 
+// cycleCount counts the completed cycles (or caught-up polls) of each
+// target's read-back.
+type cycleCount struct {
+	mu sync.Mutex
+	n  map[string]int64
+}
+
+func newCycleCount() *cycleCount { return &cycleCount{n: map[string]int64{}} }
+
+// watch makes target's read-back one that waitStagedSynced waits for.
+// Call before the read-back runs.
+func (c *cycleCount) watch(target string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n[target] = 0
+}
+
+func (c *cycleCount) add(target string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n[target]++
+}
+
+func (c *cycleCount) snapshot() map[string]int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.n)
+}
+
+// since reports whether every read-back completed at least n cycles after
+// mark (a snapshot).
+func (c *cycleCount) since(mark map[string]int64, n int64) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for t, k := range c.n {
+		if k < mark[t]+n {
+			return false
+		}
+	}
+	return true
+}
+
 // waitStagedSynced waits, in staged mode, until the reader has caught up
 // once, the differ has scanned every target once, and the pipeline is
 // quiet: the stager's, the differ's and every writer's consumer have
-// nothing pending or unacknowledged, and the stream has not grown since
-// the previous check. A converged pipeline is quiet: the last applied
-// reports make the differ decide nothing. A target whose deletes the
-// breaker holds cannot converge: that is an error naming it.
-func waitStagedSynced(ctx context.Context, b *natsbus.Bus, cfg *config.Pipeline, c *caughtUp, scans *scanCount, store stage.Store, log *slog.Logger) (bool, error) {
+// nothing pending or unacknowledged, the stream has not grown since the
+// previous check, and every read-back (readbacks) has read its target
+// through at least once since the stream stopped growing (two completed
+// cycles: the second began after the last write). A converged pipeline is
+// quiet: the last applied reports and read-backs make the differ decide
+// nothing. A target whose deletes the breaker holds cannot converge: that
+// is an error naming it.
+func waitStagedSynced(ctx context.Context, b *natsbus.Bus, cfg *config.Pipeline, c *caughtUp, scans *scanCount, readbacks *cycleCount, store stage.Store, log *slog.Logger) (bool, error) {
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	stream := bus.StreamName(cfg.Pipeline)
@@ -38,6 +85,7 @@ func waitStagedSynced(ctx context.Context, b *natsbus.Bus, cfg *config.Pipeline,
 	}
 	var lastSeq uint64
 	quiet := 0
+	mark := readbacks.snapshot()
 	for {
 		select {
 		case <-ctx.Done():
@@ -70,10 +118,12 @@ func waitStagedSynced(ctx context.Context, b *natsbus.Bus, cfg *config.Pipeline,
 		}
 		if !idle || info.State.LastSeq != lastSeq {
 			lastSeq, quiet = info.State.LastSeq, 0
+			mark = readbacks.snapshot()
 			continue
 		}
-		// Quiet across a second: nothing in flight, nothing published.
-		if quiet++; quiet < 5 {
+		// Quiet across a second: nothing in flight, nothing published,
+		// and each target read back after its last write.
+		if quiet++; quiet < 5 || !readbacks.since(mark, 2) {
 			continue
 		}
 		holds, err := store.Holds(ctx)

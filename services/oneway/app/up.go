@@ -173,6 +173,7 @@ func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.
 	}
 	var store stage.Store
 	var scans scanCount
+	readbacks := newCycleCount()
 	if cfg.Staged() {
 		var err error
 		if store, err = stagedb.Open(ctx, cfg, o.dataDir, 8); err != nil {
@@ -199,6 +200,13 @@ func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.
 			if err != nil {
 				return err
 			}
+			ready, _ := health.Register(rb.Name())
+			name := t.Name
+			readbacks.watch(name)
+			rb.OnCaughtUp = func(uint64) {
+				ready()
+				readbacks.add(name)
+			}
 			components = append(components, rb)
 		}
 	}
@@ -222,7 +230,7 @@ func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.
 			wait := waitSynced
 			if cfg.Staged() {
 				wait = func(ctx context.Context, b *natsbus.Bus, cfg *config.Pipeline, c *caughtUp, log *slog.Logger) (bool, error) {
-					return waitStagedSynced(ctx, b, cfg, c, &scans, store, log)
+					return waitStagedSynced(ctx, b, cfg, c, &scans, readbacks, store, log)
 				}
 			}
 			ok, err := wait(ctx, b, cfg, &caught, log)

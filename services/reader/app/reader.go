@@ -139,6 +139,38 @@ func (r *Reader) Run(ctx context.Context) error {
 	}
 }
 
+// waitTable returns once table exists, checking every poll interval (at
+// least 100 ms, at most 5 s), or with nil when ctx ends (Run then stops
+// cleanly).
+func (r *Reader) waitTable(ctx context.Context, pool pgconn.Querier, table pgconn.Table) error {
+	every := min(max(r.side.src.Capture.PollInterval.Duration, 100*time.Millisecond), 5*time.Second)
+	logged := false
+	for {
+		var found bool
+		err := retry.Do(ctx, r.retryPolicy(), func(ctx context.Context) error {
+			var err error
+			_, found, err = pgconn.Columns(ctx, pool, table)
+			return pgconn.Classify(err)
+		})
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil:
+			return fmt.Errorf("look up table %s: %w", table, err)
+		case found:
+			return nil
+		case !logged:
+			logged = true
+			r.log.Info("table does not exist yet; waiting for its writer to create it", "table", table.String())
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(every):
+		}
+	}
+}
+
 // outageWait is the growing pause between attempts of an active reader
 // that JetStream keeps refusing: 500 ms doubling to 10 s, back to the
 // start after a stint of a minute or more.
@@ -200,6 +232,13 @@ func (r *Reader) openSource(ctx context.Context) (capture.Source, func(), error)
 	pool, err := pgconn.Open(ctx, src.URL.Value(), r.application(), 4)
 	if err != nil {
 		return nil, nil, err
+	}
+	if r.side.name != "source" {
+		// A target's table may not exist yet: its writer creates it.
+		if err := r.waitTable(ctx, pool, spec.Table); err != nil {
+			pool.Close()
+			return nil, nil, err
+		}
 	}
 	var source *pgsource.Source
 	err = retry.Do(ctx, r.retryPolicy(), func(ctx context.Context) error {
