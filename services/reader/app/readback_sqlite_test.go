@@ -1,12 +1,16 @@
 package app
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,15 +24,17 @@ import (
 )
 
 // A SQLite target is read back like a SQLite source: its owned columns,
-// on the target's subject; a row deleted by hand is seen as a delete.
+// on the target's subject; a row deleted by hand is seen as a delete. The
+// read-back waits for a target file and table that do not exist yet.
 func TestReadbackOfSQLiteTarget(t *testing.T) {
 	dir := t.TempDir()
 	src, dst := filepath.Join(dir, "sor.db"), filepath.Join(dir, "target.db")
-	for _, path := range []string{src, dst} {
+	create := func(path string) {
 		db, err := sql.Open("sqlite", path)
 		if err != nil {
 			t.Fatal(err)
 		}
+		defer db.Close()
 		for _, q := range []string{
 			"CREATE TABLE invoices (id INTEGER PRIMARY KEY, customer TEXT, amount REAL, notes TEXT)",
 			"WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 10) INSERT INTO invoices (id, customer, amount) SELECT n, 'c' || n, n * 1.5 FROM g",
@@ -37,8 +43,8 @@ func TestReadbackOfSQLiteTarget(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		db.Close()
 	}
+	create(src)
 	_, natsURL := bustest.StartJetStream(t)
 	body := fmt.Sprintf(`pipeline: inv
 mode: staged
@@ -65,7 +71,8 @@ targets:
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	b, err := natsbus.New(nc, log)
 	if err != nil {
 		t.Fatal(err)
@@ -87,6 +94,17 @@ targets:
 			t.Errorf("read-back: %v", err)
 		}
 	}()
+	// The target's file does not exist yet; its table then appears later.
+	waitFor(t, 30*time.Second, func() error {
+		if !strings.Contains(logs.String(), "table does not exist yet") {
+			return errors.New("the read-back has not said it waits for the table")
+		}
+		return nil
+	})
+	if _, err := os.Stat(dst); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the read-back created the target file (%v)", err)
+	}
+	create(dst)
 	waitFor(t, 30*time.Second, func() error {
 		if n := len(target.changes()); n < 10 {
 			return fmt.Errorf("%d read-back changes, want 10", n)
@@ -113,4 +131,22 @@ targets:
 		}
 		return nil
 	})
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

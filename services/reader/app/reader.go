@@ -7,11 +7,15 @@ package app
 import (
 	"context"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -171,6 +175,54 @@ func (r *Reader) waitTable(ctx context.Context, pool pgconn.Querier, table pgcon
 	}
 }
 
+// waitSQLiteTable is waitTable for a SQLite target: it returns once the
+// file at path has table, or with nil when ctx ends. It only reads (the
+// file is opened read-only, so a missing one is not created).
+func (r *Reader) waitSQLiteTable(ctx context.Context, path, table string) error {
+	every := min(max(r.side.src.Capture.PollInterval.Duration, 100*time.Millisecond), 5*time.Second)
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return errs.Permanent(fmt.Errorf("sqlite target path %q: %w", path, err))
+	}
+	logged := false
+	for {
+		found, err := sqliteHasTable(ctx, abs, table)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil:
+			return fmt.Errorf("look up table %q in %s: %w", table, abs, err)
+		case found:
+			return nil
+		case !logged:
+			logged = true
+			r.log.Info("table does not exist yet; waiting for its writer to create it", "table", table, "path", abs)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(every):
+		}
+	}
+}
+
+// sqliteHasTable reports whether the SQLite file at path exists and has
+// table (names compared as SQLite does, ASCII case folded).
+func sqliteHasTable(ctx context.Context, path, table string) (bool, error) {
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	r := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23")
+	db, err := sql.Open("sqlite", "file:"+r.Replace(filepath.ToSlash(path))+"?mode=ro&_pragma=busy_timeout(5000)")
+	if err != nil {
+		return false, err
+	}
+	defer db.Close()
+	var n int
+	err = db.QueryRowContext(ctx, "SELECT count(*) FROM sqlite_schema WHERE type IN ('table', 'view') AND name = ? COLLATE NOCASE", table).Scan(&n)
+	return n > 0, err
+}
+
 // outageWait is the growing pause between attempts of an active reader
 // that JetStream keeps refusing: 500 ms doubling to 10 s, back to the
 // start after a stint of a minute or more.
@@ -213,6 +265,13 @@ func (r *Reader) openSource(ctx context.Context) (capture.Source, func(), error)
 		spec, err := sqlSourceSpec(src)
 		if err != nil {
 			return nil, nil, err
+		}
+		if r.side.name != "source" && src.Kind == config.KindSQLite {
+			// A target's file and table may not exist yet: its writer
+			// creates them.
+			if err := r.waitSQLiteTable(ctx, spec.URL, spec.Table); err != nil {
+				return nil, nil, err
+			}
 		}
 		var source *sqlsource.Source
 		err = retry.Do(ctx, r.retryPolicy(), func(ctx context.Context) error {
