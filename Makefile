@@ -7,7 +7,7 @@ GOTEST_FLAGS ?= -race -count=1 -timeout 15m
 # Tests use this PostgreSQL server (override it, or set it in the environment).
 export ONEWAY_TEST_POSTGRES_URL ?= $(PG_URL)/postgres?sslmode=disable
 
-.PHONY: all images build demo-db verify test chaos bench proto proto-check tidy check-tidy lint up help clean
+.PHONY: all images build demo demo-db verify test chaos bench proto proto-check tidy check-tidy lint up help clean
 
 all: build
 
@@ -59,6 +59,9 @@ lint: ## go vet every module
 PG_URL ?= postgres://postgres:postgres@127.0.0.1:5432
 DEMO_SOURCE_URL := $(PG_URL)/oneway_demo_source
 DEMO_TARGET_URL := $(PG_URL)/oneway_demo_target
+
+demo: build ## the built-in demo: oneway up with no config (SQLite SoR and target, data in ./data, Ctrl-C stops)
+	$(BIN)/oneway up
 
 demo-db: ## (re)create the example's databases oneway_demo_source/_target on $(PG_URL)
 	psql "$(PG_URL)/postgres" -q -v ON_ERROR_STOP=1 \

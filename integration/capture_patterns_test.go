@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"github.com/oneway-sync/oneway/shared/bus"
 	"github.com/oneway-sync/oneway/shared/event"
 	"github.com/oneway-sync/oneway/shared/natsbus/bustest"
+	"github.com/oneway-sync/oneway/shared/testkit/mysqltest"
 	"github.com/oneway-sync/oneway/shared/testkit/pgtest"
 )
 
@@ -34,6 +36,14 @@ func patternConfig(t *testing.T, natsURL, srcURL, dstURL, table, columns, captur
 
 func writePatternConfig(t *testing.T, path, natsURL, srcURL, dstURL, table, columns, capture string) {
 	t.Helper()
+	writeSourceConfig(t, path, natsURL, "postgres", srcURL, "public."+table, dstURL, table, columns, capture)
+}
+
+// writeSourceConfig writes a pipeline file reading srcTable from a source
+// of the given kind (postgres, sqlite, mysql) into public.<table> of the
+// PostgreSQL target dstURL.
+func writeSourceConfig(t *testing.T, path, natsURL, kind, srcURL, srcTable, dstURL, table, columns, capture string) {
+	t.Helper()
 	cols := ""
 	if columns != "" {
 		cols = "\n  columns: [" + columns + "]"
@@ -42,9 +52,9 @@ func writePatternConfig(t *testing.T, path, natsURL, srcURL, dstURL, table, colu
 nats:
   url: %[2]q
 source:
-  kind: postgres
+  kind: %[7]s
   url: %[3]q
-  table: public.%[1]s
+  table: %[8]s
   key: [id]%[5]s
   capture:
 %[6]s
@@ -52,9 +62,10 @@ targets:
   - name: pg
     kind: postgres
     url: %[4]q
+    table: public.%[1]s
     writer:
       ack_wait: 5s
-`, table, natsURL, srcURL, dstURL, cols, capture)
+`, table, natsURL, srcURL, dstURL, cols, capture, kind, srcTable)
 	writeFile(t, path, body)
 }
 
@@ -560,5 +571,184 @@ func TestResync(t *testing.T) {
 		if r := testenv.Run(t, time.Minute, "oneway", "resync", "--config", cfg); r.Code != 0 {
 			t.Fatalf("resync again: exit %d\n%s", r.Code, r.Stderr)
 		}
+	}
+}
+
+// ---- every pattern on the SQLite and MySQL sources --------------------------------
+
+// sqlSoR is a System of Record of another kind than PostgreSQL, for the
+// pattern × source tests: a table items (id, v, amount, flag, updated_at
+// set by the database, gone as a soft-delete mark).
+type sqlSoR struct {
+	kind, url, table string
+	db               *sql.DB
+	now              string // SQL of the database's current time, as updated_at holds it
+}
+
+func (s *sqlSoR) exec(t *testing.T, stmts ...string) {
+	t.Helper()
+	for _, q := range stmts {
+		if _, err := s.db.ExecContext(context.Background(), q); err != nil {
+			t.Fatalf("%s: exec %.100q: %v", s.kind, q, err)
+		}
+	}
+}
+
+// insert adds items first..last.
+func (s *sqlSoR) insert(t *testing.T, first, last int) {
+	t.Helper()
+	var vals []string
+	for i := first; i <= last; i++ {
+		note := fmt.Sprintf("'v%d é'", i)
+		if i%7 == 0 {
+			note = "NULL"
+		}
+		vals = append(vals, fmt.Sprintf("(%d, %s, %d.%02d, %d)", i, note, i/4, i%100, i%2))
+	}
+	s.exec(t, "INSERT INTO items (id, v, amount, flag) VALUES "+strings.Join(vals, ", "))
+}
+
+var sqlSoRs = []struct {
+	kind string
+	open func(t *testing.T) *sqlSoR
+}{
+	{"sqlite", func(t *testing.T) *sqlSoR {
+		path := filepath.Join(t.TempDir(), "sor.db")
+		db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Close() })
+		s := &sqlSoR{kind: "sqlite", url: path, table: "items", db: db, now: "strftime('%Y-%m-%d %H:%M:%f','now')"}
+		s.exec(t, `CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT, amount NUMERIC(12,2), flag BOOLEAN,
+  updated_at DATETIME NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f','now')), gone BOOLEAN NOT NULL DEFAULT 0)`,
+			"CREATE INDEX items_updated_at ON items (updated_at, id)")
+		return s
+	}},
+	{"mysql", func(t *testing.T) *sqlSoR {
+		dsn := mysqltest.NewDatabase(t)
+		s := &sqlSoR{kind: "mysql", url: dsn, table: "items", db: mysqltest.Open(t, dsn), now: "CURRENT_TIMESTAMP(6)"}
+		s.exec(t, "CREATE TABLE items (id BIGINT PRIMARY KEY, v VARCHAR(100), amount DECIMAL(12,2), flag TINYINT(1),"+
+			" updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), gone TINYINT(1) NOT NULL DEFAULT 0, KEY (updated_at, id))")
+		return s
+	}},
+}
+
+// Every pattern on every SQL source: a load, then two rounds of inserts,
+// updates and deletes (hard deletes for synthetic and window, which find
+// them; soft deletes for the watermark patterns), each made while the
+// reader is dead, which restarts mid-run; `oneway verify` then exits 0.
+// watermark_cdc publishes exactly the real changes of the second round,
+// over many polls that read the overlap again: no no-op update.
+func TestSQLSourcePatterns(t *testing.T) {
+	const rows = 1000
+	patterns := []struct {
+		name, capture string
+		softDeletes   bool
+	}{
+		{"watermark", "    pattern: watermark\n    column: updated_at\n    delete_feed: {soft_delete_column: gone}", true},
+		{"watermark_cdc", "    pattern: watermark_cdc\n    column: updated_at\n    overlap: 2s\n    delete_feed: {soft_delete_column: gone}", true},
+		{"synthetic", "    pattern: synthetic", false},
+		{"window", "    pattern: window\n    column: updated_at\n    window: 720h", false},
+	}
+	for _, src := range sqlSoRs {
+		for _, p := range patterns {
+			t.Run(src.kind+"/"+p.name, func(t *testing.T) {
+				sor := src.open(t)
+				sor.insert(t, 1, rows)
+				dst := testenv.Connect(t, pgtest.NewDatabase(t))
+				_, natsURL := bustest.StartJetStream(t)
+				cfg := filepath.Join(t.TempDir(), "pipeline.yaml")
+				writeSourceConfig(t, cfg, natsURL, sor.kind, sor.url, sor.table, dst.URL, "items", "",
+					p.capture+"\n    poll_interval: 100ms\n    batch_size: 100")
+				log := openSourceLog(t, natsURL, "items")
+
+				writer := testenv.Start(t, "writer", "run", "--config", cfg)
+				reader := testenv.Start(t, "reader", "run", "--config", cfg, "--log-format", "json", "--log-level", "debug")
+				if p.softDeletes {
+					// The first kill lands in the snapshot.
+					testenv.WaitFor(t, time.Minute, func() error {
+						if n := log.last(t); n < 3 {
+							return fmt.Errorf("%d messages published", n)
+						}
+						return nil
+					})
+				} else {
+					// The first kill lands after the first cycle stored its
+					// hash list: a first cycle (no list yet) cut short loses
+					// the deletes of keys it had published (a limitation of
+					// the cycle patterns on every source, reported).
+					waitLogCount(t, reader, "cycle done", 0, 2)
+				}
+				live := rows
+				round := func(first int) {
+					reader.Kill()
+					// 50 updates, 25 inserts, 15 deletes.
+					sor.exec(t, fmt.Sprintf("UPDATE items SET v = 'changed', amount = amount + 1, updated_at = %s WHERE id BETWEEN %d AND %d", sor.now, first, first+49))
+					del := fmt.Sprintf("DELETE FROM items WHERE id BETWEEN %d AND %d", first+100, first+114)
+					if p.softDeletes {
+						del = fmt.Sprintf("UPDATE items SET gone = 1, updated_at = %s WHERE id BETWEEN %d AND %d", sor.now, first+100, first+114)
+					}
+					sor.exec(t, del)
+					sor.insert(t, 10000+first, 10000+first+24)
+					live += 25 - 15
+					reader = testenv.Start(t, "reader", "run", "--config", cfg, "--log-format", "json", "--log-level", "debug")
+					testenv.WaitFor(t, syncTimeout, func() error {
+						if err := countRows(dst, "items", int64(live)); err != nil {
+							return err
+						}
+						if n := dst.Int(t, "SELECT count(*) FROM public.items WHERE v = 'changed'"); n != int64(first+49) {
+							return fmt.Errorf("%d changed rows in the target, want %d", n, first+49)
+						}
+						return nil
+					})
+				}
+				round(1)
+				if p.name == "watermark_cdc" {
+					// Let the restarted reader settle into polls that find
+					// nothing, so that the count below starts clean.
+					waitLogCount(t, reader, "watermark poll", 0, 5)
+				}
+				base := log.last(t)
+				round(51)
+				if p.name == "watermark_cdc" {
+					// Many polls, each reading the overlap again.
+					waitLogCount(t, reader, "watermark poll", 0, 40)
+					if got := log.changesAfter(t, base); len(got) != 90 {
+						t.Fatalf("published %d changes for 90 real ones (no-op updates must not be published): %v", len(got), got)
+					}
+				}
+				reader.Stop(t, 30*time.Second)
+				writer.Stop(t, 30*time.Second)
+				mustVerify(t, cfg, 0)
+			})
+		}
+	}
+}
+
+// `oneway up` runs a SQLite or MySQL source with the embedded NATS
+// server, and `oneway verify` reads the source back: equal after a sync,
+// different (exit 1) after a change the target has not seen.
+func TestSQLSourceUpAndVerify(t *testing.T) {
+	for _, src := range sqlSoRs {
+		t.Run(src.kind, func(t *testing.T) {
+			sor := src.open(t)
+			sor.insert(t, 1, 300)
+			dst := testenv.Connect(t, pgtest.NewDatabase(t))
+			cfg := filepath.Join(t.TempDir(), "pipeline.yaml")
+			writeSourceConfig(t, cfg, "", sor.kind, sor.url, sor.table, dst.URL, "items", "",
+				"    pattern: watermark\n    column: updated_at\n    poll_interval: 100ms")
+			data := t.TempDir()
+			upSynced(t, cfg, data, 0)
+			mustVerify(t, cfg, 0)
+			if n := dst.Int(t, "SELECT count(*) FROM public.items WHERE flag AND amount > 0 AND updated_at IS NOT NULL"); n != 150 {
+				t.Fatalf("%d rows with typed values in the target, want 150", n)
+			}
+			sor.exec(t, "UPDATE items SET v = 'unseen' WHERE id = 5")
+			out := mustVerify(t, cfg, 1)
+			if !strings.Contains(out.Stdout, "different=1") {
+				t.Fatalf("verify did not see the change:\n%s", out.Stdout)
+			}
+		})
 	}
 }

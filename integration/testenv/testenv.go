@@ -94,7 +94,14 @@ type Proc struct {
 // Start starts a binary in the background; it is killed when the test ends.
 func Start(t testing.TB, bin string, args ...string) *Proc {
 	t.Helper()
+	return StartIn(t, "", bin, args...)
+}
+
+// StartIn is Start in the working directory dir ("" = the test's).
+func StartIn(t testing.TB, dir, bin string, args ...string) *Proc {
+	t.Helper()
 	cmd := exec.Command(Bin(t, bin), args...)
+	cmd.Dir = dir
 	p := &Proc{cmd: cmd, stderr: &lockedBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.stderr, p.stderr
 	if err := cmd.Start(); err != nil {
@@ -134,6 +141,20 @@ func (p *Proc) Stop(t testing.TB, timeout time.Duration) {
 	case <-p.done:
 	case <-time.After(timeout):
 		t.Fatalf("process did not stop within %s after SIGTERM", timeout)
+	}
+}
+
+// Interrupt sends SIGINT (Ctrl-C) and waits up to timeout for the process
+// to exit; it returns the exit code.
+func (p *Proc) Interrupt(t testing.TB, timeout time.Duration) int {
+	t.Helper()
+	_ = p.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-p.done:
+		return p.cmd.ProcessState.ExitCode()
+	case <-time.After(timeout):
+		t.Fatalf("process did not stop within %s after SIGINT", timeout)
+		return -1
 	}
 }
 

@@ -119,13 +119,20 @@ type Admin struct {
 
 // Source is the System of Record a pipeline reads from.
 type Source struct {
-	// Kind of the source: "postgres", or "kafka" (a topic of Debezium
-	// change events, capture pattern cdc).
+	// Kind of the source: "postgres", "sqlite" (a SQLite database file),
+	// "mysql" (MySQL or MariaDB), or "kafka" (a topic of Debezium change
+	// events, capture pattern cdc). sqlite and mysql support the
+	// watermark, watermark_cdc, synthetic and window patterns.
 	Kind string `yaml:"kind"`
-	// URL is the connection string of the source database (postgres; not
+	// URL is the connection string of the source database (postgres: a
+	// PostgreSQL URL; mysql: a go-sql-driver DSN,
+	// user:pass@tcp(host:port)/db; sqlite: the database file's path; not
 	// used by kafka, whose brokers are in Kafka).
 	URL Secret `yaml:"url"`
 	// Table is "schema.table", or "table" for a table in schema "public".
+	// For mysql, "db.table" names the database, and "table" (or
+	// "public.table") means the DSN's; for sqlite, the schema part is
+	// ignored (SQLite has none).
 	// For kafka, the table the events are about: the batches' table name
 	// and the targets' default table.
 	Table string `yaml:"table"`

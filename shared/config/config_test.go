@@ -488,7 +488,9 @@ func TestValidationErrors(t *testing.T) {
 		{"duplicate_window over max_age", base + "nats:\n  max_age: 1m\n  duplicate_window: 2m\n", "nats.duplicate_window", 15, "must not be longer than nats.max_age (1m)"},
 
 		{"source kind missing", variant(t, "  kind: postgres\n  url: postgres://u:srcpass", "  url: postgres://u:srcpass"), "source.kind", 3, "required"},
-		{"source kind unsupported", variant(t, "kind: postgres", "kind: mysql"), "source.kind", 3, `unsupported kind "mysql"`},
+		{"source kind unsupported", variant(t, "kind: postgres", "kind: oracle"), "source.kind", 3, `unsupported kind "oracle"`},
+		{"sqlite source with cdc", variant(t, "kind: postgres\n  url: postgres://u:srcpass@h/db", "kind: sqlite\n  url: /data/sor.db", "column: updated_at", "pattern: cdc"), "source.capture.pattern", 8, `kind "sqlite" has no change feed`},
+		{"mysql source with a delete feed table", variant(t, "kind: postgres\n  url: postgres://u:srcpass@h/db", "kind: mysql\n  url: u:p@tcp(h:3306)/db", "column: updated_at", "column: updated_at\n    delete_feed: {table: deleted, column: at}"), "source.capture.delete_feed.table", 9, "not supported for kind \"mysql\""},
 		{"source url missing", variant(t, "  url: postgres://u:srcpass@h/db\n", ""), "source.url", 3, "required"},
 		{"source url null", variant(t, "url: postgres://u:srcpass@h/db", "url:"), "source.url", 4, "required"},
 		{"source table missing", variant(t, "  table: invoices\n", ""), "source.table", 3, "required"},
@@ -594,7 +596,7 @@ func TestValidationCollectsAllProblems(t *testing.T) {
 nats:
   replicas: 9
 source:
-  kind: mysql
+  kind: oracle
   table: a.b.c
   key: []
   capture:
@@ -1115,4 +1117,22 @@ func TestPatternExampleFiles(t *testing.T) {
 	p, err := Parse("invoices.yaml", []byte(enabled), env)
 	require.NoError(t, err)
 	require.Equal(t, DeleteFeed{SoftDeleteColumn: "deleted_at", Table: "public.invoices_deleted", Column: "deleted_at"}, p.Source.Capture.DeleteFeed)
+}
+
+// SQLite and MySQL sources load with the patterns they support.
+func TestSQLSources(t *testing.T) {
+	tests := []struct{ name, kind, url, capture string }{
+		{"sqlite synthetic", "sqlite", "/data/sor.db", "pattern: synthetic"},
+		{"sqlite watermark", "sqlite", "/data/sor.db", "column: updated_at"},
+		{"mysql window", "mysql", "u:p@tcp(h:3306)/db", "pattern: window\n    column: updated_at\n    window: 24h"},
+		{"mysql watermark_cdc", "mysql", "u:p@tcp(h:3306)/db", "pattern: watermark_cdc\n    column: updated_at\n    overlap: 2s\n    delete_feed: {soft_delete_column: gone}"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			src := variant(t, "kind: postgres\n  url: postgres://u:srcpass@h/db", "kind: "+tt.kind+"\n  url: "+tt.url, "column: updated_at", tt.capture)
+			p, err := Parse("t.yaml", []byte(src), noEnv)
+			require.NoError(t, err)
+			require.Equal(t, tt.kind, p.Source.Kind)
+		})
+	}
 }

@@ -59,6 +59,14 @@ func TestStagedDefaults(t *testing.T) {
 	require.Equal(t, &Readback{Pattern: PatternWatermarkCDC, Column: "updated_at", PollInterval: Duration{30 * time.Second}, BatchSize: 1000}, p.Targets[0].Readback)
 }
 
+func TestStagedSQLiteTarget(t *testing.T) {
+	src := strings.Replace(stagedBase, "kind: postgres\n    url: postgres://u:tgtpass@h2/db", "kind: sqlite\n    url: ./target.db", 1)
+	p, err := Parse("t.yaml", []byte(src), noEnv)
+	require.NoError(t, err)
+	require.True(t, p.Staged())
+	require.Equal(t, KindSQLite, p.Targets[0].Kind)
+}
+
 func TestStagedValidationErrors(t *testing.T) {
 	target := "    url: postgres://u:tgtpass@h2/db\n"
 	tests := []struct {
@@ -72,7 +80,7 @@ func TestStagedValidationErrors(t *testing.T) {
 		{"staged without columns", base + "mode: staged\n", "source.columns", 3, "required in staged mode"},
 		{"stage schema bad", stagedBase + "stage:\n  schema: 'a b'\n", "stage.schema", 16, "not a valid identifier"},
 		{"scan interval short", stagedBase + "stage:\n  scan_interval: 10ms\n", "stage.scan_interval", 16, "must be >= 1s"},
-		{"staged sqlite target", strings.Replace(stagedBase, "kind: postgres\n    url", "kind: sqlite\n    url", 1), "targets[0].kind", 12, `staged mode supports postgres targets only (yet), got "sqlite"`},
+		{"staged mysql target", strings.Replace(stagedBase, "kind: postgres\n    url", "kind: mysql\n    url", 1), "targets[0].kind", 12, `staged mode supports postgres and sqlite targets only (yet), got "mysql"`},
 		{"orphans delete without deletes", strings.Replace(stagedBase, target, target+"    delete: none\n    orphans: delete\n", 1), "targets[0].orphans", 15, `needs a delete policy that deletes`},
 		{"max pushes zero", strings.Replace(stagedBase, target, target+"    max_pushes_per_version: 0\n", 1), "targets[0].max_pushes_per_version", 14, "between 1 and 1000, got 0"},
 		{"share zero", strings.Replace(stagedBase, target, target+"    breaker:\n      max_delete_share: 0\n", 1), "targets[0].breaker.max_delete_share", 15, "must be > 0 and <= 1, got 0"},

@@ -356,8 +356,8 @@ func (p *Pipeline) validateMode(c *checker) {
 	for i := range p.Targets {
 		t := &p.Targets[i]
 		field := func(name string) string { return indexPath("targets", i) + "." + name }
-		if t.Kind != "" && t.Kind != KindPostgres && slices.Contains(targetKinds, t.Kind) {
-			c.add(field("kind"), "staged mode supports postgres targets only (yet), got %q", t.Kind)
+		if t.Kind != "" && t.Kind != KindPostgres && t.Kind != KindSQLite && slices.Contains(targetKinds, t.Kind) {
+			c.add(field("kind"), "staged mode supports postgres and sqlite targets only (yet), got %q", t.Kind)
 		}
 		if t.Orphans == "delete" && t.Delete == "none" {
 			c.add(field("orphans"), `"delete" needs a delete policy that deletes (hard or soft), but delete is "none"`)
@@ -404,9 +404,9 @@ func (s *Source) validate(c *checker) {
 	switch s.Kind {
 	case "":
 		c.add("source.kind", "required")
-	case KindPostgres, KindKafka:
+	case KindPostgres, KindKafka, KindSQLite, KindMySQL:
 	default:
-		c.add("source.kind", "unsupported kind %q (supported: %s, %s)", s.Kind, KindPostgres, KindKafka)
+		c.add("source.kind", "unsupported kind %q (supported: %s, %s, %s, %s)", s.Kind, KindPostgres, KindSQLite, KindMySQL, KindKafka)
 	}
 	switch {
 	case s.Kind == KindKafka && s.URL != "":
@@ -428,6 +428,9 @@ func (s *Source) validate(c *checker) {
 		c.add("source.table", "required")
 	} else if _, _, err := SplitTable(s.Table); err != nil {
 		c.add("source.table", "%v", err)
+	}
+	if s.Kind == KindSQLite || s.Kind == KindMySQL {
+		s.validateSQL(c)
 	}
 
 	if len(s.Key) == 0 {

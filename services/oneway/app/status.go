@@ -149,6 +149,13 @@ func printStatus(out io.Writer, s status.Snapshot) {
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%.1f\t%.1f\t%d\t\n", t.Name, t.Kind, t.LagMessages, t.LagSeconds, t.MessagesPerSecond, t.DeadLetters)
 	}
 	tw.Flush()
+	if c := s.Comparison; c != nil {
+		if c.Error != "" {
+			fmt.Fprintf(out, "\ncomparison failed: %s\n", c.Error)
+		} else {
+			fmt.Fprintf(out, "\ncompared directly: SoR %d rows; target %s %d rows, %d out of step\n", c.SourceRows, c.Target, c.TargetRows, c.OutOfStep)
+		}
+	}
 	for _, t := range s.Targets {
 		if t.LastError != "" {
 			fmt.Fprintf(out, "\nlast error of %s (%s): %s", t.Name, t.LastErrorAt.Local().Format(time.TimeOnly), t.LastError)

@@ -38,6 +38,15 @@ type upOptions struct {
 	exitWhenSynced bool
 	stopTimeout    time.Duration
 	cpuProfile     string
+	demoEvery      time.Duration
+	demoBurst      int
+
+	// Set by the demo (see runDemo): components run beside the pipeline's,
+	// the status page's direct comparison, and a call once the admin
+	// server listens (with the status page's URL, "" when off).
+	extra   []runner.Component
+	compare func(context.Context) (status.Comparison, error)
+	started func(statusURL string)
 }
 
 func upCommand() *cobra.Command {
@@ -49,9 +58,21 @@ func upCommand() *cobra.Command {
 staged mode (mode: staged) the stager and the differ too. When the config
 names no NATS URL it starts an embedded NATS JetStream server that stores
 under --data-dir; with no stage.url, the stage is a SQLite file there too.
-A restart with the same directory resumes.`,
+A restart with the same directory resumes.
+
+With no config (no --config, no ONEWAY_CONFIG) it runs the built-in demo:
+a SQLite System of Record under --data-dir/demo, seeded once and changed
+by a simulator (--demo-burst changes every --demo-every), kept in step
+with a SQLite target there that you may edit to watch it repaired.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.ConfigPath == "" {
+				log, err := o.Logger("oneway")
+				if err != nil {
+					return err
+				}
+				return runDemo(cmd.Context(), o, log, cmd.OutOrStdout())
+			}
 			cfg, err := o.Load()
 			if err != nil {
 				return err
@@ -71,6 +92,8 @@ A restart with the same directory resumes.`,
 	cmd.Flags().DurationVar(&o.stopTimeout, "stop-timeout", 30*time.Second, "how long shutdown may take")
 	cmd.Flags().StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile of the run to this file")
 	_ = cmd.Flags().MarkHidden("cpu-profile")
+	cmd.Flags().DurationVar(&o.demoEvery, "demo-every", 5*time.Second, "demo only (no config): how often the simulator changes the SoR")
+	cmd.Flags().IntVar(&o.demoBurst, "demo-burst", 10, "demo only (no config): changes per simulator burst (0: no simulator)")
 	return cmd
 }
 
@@ -126,10 +149,16 @@ func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.
 	if err != nil {
 		return err
 	}
+	collector.Compare = o.compare
+	statusURL := ""
 	if srv != nil {
 		status.Mount(srv, collector, log)
-		log.Info("status page serving", "url", "http://"+srv.Addr()+"/")
+		statusURL = "http://" + srv.Addr() + "/"
+		log.Info("status page serving", "url", statusURL)
 		components = append(components, srv, collector)
+	}
+	if o.started != nil {
+		o.started(statusURL)
 	}
 
 	runCtx, cancelRun := context.WithCancel(ctx)
@@ -191,6 +220,7 @@ func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.
 		components = append(components, w)
 	}
 	components = append(components, rd)
+	components = append(components, o.extra...)
 	components = append(components, runner.Func("progress", func(ctx context.Context) error {
 		return reportProgress(ctx, b, cfg, log)
 	}))

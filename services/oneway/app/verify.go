@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"strings"
 
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
 	"github.com/oneway-sync/oneway/services/oneway/internal/verify"
@@ -16,6 +15,8 @@ import (
 	"github.com/oneway-sync/oneway/shared/config"
 	"github.com/oneway-sync/oneway/shared/pgconn"
 	"github.com/oneway-sync/oneway/shared/progress"
+	"github.com/oneway-sync/oneway/shared/source"
+	"github.com/oneway-sync/oneway/shared/sqlsource"
 )
 
 func verifyCommand() *cobra.Command {
@@ -55,8 +56,31 @@ only when the target's orphan policy is "delete".`,
 // the results to out and the progress to term (a bar when it is a
 // terminal, else log lines).
 func runVerify(ctx context.Context, cfg *config.Pipeline, only string, out, term io.Writer, log *slog.Logger) error {
+	if cfg.Source.Kind == config.KindSQLite || cfg.Source.Kind == config.KindMySQL {
+		spec, err := sqlSourceSpec(cfg)
+		if err != nil {
+			return cli.Exit(cli.ExitUsage, err)
+		}
+		src, err := sqlsource.Open(ctx, spec, log)
+		if err != nil {
+			return err
+		}
+		defer src.Close()
+		cols := make([]verify.Column, 0, len(src.Columns()))
+		for _, c := range src.Columns() {
+			cols = append(cols, verify.Column{Name: c.GetName(), Type: c.GetType()})
+		}
+		layout, err := verify.NewLayout(cols, cfg.Source.Key)
+		if err != nil {
+			return cli.Exit(cli.ExitUsage, err)
+		}
+		openSource := func(progress func(int64)) (verify.Side, error) {
+			return verify.Fold(ctx, layout, "", scanSQLSource(src), progress)
+		}
+		return verifyTargets(ctx, cfg, only, out, term, log, layout, openSource, nil)
+	}
 	if cfg.Source.Kind != config.KindPostgres {
-		return cli.Exit(cli.ExitUsage, fmt.Errorf("verify reads the source table back and needs a postgres source; a %s source has no read-back (query the targets, or verify against the database the events come from)", cfg.Source.Kind))
+		return cli.Exit(cli.ExitUsage, fmt.Errorf("verify reads the source table back and needs a postgres, sqlite or mysql source; a %s source has no read-back (query the targets, or verify against the database the events come from)", cfg.Source.Kind))
 	}
 	schema, table, err := config.SplitTable(cfg.Source.Table)
 	if err != nil {
@@ -93,6 +117,26 @@ func runVerify(ctx context.Context, cfg *config.Pipeline, only string, out, term
 	if err != nil {
 		return cli.Exit(cli.ExitUsage, err)
 	}
+	openSource := func(func(int64)) (verify.Side, error) {
+		return verify.OpenPostgresLive(ctx, src, srcTable, layout, cfg.Source.Capture.DeleteFeed.SoftDeleteColumn)
+	}
+	// The source's row estimate (pg_class.reltuples) gives the compare an
+	// ETA; 0 when never analysed.
+	estimate := func() (int64, error) {
+		var n int64
+		if err := src.QueryRow(ctx, "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass($1)", srcTable.Quoted()).Scan(&n); err != nil {
+			return 0, fmt.Errorf("estimate the rows of %s: %w", srcTable, err)
+		}
+		return n, nil
+	}
+	return verifyTargets(ctx, cfg, only, out, term, log, layout, openSource, estimate)
+}
+
+// verifyTargets compares each target (or only the one named) with the
+// source side that openSource opens (once per target), showing progress on
+// term. estimate, when set, guesses the source's rows for an ETA.
+func verifyTargets(ctx context.Context, cfg *config.Pipeline, only string, out, term io.Writer, log *slog.Logger,
+	layout *verify.Layout, openSource func(progress func(int64)) (verify.Side, error), estimate func() (int64, error)) error {
 	failed := false
 	matched := 0
 	for _, t := range cfg.Targets {
@@ -100,11 +144,12 @@ func runVerify(ctx context.Context, cfg *config.Pipeline, only string, out, term
 			continue
 		}
 		matched++
-		// The source's row estimate (pg_class.reltuples) gives the
-		// compare an ETA; -1 or 0 when never analysed.
-		var estimate int64
-		if err := src.QueryRow(ctx, "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass($1)", srcTable.Quoted()).Scan(&estimate); err != nil {
-			return fmt.Errorf("estimate the rows of %s: %w", srcTable, err)
+		var total int64
+		if estimate != nil {
+			var err error
+			if total, err = estimate(); err != nil {
+				return err
+			}
 		}
 		reading := progress.New(progress.Options{Work: "verify " + t.Name + ": read target", Unit: "rows",
 			Terminal: term, Log: log, Attrs: []any{"target", t.Name}})
@@ -120,9 +165,12 @@ func runVerify(ctx context.Context, cfg *config.Pipeline, only string, out, term
 		if err != nil {
 			return err
 		}
+		sourcing := progress.New(progress.Options{Work: "verify " + t.Name + ": read source", Unit: "rows",
+			Terminal: term, Log: log, Attrs: []any{"target", t.Name}})
 		comparing := progress.New(progress.Options{Work: "verify " + t.Name + ": compare", Unit: "source rows",
-			Total: estimate, Terminal: term, Log: log, Attrs: []any{"target", t.Name}})
-		rep, err := compare(ctx, src, srcTable, layout, cfg.Source.Capture.DeleteFeed.SoftDeleteColumn, dst, comparing.Set)
+			Total: total, Terminal: term, Log: log, Attrs: []any{"target", t.Name}})
+		rep, err := compare(ctx, openSource, dst, sourcing.Set, comparing.Set)
+		sourcing.Finish()
 		comparing.Finish()
 		if err != nil {
 			return err
@@ -155,15 +203,54 @@ func runVerify(ctx context.Context, cfg *config.Pipeline, only string, out, term
 }
 
 // compare reads the source in key order against dst, and closes dst.
-// Source rows marked deleted by softDeleteColumn (the source's delete
-// feed) are left out.
-func compare(ctx context.Context, src *pgxpool.Pool, t pgconn.Table, l *verify.Layout, softDeleteColumn string, dst verify.Side, progress func(int64)) (verify.Report, error) {
-	s, err := verify.OpenPostgresLive(ctx, src, t, l, softDeleteColumn)
+// Source rows marked deleted by the soft-delete column (the source's
+// delete feed) are left out.
+func compare(ctx context.Context, openSource func(func(int64)) (verify.Side, error), dst verify.Side, readProgress, progress func(int64)) (verify.Report, error) {
+	s, err := openSource(readProgress)
 	if err != nil {
 		return verify.Report{}, errors.Join(fmt.Errorf("source: %w", err), dst.Close())
 	}
 	rep, err := verify.Compare(ctx, s, dst, verify.Options{Progress: progress})
 	return rep, errors.Join(err, s.Close(), dst.Close())
+}
+
+// sqlSourceSpec is what verify reads of a sqlite or mysql source: the
+// owned columns and the soft-delete mark.
+func sqlSourceSpec(cfg *config.Pipeline) (sqlsource.Spec, error) {
+	src := cfg.Source
+	spec := sqlsource.Spec{Kind: src.Kind, URL: src.URL.Value(), Key: src.Key, Columns: src.Columns,
+		SoftDeleteColumn: src.Capture.DeleteFeed.SoftDeleteColumn}
+	var err error
+	if src.Kind == config.KindMySQL {
+		spec.Database, spec.Table, err = config.SplitMySQLTable(src.Table)
+	} else {
+		_, spec.Table, err = config.SplitTable(src.Table)
+	}
+	return spec, err
+}
+
+// scanSQLSource reads every live row of a sqlite or mysql source, in the
+// text the reader publishes.
+func scanSQLSource(src *sqlsource.Source) verify.Scan {
+	return func(ctx context.Context, emit func(verify.Change) error) error {
+		sc, err := src.Scan(ctx, source.ScanOptions{})
+		if err != nil {
+			return err
+		}
+		defer sc.Close()
+		for {
+			r, ok := sc.Next()
+			if !ok {
+				return sc.Err()
+			}
+			if src.IsDeleted(r) {
+				continue
+			}
+			if err := emit(verify.Change{Row: src.Owned(r)}); err != nil {
+				return err
+			}
+		}
+	}
 }
 
 func orphanNote(policy string) string {

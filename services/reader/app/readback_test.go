@@ -299,6 +299,7 @@ func TestNewReadbackRefuses(t *testing.T) {
 		{"unknown target", func(*config.Pipeline) {}, "nope", `has no target "nope"`},
 		{"no readback", func(p *config.Pipeline) { p.Targets[0].Readback = nil }, "pg", "has no readback configured"},
 		{"direct mode", func(p *config.Pipeline) { p.Mode = config.ModeDirect }, "pg", "staged mode only"},
+		{"mysql target", func(p *config.Pipeline) { p.Targets[0].Kind = config.KindMySQL }, "pg", "PostgreSQL and SQLite targets only"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -7,11 +7,15 @@ package app
 import (
 	"context"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,6 +35,7 @@ import (
 	"github.com/oneway-sync/oneway/shared/pgconn"
 	"github.com/oneway-sync/oneway/shared/progress"
 	"github.com/oneway-sync/oneway/shared/retry"
+	"github.com/oneway-sync/oneway/shared/sqlsource"
 	"github.com/oneway-sync/oneway/shared/telemetry"
 )
 
@@ -93,35 +98,11 @@ func (r *Reader) Run(ctx context.Context) error {
 		capt = r.newCDC(cdc)
 		setup.Slot = src.Capture.Slot
 	} else {
-		spec, err := sourceSpec(src)
+		source, closeSource, err := r.openSource(ctx)
 		if err != nil {
 			return err
 		}
-		pool, err := pgconn.Open(ctx, src.URL.Value(), r.application(), 4)
-		if err != nil {
-			return err
-		}
-		defer pool.Close()
-		if r.side.name != "source" {
-			// A target's table may not exist yet: its writer creates it.
-			if err := r.waitTable(ctx, pool, spec.Table); err != nil || ctx.Err() != nil {
-				return err
-			}
-		}
-		var source *pgsource.Source
-		err = retry.Do(ctx, r.retryPolicy(), func(ctx context.Context) error {
-			var err error
-			source, err = pgsource.Open(ctx, pool, spec, r.log)
-			return pgconn.Classify(err)
-		})
-		if err != nil {
-			return fmt.Errorf("open source: %w", err)
-		}
-		var estimate int64
-		if err := pool.QueryRow(ctx, "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass($1)",
-			spec.Table.Quoted()).Scan(&estimate); err == nil {
-			r.tableEstimate.Store(estimate)
-		}
+		defer closeSource()
 		obj, err := r.bus.CaptureStore(ctx, r.cfg.NATS.Replicas)
 		if err != nil {
 			return err
@@ -198,6 +179,54 @@ func (r *Reader) waitTable(ctx context.Context, pool pgconn.Querier, table pgcon
 	}
 }
 
+// waitSQLiteTable is waitTable for a SQLite target: it returns once the
+// file at path has table, or with nil when ctx ends. It only reads (the
+// file is opened read-only, so a missing one is not created).
+func (r *Reader) waitSQLiteTable(ctx context.Context, path, table string) error {
+	every := min(max(r.side.src.Capture.PollInterval.Duration, 100*time.Millisecond), 5*time.Second)
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return errs.Permanent(fmt.Errorf("sqlite target path %q: %w", path, err))
+	}
+	logged := false
+	for {
+		found, err := sqliteHasTable(ctx, abs, table)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil:
+			return fmt.Errorf("look up table %q in %s: %w", table, abs, err)
+		case found:
+			return nil
+		case !logged:
+			logged = true
+			r.log.Info("table does not exist yet; waiting for its writer to create it", "table", table, "path", abs)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(every):
+		}
+	}
+}
+
+// sqliteHasTable reports whether the SQLite file at path exists and has
+// table (names compared as SQLite does, ASCII case folded).
+func sqliteHasTable(ctx context.Context, path, table string) (bool, error) {
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	r := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23")
+	db, err := sql.Open("sqlite", "file:"+r.Replace(filepath.ToSlash(path))+"?mode=ro&_pragma=busy_timeout(5000)")
+	if err != nil {
+		return false, err
+	}
+	defer db.Close()
+	var n int
+	err = db.QueryRowContext(ctx, "SELECT count(*) FROM sqlite_schema WHERE type IN ('table', 'view') AND name = ? COLLATE NOCASE", table).Scan(&n)
+	return n > 0, err
+}
+
 // outageWait is the growing pause between attempts of an active reader
 // that JetStream keeps refusing: 500 ms doubling to 10 s, back to the
 // start after a stint of a minute or more.
@@ -230,6 +259,98 @@ func jsUnavailable(err error) error {
 		return err
 	}
 	return errs.Unavailable(err)
+}
+
+// openSource opens the configured SQL source (postgres, sqlite, mysql),
+// retrying while it is unreachable, and returns it with its close.
+func (r *Reader) openSource(ctx context.Context) (capture.Source, func(), error) {
+	src := r.side.src
+	if src.Kind == config.KindSQLite || src.Kind == config.KindMySQL {
+		spec, err := sqlSourceSpec(src)
+		if err != nil {
+			return nil, nil, err
+		}
+		if r.side.name != "source" && src.Kind == config.KindSQLite {
+			// A target's file and table may not exist yet: its writer
+			// creates them.
+			if err := r.waitSQLiteTable(ctx, spec.URL, spec.Table); err != nil {
+				return nil, nil, err
+			}
+		}
+		var source *sqlsource.Source
+		err = retry.Do(ctx, r.retryPolicy(), func(ctx context.Context) error {
+			var err error
+			source, err = sqlsource.Open(ctx, spec, r.log)
+			return err
+		})
+		if err != nil {
+			return nil, nil, fmt.Errorf("open source: %w", err)
+		}
+		return source, func() { source.Close() }, nil
+	}
+	spec, err := sourceSpec(src)
+	if err != nil {
+		return nil, nil, err
+	}
+	pool, err := pgconn.Open(ctx, src.URL.Value(), r.application(), 4)
+	if err != nil {
+		return nil, nil, err
+	}
+	if r.side.name != "source" {
+		// A target's table may not exist yet: its writer creates it.
+		if err := r.waitTable(ctx, pool, spec.Table); err != nil {
+			pool.Close()
+			return nil, nil, err
+		}
+	}
+	var source *pgsource.Source
+	err = retry.Do(ctx, r.retryPolicy(), func(ctx context.Context) error {
+		var err error
+		source, err = pgsource.Open(ctx, pool, spec, r.log)
+		return pgconn.Classify(err)
+	})
+	if err != nil {
+		pool.Close()
+		return nil, nil, fmt.Errorf("open source: %w", err)
+	}
+	// The table's row estimate gives the snapshot's progress lines an ETA.
+	var estimate int64
+	if err := pool.QueryRow(ctx, "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass($1)",
+		spec.Table.Quoted()).Scan(&estimate); err == nil {
+		r.tableEstimate.Store(estimate)
+	}
+	return source, pool.Close, nil
+}
+
+// sqlSourceSpec is what the configured pattern reads from a sqlite or
+// mysql source.
+func sqlSourceSpec(src config.Source) (sqlsource.Spec, error) {
+	capt := src.Capture
+	spec := sqlsource.Spec{Kind: src.Kind, URL: src.URL.Value(), Key: src.Key, Columns: src.Columns,
+		SoftDeleteColumn: capt.DeleteFeed.SoftDeleteColumn}
+	var err error
+	if src.Kind == config.KindMySQL {
+		spec.Database, spec.Table, err = config.SplitMySQLTable(src.Table)
+	} else {
+		_, spec.Table, err = config.SplitTable(src.Table) // SQLite has no schemas
+	}
+	if err != nil {
+		return spec, errs.Permanent(fmt.Errorf("source table: %w", err))
+	}
+	switch capt.Pattern {
+	case config.PatternWatermark, config.PatternWatermarkCDC:
+		spec.WatermarkColumn = capt.Column
+		spec.Coarse = capt.Pattern == config.PatternWatermarkCDC
+		if capt.DeleteFeed.Table != "" {
+			return spec, errs.Permanentf("a %s source has no delete feed table support; use soft_delete_column", src.Kind)
+		}
+	case config.PatternWindow:
+		spec.WindowColumn = capt.Column
+	case config.PatternSynthetic:
+	default:
+		return spec, errs.Permanentf("capture pattern %q is not supported for a %s source", capt.Pattern, src.Kind)
+	}
+	return spec, nil
 }
 
 // application is the PostgreSQL application_name of the reader's
@@ -284,7 +405,7 @@ func sourceName(src config.Source) string {
 }
 
 // newCapture builds the configured pattern's capture.
-func (r *Reader) newCapture(source *pgsource.Source, store *capture.Store) capture.Capture {
+func (r *Reader) newCapture(source capture.Source, store *capture.Store) capture.Capture {
 	c := r.side.src.Capture
 	layout := capture.Layout{
 		Pipeline: r.cfg.Pipeline, Origin: r.side.origin(), Table: r.side.src.Table, Columns: source.Columns(),

@@ -46,15 +46,15 @@ func readbackSide(cfg *config.Pipeline, target string) (side, error) {
 	switch {
 	case !cfg.Staged():
 		return side{}, errs.Permanentf("target %s: a read-back runs in staged mode only (mode is %s)", target, cfg.Mode)
-	case t.Kind != config.KindPostgres:
-		return side{}, errs.Permanentf("target %s: a read-back reads PostgreSQL targets only, not %s", target, t.Kind)
+	case t.Kind != config.KindPostgres && t.Kind != config.KindSQLite:
+		return side{}, errs.Permanentf("target %s: a read-back reads PostgreSQL and SQLite targets only, not %s", target, t.Kind)
 	case t.Readback == nil:
 		return side{}, errs.Permanentf("target %s has no readback configured (targets[].readback)", target)
 	}
 	rb := t.Readback
 	capt := config.Capture{Pattern: rb.Pattern, Column: rb.Column, Window: rb.Window,
 		BatchSize: rb.BatchSize, PollInterval: rb.PollInterval}
-	src := config.Source{Kind: config.KindPostgres, URL: t.URL, Table: t.Table,
+	src := config.Source{Kind: t.Kind, URL: t.URL, Table: t.Table,
 		Key: cfg.Source.Key, Columns: cfg.Source.Columns, Capture: capt}
 	name := "target." + target
 	return side{name: name, src: src, subject: bus.TargetSubject(cfg.Pipeline, target), service: "readback-" + target}, nil
@@ -64,7 +64,7 @@ func readbackSide(cfg *config.Pipeline, target string) (side, error) {
 func (s side) origin() string { return s.name }
 
 // NewReadback returns the read-back reader of target: a reader of the
-// target's table (PostgreSQL) that publishes what it finds on
+// target's table (PostgreSQL or SQLite) that publishes what it finds on
 // oneway.<p>.target.<t>, for the stager. The target must have readback
 // configured and the pipeline must be staged. metrics may be nil.
 func NewReadback(cfg *config.Pipeline, target string, b *natsbus.Bus, log *slog.Logger, metrics *telemetry.Metrics) (*Reader, error) {

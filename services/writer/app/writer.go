@@ -144,7 +144,7 @@ func (w *Writer) newTarget(ctx context.Context, pool *pgxpool.Pool) (target.Writ
 		tg, err := sqlitetarget.Open(ctx, sqlitetarget.Spec{
 			Pipeline: w.cfg.Pipeline, Target: t.Name, Path: t.URL.Value(),
 			Table: sqliteTable(t.Table), CreateTable: t.CreatesTable(),
-			Delete: t.Delete, SoftDeleteColumn: t.SoftDeleteColumn,
+			Delete: t.Delete, SoftDeleteColumn: t.SoftDeleteColumn, Staged: w.cfg.Staged(),
 		}, w.log)
 		if err != nil {
 			return nil, nil, err

@@ -34,6 +34,21 @@ type Snapshot struct {
 	// every Interval; History keeps the last HistoryLen samples.
 	RowsPerSecond float64 `json:"rows_per_second"`
 	History       []Point `json:"history"`
+	// Comparison is both sides counted directly, when the pipeline has a
+	// cheap way to (the demo's two small files); absent otherwise.
+	Comparison *Comparison `json:"comparison,omitempty"`
+}
+
+// Comparison is the source and one target read and compared directly.
+type Comparison struct {
+	SourceRows int64  `json:"source_rows"`
+	Target     string `json:"target"`
+	TargetRows int64  `json:"target_rows"`
+	// OutOfStep counts keys missing from the target, extra in it, or with
+	// an owned value that differs.
+	OutOfStep int64 `json:"out_of_step"`
+	// Error is why the comparison failed this time ("" when it did not).
+	Error string `json:"error,omitempty"`
 }
 
 // Stream is the pipeline's JetStream stream.
@@ -101,6 +116,11 @@ type Collector struct {
 	cfg     *config.Pipeline
 	metrics *telemetry.Metrics
 	errs    *ErrorLog
+
+	// Compare, when set before Run, compares the two sides directly at
+	// every Collect (see Snapshot.Comparison). It is called from concurrent
+	// HTTP handlers: it must be safe for concurrent use, and quick.
+	Compare func(ctx context.Context) (Comparison, error)
 
 	mu       sync.Mutex
 	history  []Point
@@ -227,6 +247,13 @@ func (c *Collector) Collect(ctx context.Context) (Snapshot, error) {
 			}
 		}
 		s.Targets = append(s.Targets, ts)
+	}
+	if c.Compare != nil {
+		cmp, err := c.Compare(ctx)
+		if err != nil {
+			cmp.Error = err.Error()
+		}
+		s.Comparison = &cmp
 	}
 	return s, nil
 }

@@ -78,6 +78,8 @@ func (e *env) source(t *testing.T, spec Spec) (*pgsource.Source, Layout) {
 // Spec is pgsource.Spec, shorter.
 type Spec = pgsource.Spec
 
+var _ Source = (*pgsource.Source)(nil)
+
 var testRetry = retry.Policy{Initial: 10 * time.Millisecond, Max: 100 * time.Millisecond, Attempts: 3}
 
 // run runs capt from pos until it reported being caught up polls times,

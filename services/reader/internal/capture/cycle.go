@@ -14,10 +14,10 @@ import (
 	"time"
 
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
-	"github.com/oneway-sync/oneway/services/reader/internal/pgsource"
 	"github.com/oneway-sync/oneway/shared/errs"
 	"github.com/oneway-sync/oneway/shared/event"
 	"github.com/oneway-sync/oneway/shared/retry"
+	"github.com/oneway-sync/oneway/shared/source"
 )
 
 // Cycle is the synthetic pattern (Window zero) and the window pattern.
@@ -43,7 +43,7 @@ import (
 // list and its last state would never be sent. Duplicates are absorbed by
 // the writers' ledger, which skips a change whose hash it already applied.
 type Cycle struct {
-	Source     *pgsource.Source
+	Source     Source
 	Layout     Layout
 	Store      *Store
 	ObjectName string
@@ -203,7 +203,7 @@ func (c *Cycle) cycle(ctx context.Context, pos Position, hasPrev bool, prev, nex
 	}()
 	// A window cycle without a list reads the whole table once, so the
 	// targets get the rows outside the window too.
-	scan, err := c.Source.Scan(ctx, pgsource.ScanOptions{WindowFrom: from, Whole: !hasPrev})
+	scan, err := c.Source.Scan(ctx, source.ScanOptions{WindowFrom: from, Whole: !hasPrev})
 	if err != nil {
 		return nil, err
 	}
@@ -262,7 +262,7 @@ func (c *Cycle) cycle(ctx context.Context, pos Position, hasPrev bool, prev, nex
 // it leaves the list either way), absent (or marked deleted) means it was
 // deleted.
 func (c *Cycle) changes(ctx context.Context, page []mergeEvent, hasPrev bool) ([]*onewayv1.Change, [][]byte, error) {
-	found := map[string]pgsource.Row{}
+	found := map[string]source.Row{}
 	if c.Window > 0 {
 		var keys [][]string
 		var vals [][]byte
@@ -281,7 +281,7 @@ func (c *Cycle) changes(ctx context.Context, page []mergeEvent, hasPrev bool) ([
 			keys = append(keys, k)
 		}
 		if len(keys) > 0 {
-			var rows []pgsource.Row
+			var rows []source.Row
 			err := retry.Do(ctx, c.Retry, func(ctx context.Context) (err error) {
 				rows, err = c.Source.Lookup(ctx, keys)
 				return err
@@ -340,8 +340,8 @@ func mustRow(packed []byte) [][]byte {
 // pgRows adapts a scan to the merge, checking that the order keys
 // strictly increase (two rows with one order key would break the merge).
 type pgRows struct {
-	src   *pgsource.Source
-	scan  *pgsource.Scan
+	src   Source
+	scan  source.Scan
 	last  []byte
 	count *int
 }

@@ -7,15 +7,15 @@ import (
 	"time"
 
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
-	"github.com/oneway-sync/oneway/services/reader/internal/pgsource"
 	"github.com/oneway-sync/oneway/shared/event"
 	"github.com/oneway-sync/oneway/shared/retry"
+	"github.com/oneway-sync/oneway/shared/source"
 )
 
 // Watermark is the watermark pattern and, with CDC set, watermark_cdc.
 //
 // It first reads a snapshot in key order, then polls in (watermark, key)
-// order below the source's commit-safe bound (pgsource.Source.Bound).
+// order below the source's commit-safe bound (Source.Bound).
 // Rows marked deleted (soft-delete column) and rows of the delete feed
 // become delete events, in watermark order with the other rows.
 //
@@ -28,7 +28,7 @@ import (
 // crash is read again from its start (its pages, if unchanged, carry the
 // same Msg-Ids and are dropped by JetStream's duplicate window).
 type Watermark struct {
-	Source    *pgsource.Source
+	Source    Source
 	Layout    Layout
 	BatchSize int
 	Interval  time.Duration
@@ -68,8 +68,8 @@ func (w *Watermark) wait(ctx context.Context) bool {
 // Run implements Capture.
 func (w *Watermark) Run(ctx context.Context, pos Position, _ *onewayv1.Batch, emit func(Page) error) error {
 	lookback := w.Lookback.Seconds()
-	bound := func() (pgsource.Bound, error) {
-		var b pgsource.Bound
+	bound := func() (source.Bound, error) {
+		var b source.Bound
 		err := w.read(ctx, func(ctx context.Context) (err error) { b, err = w.Source.Bound(ctx, lookback); return })
 		return b, err
 	}
@@ -145,7 +145,7 @@ func (w *Watermark) Run(ctx context.Context, pos Position, _ *onewayv1.Batch, em
 // of the watermark phase.
 func (w *Watermark) snapshot(ctx context.Context, pos Position, emit func(Page) error) (Position, error) {
 	for {
-		var rows []pgsource.Row
+		var rows []source.Row
 		if err := w.read(ctx, func(ctx context.Context) (err error) {
 			rows, err = w.Source.SnapshotPage(ctx, pos.SnapshotKey, w.BatchSize)
 			return
@@ -178,7 +178,7 @@ func (w *Watermark) snapshot(ctx context.Context, pos Position, emit func(Page) 
 // change is the change a row stands for: an upsert of its owned values,
 // or the delete of its key when it is marked deleted or comes from the
 // delete feed.
-func (w *Watermark) change(r pgsource.Row, now int64) *onewayv1.Change {
+func (w *Watermark) change(r source.Row, now int64) *onewayv1.Change {
 	owned := w.Source.Owned(r)
 	if w.Source.IsDeleted(r) {
 		return w.Layout.deleteRowChange(owned, now)
@@ -186,11 +186,11 @@ func (w *Watermark) change(r pgsource.Row, now int64) *onewayv1.Change {
 	return rowChange(onewayv1.Op_OP_UPSERT, owned, now)
 }
 
-func cursorOf(pos Position) pgsource.Cursor {
-	return pgsource.Cursor{Mark: pos.Watermark, Key: pos.WatermarkKey, Deleted: pos.WatermarkDeleted}
+func cursorOf(pos Position) source.Cursor {
+	return source.Cursor{Mark: pos.Watermark, Key: pos.WatermarkKey, Deleted: pos.WatermarkDeleted}
 }
 
-func (w *Watermark) withCursor(pos Position, c pgsource.Cursor) Position {
+func (w *Watermark) withCursor(pos Position, c source.Cursor) Position {
 	pos.Watermark, pos.WatermarkKey, pos.WatermarkDeleted = c.Mark, c.Key, c.Deleted
 	return pos
 }
@@ -200,9 +200,9 @@ func (w *Watermark) withCursor(pos Position, c pgsource.Cursor) Position {
 const overlapPruneAt = 100_000
 
 // poll reads every row after pos and below the bound.
-func (w *Watermark) poll(ctx context.Context, pos Position, b pgsource.Bound, emit func(Page) error) (Position, error) {
+func (w *Watermark) poll(ctx context.Context, pos Position, b source.Bound, emit func(Page) error) (Position, error) {
 	for {
-		var rows []pgsource.Row
+		var rows []source.Row
 		if err := w.read(ctx, func(ctx context.Context) (err error) {
 			rows, err = w.Source.WatermarkRows(ctx, cursorOf(pos), b, w.BatchSize)
 			return
@@ -233,7 +233,7 @@ func (w *Watermark) poll(ctx context.Context, pos Position, b pgsource.Bound, em
 
 // pollOverlap reads from the watermark minus the overlap up to the bound,
 // emitting only rows whose state differs from what ov remembers.
-func (w *Watermark) pollOverlap(ctx context.Context, pos Position, b pgsource.Bound, ov *overlap, emit func(Page) error) (Position, error) {
+func (w *Watermark) pollOverlap(ctx context.Context, pos Position, b source.Bound, ov *overlap, emit func(Page) error) (Position, error) {
 	var lower string
 	var lowerEpoch, markEpoch float64
 	if err := w.read(ctx, func(ctx context.Context) (err error) {
@@ -244,11 +244,11 @@ func (w *Watermark) pollOverlap(ctx context.Context, pos Position, b pgsource.Bo
 	}
 	// Nothing below lower is read again: forget it.
 	ov.prune(lowerEpoch)
-	cur := pgsource.Cursor{Mark: lower}
+	cur := source.Cursor{Mark: lower}
 	next := pos
 	emitted := 0
 	for {
-		var rows []pgsource.Row
+		var rows []source.Row
 		if err := w.read(ctx, func(ctx context.Context) (err error) {
 			rows, err = w.Source.WatermarkRows(ctx, cur, b, w.BatchSize)
 			return

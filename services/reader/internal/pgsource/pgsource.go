@@ -19,13 +19,20 @@ import (
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
 	"github.com/oneway-sync/oneway/shared/errs"
 	"github.com/oneway-sync/oneway/shared/pgconn"
+	"github.com/oneway-sync/oneway/shared/source"
 )
 
 // Row is one record's owned values as PostgreSQL text; nil is NULL. Rows
 // read by a Source whose Spec asks for more than the owned values carry
 // extra values after them (see the accessors: IsDeleted, Epoch, …); Owned
 // returns the owned part.
-type Row [][]byte
+type Row = source.Row
+
+// Cursor is a position in watermark order (see source.Cursor).
+type Cursor = source.Cursor
+
+// Bound is a commit-safe upper bound of the watermark (see source.Bound).
+type Bound = source.Bound
 
 // Spec says what to read.
 type Spec struct {
@@ -427,19 +434,6 @@ func (s *Source) warnHidden(lookbackSeconds float64) {
 	})
 }
 
-// Bound is an upper bound of the watermark below which every row is
-// committed and visible.
-type Bound struct {
-	// Value is the bound as text; "" when no bound is known yet (a numeric
-	// watermark needs a sample older than every open transaction).
-	Value string
-	// Inclusive is true when rows at Value itself are final too.
-	Inclusive bool
-}
-
-// Ready reports whether the bound is known.
-func (b Bound) Ready() bool { return b.Value != "" }
-
 // Bound returns the commit-safe bound of the watermark column. For
 // timestamps it is SafeBound. A numeric watermark (a number a sequence
 // sets) is bounded by samples of max(column): each call records
@@ -571,16 +565,6 @@ func (s *Source) extraCols(watermark bool) string {
 // wm" (the first page after a snapshot).
 func (s *Source) WatermarkPage(ctx context.Context, wm string, key []string, bound string, limit int) ([]Row, error) {
 	return s.WatermarkRows(ctx, Cursor{Mark: wm, Key: key}, Bound{Value: bound}, limit)
-}
-
-// Cursor is a position in watermark order: (Mark, Key, and whether the
-// row there came from the delete feed, which sorts first on ties).
-type Cursor struct {
-	Mark string
-	// Key nil means "from Mark inclusive".
-	Key []string
-	// Deleted is true when the cursor is on a delete-feed row.
-	Deleted bool
 }
 
 // CursorOf returns the cursor of a row read by WatermarkRows.

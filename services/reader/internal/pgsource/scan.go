@@ -11,6 +11,7 @@ import (
 
 	"github.com/oneway-sync/oneway/shared/errs"
 	"github.com/oneway-sync/oneway/shared/pgconn"
+	"github.com/oneway-sync/oneway/shared/source"
 )
 
 // The synthetic and window patterns merge a scan of the table, in key
@@ -64,21 +65,15 @@ func (s *Source) OrdKey(dst []byte, r Row) ([]byte, error) {
 	return dst, nil
 }
 
-// ScanOptions select the rows of a Scan.
-type ScanOptions struct {
-	// WindowFrom, when not empty, restricts the scan to the rows whose
-	// window column is at or after it (a timestamp with time zone as text).
-	WindowFrom string
-	// Whole reads every row even with WindowFrom, and reports for each
-	// whether it lies in the window (InWindow).
-	Whole bool
-}
+// ScanOptions select the rows of a Scan (see source.ScanOptions); for
+// PostgreSQL WindowFrom is a timestamp with time zone as text.
+type ScanOptions = source.ScanOptions
 
 // Scan streams the table's rows in order-key order (see ScanOptions).
 // Rows whose key has a NULL are left out (they cannot identify a record).
 // The read is one query, so it sees one snapshot of the table; it holds a
 // connection until Close.
-func (s *Source) Scan(ctx context.Context, o ScanOptions) (*Scan, error) {
+func (s *Source) Scan(ctx context.Context, o ScanOptions) (source.Scan, error) {
 	orderBy, extra := s.ordSQL()
 	var b strings.Builder
 	fmt.Fprintf(&b, "SELECT %s%s", s.colList, s.extraCols(false))

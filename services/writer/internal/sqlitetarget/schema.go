@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -61,11 +62,13 @@ type plan struct {
 	writeSQL  string // upsert the ledger row of a key, fenced by version
 	upsertSQL string // write the owned columns of a row
 	delSQL    string // delete or soft-delete a row; "" = delete none
+	// selectSQL reads the owned columns of a row back (staged mode).
+	selectSQL string
 }
 
 // stmts are a plan's statements prepared in one transaction.
 type stmts struct {
-	read, write, upsert, del *sql.Stmt
+	read, write, upsert, del, sel *sql.Stmt
 }
 
 func (p *plan) statements(ctx context.Context, tx *sql.Tx) (*stmts, error) {
@@ -73,7 +76,7 @@ func (p *plan) statements(ctx context.Context, tx *sql.Tx) (*stmts, error) {
 	for _, s := range []struct {
 		dst **sql.Stmt
 		sql string
-	}{{&st.read, p.readSQL}, {&st.write, p.writeSQL}, {&st.upsert, p.upsertSQL}, {&st.del, p.delSQL}} {
+	}{{&st.read, p.readSQL}, {&st.write, p.writeSQL}, {&st.upsert, p.upsertSQL}, {&st.del, p.delSQL}, {&st.sel, p.selectSQL}} {
 		if s.sql == "" {
 			continue
 		}
@@ -87,7 +90,7 @@ func (p *plan) statements(ctx context.Context, tx *sql.Tx) (*stmts, error) {
 }
 
 func (st *stmts) close() {
-	for _, s := range []*sql.Stmt{st.read, st.write, st.upsert, st.del} {
+	for _, s := range []*sql.Stmt{st.read, st.write, st.upsert, st.del, st.sel} {
 		if s != nil {
 			s.Close()
 		}
@@ -242,6 +245,18 @@ func (t *Target) buildPlan(b *onewayv1.Batch, soft softMark) *plan {
 	conflict := "DO NOTHING"
 	if len(set) > 0 {
 		conflict = "DO UPDATE SET " + strings.Join(set, ", ")
+		if t.spec.Staged {
+			// Staged: write only where the row differs (a hand edit),
+			// so RowsAffected counts real writes.
+			var cur, exc []string
+			for _, n := range names {
+				if !slices.Contains(keyQ, n) {
+					cur = append(cur, n)
+					exc = append(exc, "excluded."+n)
+				}
+			}
+			conflict += " WHERE (" + strings.Join(cur, ", ") + ") IS NOT (" + strings.Join(exc, ", ") + ")"
+		}
 	}
 	p.upsertSQL = "INSERT INTO " + tbl + " (" + strings.Join(names, ", ") + ") VALUES (" + strings.Join(params, ", ") +
 		") ON CONFLICT (" + strings.Join(keyQ, ", ") + ") " + conflict
@@ -250,12 +265,26 @@ func (t *Target) buildPlan(b *onewayv1.Batch, soft softMark) *plan {
 		p.delSQL = "DELETE FROM " + tbl + " WHERE " + strings.Join(match, " AND ")
 	case DeleteSoft:
 		p.delSQL = "UPDATE " + tbl + " SET " + quote(t.spec.SoftDeleteColumn) + " = " + soft.dead + " WHERE " + strings.Join(match, " AND ")
+		if t.spec.Staged {
+			p.delSQL += " AND " + quote(t.spec.SoftDeleteColumn) + " IS " + soft.live
+		}
 	}
 	p.readSQL = "SELECT oneway_version, oneway_hash FROM " + led + " WHERE " + strings.Join(match, " AND ")
+	// Direct mode counts an apply when the hash changes; staged mode is
+	// told (the last parameter, 0 or 1) whether the row was written.
+	applies, addApplies := "1", "(oneway_hash IS NOT excluded.oneway_hash)"
+	if t.spec.Staged {
+		applies, addApplies = "?", "excluded.oneway_applies"
+		var sel []string
+		for _, c := range cols {
+			sel = append(sel, quote(c.GetName()))
+		}
+		p.selectSQL = "SELECT " + strings.Join(sel, ", ") + " FROM " + tbl + " WHERE " + strings.Join(match, " AND ")
+	}
 	p.writeSQL = "INSERT INTO " + led + " (" + strings.Join(keyQ, ", ") + ", oneway_version, oneway_hash, oneway_applies, oneway_applied_at)\n" +
-		"VALUES (" + strings.Repeat("?, ", len(keyQ)) + "?, ?, 1, " + nowSQL + ")\n" +
+		"VALUES (" + strings.Repeat("?, ", len(keyQ)) + "?, ?, " + applies + ", " + nowSQL + ")\n" +
 		"ON CONFLICT (" + strings.Join(keyQ, ", ") + ") DO UPDATE SET oneway_version = excluded.oneway_version,\n" +
-		"  oneway_hash = excluded.oneway_hash, oneway_applies = oneway_applies + (oneway_hash IS NOT excluded.oneway_hash),\n" +
+		"  oneway_hash = excluded.oneway_hash, oneway_applies = oneway_applies + " + addApplies + ",\n" +
 		"  oneway_applied_at = excluded.oneway_applied_at\n" +
 		"WHERE oneway_version < excluded.oneway_version"
 	return p

@@ -36,8 +36,10 @@ import (
 	"log/slog"
 	"net/url"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
@@ -74,6 +76,11 @@ type Spec struct {
 	// LedgerTable is the ledger's table in the same file; default
 	// "oneway_ledger_<Table>".
 	LedgerTable string
+	// Staged opens the target for staged mode (target.Reporter): a change
+	// newer than the ledger's is written where the row's owned values
+	// differ from it, whatever hash was applied last, and what each change
+	// left in the table is reported in Result.Applied.
+	Staged bool
 }
 
 // busyTimeoutMS is how long a writer waits for another one's write lock.
@@ -90,7 +97,10 @@ type Target struct {
 	plans map[string]*plan // by column layout
 }
 
-var _ target.Writer = (*Target)(nil)
+var _ target.Reporter = (*Target)(nil)
+
+// Reports implements target.Reporter: true when opened in staged mode.
+func (t *Target) Reports() bool { return t.spec.Staged }
 
 // Open opens (creating if needed) the database file. The target table and
 // the ledger are checked or created on the first batch, when the columns
@@ -308,6 +318,17 @@ func (t *Target) exec(ctx context.Context, p *plan, refs []target.Ref) (res Resu
 				hash = event.RowHash(c.GetRow())
 			}
 		}
+		if t.spec.Staged {
+			var failed error
+			if failed, err = t.execStaged(ctx, st, p, r, vals, keyText, hash, &res); err != nil {
+				return res, err
+			}
+			if failed != nil {
+				res.Failed = append(res.Failed, Failure{Item: r.Item, Index: r.Index, Key: r.Key,
+					Err: errs.Permanentf("table %q key %s: %w", t.spec.Table, r.Key, failed)})
+			}
+			continue
+		}
 		if !found || !bytes.Equal(ledHash, hash) {
 			var stmt *sql.Stmt
 			var args []any
@@ -349,6 +370,96 @@ func (t *Target) exec(ctx context.Context, p *plan, refs []target.Ref) (res Resu
 		return res, fmt.Errorf("commit: %w", err)
 	}
 	return res, nil
+}
+
+// execStaged applies one change newer than the ledger's in staged mode: it
+// is written where the row's owned values differ from it (whatever hash
+// was applied last: someone may have edited the row), and what it left is
+// appended to res.Applied, read back from the table (after its triggers).
+// A value that does not convert comes back as failed (nothing written).
+func (t *Target) execStaged(ctx context.Context, st *stmts, p *plan, r target.Ref, vals [][]byte, keyText []any, hash []byte, res *Result) (failed, err error) {
+	del := r.Change.GetOp() == onewayv1.Op_OP_DELETE
+	keyArgs, err := p.convert(vals, p.keyIdx)
+	if err != nil {
+		return err, nil
+	}
+	a := target.Applied{Item: r.Item, Index: r.Index, Version: r.Version}
+	var n int64
+	if del {
+		a.Deleted = true
+		if st.del != nil {
+			sr, err := st.del.ExecContext(ctx, keyArgs...)
+			if err != nil {
+				return nil, err
+			}
+			n, _ = sr.RowsAffected()
+			res.Deleted += int(n)
+		}
+	} else {
+		args, err := p.convert(vals, nil)
+		if err != nil {
+			return err, nil
+		}
+		sr, err := st.upsert.ExecContext(ctx, args...)
+		if err != nil {
+			return nil, err
+		}
+		n, _ = sr.RowsAffected()
+		res.Written += int(n)
+		if a.Row, err = readRow(ctx, st.sel, keyArgs, len(p.convs)); err != nil {
+			return nil, fmt.Errorf("read the row back: %w", err)
+		}
+		a.Deleted = a.Row == nil // a trigger kept the row out
+	}
+	written := int64(0)
+	if n > 0 {
+		written = 1
+	}
+	if _, err := st.write.ExecContext(ctx, append(keyText, r.Version, hash, written)...); err != nil {
+		return nil, fmt.Errorf("write ledger: %w", err)
+	}
+	res.Newer++
+	res.Applied = append(res.Applied, a)
+	return nil, nil
+}
+
+// readRow reads the owned values of one row, packed in the batch's column
+// order as text (integers and reals in Go's shortest form, blobs as their
+// bytes); nil when there is no such row.
+func readRow(ctx context.Context, sel *sql.Stmt, keyArgs []any, n int) ([]byte, error) {
+	dst := make([]any, n)
+	ptrs := make([]any, n)
+	for i := range dst {
+		ptrs[i] = &dst[i]
+	}
+	switch err := sel.QueryRowContext(ctx, keyArgs...).Scan(ptrs...); {
+	case errors.Is(err, sql.ErrNoRows):
+		return nil, nil
+	case err != nil:
+		return nil, err
+	}
+	row := make([]byte, 0, 64)
+	for _, v := range dst {
+		switch v := v.(type) {
+		case nil:
+			row = event.AppendValue(row, nil)
+		case int64:
+			row = event.AppendString(row, strconv.FormatInt(v, 10))
+		case float64:
+			row = event.AppendString(row, strconv.FormatFloat(v, 'g', -1, 64))
+		case []byte:
+			row = event.AppendValue(row, v)
+		case string:
+			row = event.AppendString(row, v)
+		case bool:
+			row = event.AppendString(row, strconv.FormatBool(v))
+		case time.Time:
+			row = event.AppendString(row, v.Format(time.RFC3339Nano))
+		default:
+			row = event.AppendString(row, fmt.Sprint(v))
+		}
+	}
+	return row, nil
 }
 
 // classify marks SQLite errors: bad data, constraints and schema mismatches
