@@ -38,6 +38,7 @@ type upOptions struct {
 	exitWhenSynced bool
 	stopTimeout    time.Duration
 	cpuProfile     string
+	memProfile     string
 }
 
 func upCommand() *cobra.Command {
@@ -71,6 +72,8 @@ A restart with the same directory resumes.`,
 	cmd.Flags().DurationVar(&o.stopTimeout, "stop-timeout", 30*time.Second, "how long shutdown may take")
 	cmd.Flags().StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile of the run to this file")
 	_ = cmd.Flags().MarkHidden("cpu-profile")
+	cmd.Flags().StringVar(&o.memProfile, "mem-profile", "", "write a heap profile to this file when the run ends (before shutdown with --exit-when-synced)")
+	_ = cmd.Flags().MarkHidden("mem-profile")
 	return cmd
 }
 
@@ -196,6 +199,7 @@ func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.
 			}
 			synced = ok
 			if ok {
+				writeHeapProfile(o.memProfile, log)
 				cancelRun()
 			}
 			<-ctx.Done()
@@ -203,6 +207,9 @@ func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.
 		}))
 	}
 	err = runner.Run(runCtx, log, o.stopTimeout, components...)
+	if !o.exitWhenSynced {
+		writeHeapProfile(o.memProfile, log)
+	}
 	if err != nil {
 		return err
 	}
@@ -383,4 +390,18 @@ func startEmbedded(dir string, port int) (url string, stop func(), err error) {
 		ns.Shutdown()
 		ns.WaitForShutdown()
 	}, nil
+}
+
+// writeHeapProfile writes a heap profile to path ("" = none).
+func writeHeapProfile(path string, log *slog.Logger) {
+	if path == "" {
+		return
+	}
+	f, err := os.Create(path)
+	if err == nil {
+		err = errors.Join(pprof.Lookup("heap").WriteTo(f, 0), f.Close())
+	}
+	if err != nil {
+		log.Warn("heap profile not written", "path", path, "error", err)
+	}
 }

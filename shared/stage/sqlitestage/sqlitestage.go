@@ -130,6 +130,10 @@ func (s *Store) openDBs(ctx context.Context, upTo int) error {
 
 // dsn is a file: URI (path escaped) with the connection's pragmas. The
 // writer's BEGIN means BEGIN IMMEDIATE (_txlock); readers are query_only.
+// The writer checkpoints the WAL every 16384 pages (64 MiB with 4 KiB
+// pages) rather than SQLite's 1000: a stage takes large transactions of
+// keys spread over the tree, and a page rewritten by many of them is then
+// copied to the file once, not once per commit.
 func dsn(path string, writer bool) string {
 	r := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23")
 	q := url.Values{}
@@ -137,6 +141,7 @@ func dsn(path string, writer bool) string {
 	if writer {
 		q.Add("_pragma", "journal_mode(WAL)")
 		q.Add("_pragma", "synchronous(FULL)")
+		q.Add("_pragma", "wal_autocheckpoint(16384)")
 		q.Set("_txlock", "immediate")
 	} else {
 		q.Add("_pragma", "query_only(1)")
