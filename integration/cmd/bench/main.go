@@ -6,7 +6,8 @@
 // `psql \copy … to stdout | psql \copy … from stdin` between the same two
 // databases. Workload initial_load_staged: the same rows through staged
 // push (stager, embedded stage, differ, writer with applied reports) into
-// another empty target. It prints a table and appends one JSON line per
+// another empty target; initial_load_staged_pgstage the same with the
+// stage in PostgreSQL. It prints a table and appends one JSON line per
 // workload to -out.
 package main
 
@@ -49,15 +50,16 @@ func main() {
 	bin := flag.String("oneway", "../bin/oneway", "the oneway binary")
 	out := flag.String("out", "../bench/results.jsonl", "append results here")
 	logLevel := flag.String("log-level", "warn", "log level of oneway up")
-	only := flag.String("workloads", "", "comma-separated workloads to run (default: all): initial_load_direct, initial_load_staged, incremental_updates_direct, writer_scaling")
+	only := flag.String("workloads", "", "comma-separated workloads to run (default: all): initial_load_direct, initial_load_staged, initial_load_staged_pgstage, incremental_updates_direct, writer_scaling")
 	prefix := flag.String("db-prefix", "oneway_bench", "prefix of the databases the bench creates and drops")
 	cpuProfile := flag.String("cpu-profile-dir", "", "when set, each oneway up writes a CPU profile <workload>.pprof here")
 	flag.Parse()
 	log.SetFlags(0)
 	ctx := context.Background()
 
-	dbs := []string{*prefix + "_src", *prefix + "_dst", *prefix + "_ref", *prefix + "_staged"}
+	dbs := []string{*prefix + "_src", *prefix + "_dst", *prefix + "_ref", *prefix + "_staged", *prefix + "_staged_pg", *prefix + "_stage"}
 	src, dst, ref, stagedDst := dbURL(*base, dbs[0]), dbURL(*base, dbs[1]), dbURL(*base, dbs[2]), dbURL(*base, dbs[3])
+	stagedPGDst, stageDB := dbURL(*base, dbs[4]), dbURL(*base, dbs[5])
 	for _, name := range dbs {
 		must(exec1(ctx, *base, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)", "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()))
 	}
@@ -125,6 +127,27 @@ targets:
     kind: postgres
     url: %q
 `, src, stagedDst)), 0o600))
+	// The same with the stage in PostgreSQL (pgstage) rather than the
+	// embedded SQLite file.
+	stagedPGCfg := filepath.Join(dir, "bench-staged-pg.yaml")
+	must(os.WriteFile(stagedPGCfg, []byte(fmt.Sprintf(`pipeline: bench_staged_pg
+mode: staged
+source:
+  kind: postgres
+  url: %q
+  table: public.invoices
+  key: [id]
+  columns: [id, customer, amount, status, note, updated_at]
+  capture:
+    pattern: watermark
+    column: updated_at
+stage:
+  url: %q
+targets:
+  - name: pg
+    kind: postgres
+    url: %q
+`, src, stageDB, stagedPGDst)), 0o600))
 	must(exec1(ctx, *base, "CHECKPOINT"))
 	// runPipeline runs `oneway up --exit-when-synced` on a config, then
 	// verify, and measures it against the reference.
@@ -165,6 +188,9 @@ targets:
 	// report of the target) and joined once by the differ.
 	if want("initial_load_staged") {
 		results = append(results, runPipeline("initial_load_staged", stagedCfg, filepath.Join(dir, "data-staged"), *rows))
+	}
+	if want("initial_load_staged_pgstage") {
+		results = append(results, runPipeline("initial_load_staged_pgstage", stagedPGCfg, filepath.Join(dir, "data-staged-pg"), *rows))
 	}
 	// Incremental: a fifth of the rows change at the source; they take the
 	// fenced (ledger-checked upsert) path. The reference is the same COPY

@@ -45,7 +45,7 @@ const (
 	busyTimeoutMS = 10000
 	readConns     = 4
 	// joinChunk bounds the keys (bound parameters) of one Join query.
-	joinChunk = 500
+	joinChunk = 512
 )
 
 // Config configures a Store.
@@ -69,6 +69,8 @@ type Store struct {
 
 	stmtMu  sync.Mutex
 	upserts map[int]*sql.Stmt // prepared upserts by number of records
+	joinMu  sync.Mutex        // apart from stmtMu: a join never waits for a write
+	joins   map[int]*sql.Stmt // prepared join queries by number of keys
 }
 
 var _ stage.Store = (*Store)(nil)
@@ -93,7 +95,7 @@ func open(ctx context.Context, cfg Config, upTo int) (*Store, error) {
 		return nil, errs.Unavailable(fmt.Errorf("stage data directory %s: %w", dir, err))
 	}
 	path := filepath.Join(dir, FileName)
-	s := &Store{path: path, pipeline: cfg.Pipeline, scopes: map[stage.Side]int64{}, upserts: map[int]*sql.Stmt{}}
+	s := &Store{path: path, pipeline: cfg.Pipeline, scopes: map[stage.Side]int64{}, upserts: map[int]*sql.Stmt{}, joins: map[int]*sql.Stmt{}}
 	if err := s.openDBs(ctx, upTo); err != nil {
 		s.closeDBs()
 		return nil, classify(fmt.Errorf("stage %s: open: %w", path, err))
@@ -157,6 +159,12 @@ func (s *Store) closeDBs() error {
 	}
 	clear(s.upserts)
 	s.stmtMu.Unlock()
+	s.joinMu.Lock()
+	for _, st := range s.joins {
+		_ = st.Close()
+	}
+	clear(s.joins)
+	s.joinMu.Unlock()
 	if s.w != nil {
 		errW = s.w.Close()
 	}
@@ -501,14 +509,19 @@ func (s *Store) Join(ctx context.Context, target string, keys []string) ([]stage
 	keys = storekit.UniqueKeys(keys)
 	srcBy := make(map[string]*stage.Record, len(keys))
 	tgtBy := make(map[string]*stage.Record, len(keys))
-	for chunk := range slices.Chunk(keys, joinChunk) {
+	for rest := keys; len(rest) > 0; {
+		chunk := rest[:joinSize(len(rest))]
+		rest = rest[len(chunk):]
+		st, err := s.joinStmt(ctx, len(chunk))
+		if err != nil {
+			return nil, s.fail("join", side, err)
+		}
 		args := make([]any, 0, 2+len(chunk))
 		args = append(args, sscope, tscope)
 		for _, k := range chunk {
 			args = append(args, k)
 		}
-		q := "SELECT " + recordCols + " FROM records WHERE scope IN (?, ?) AND key IN (?" + strings.Repeat(", ?", len(chunk)-1) + ")"
-		rows, err := s.r.QueryContext(ctx, q, args...)
+		rows, err := st.QueryContext(ctx, args...)
 		if err != nil {
 			return nil, s.fail("join", side, err)
 		}
@@ -524,6 +537,35 @@ func (s *Store) Join(ctx context.Context, target string, keys []string) ([]stage
 		}
 	}
 	return storekit.Join(keys, srcBy, tgtBy), nil
+}
+
+// joinSize is the number of keys of the next join query for n keys left:
+// joinChunk, or the largest power of two up to n (see upsertSize).
+func joinSize(n int) int {
+	if n >= joinChunk {
+		return joinChunk
+	}
+	size := 1
+	for size*2 <= n {
+		size *= 2
+	}
+	return size
+}
+
+// joinStmt returns the prepared join query of n keys (on the reading
+// connections), preparing it the first time.
+func (s *Store) joinStmt(ctx context.Context, n int) (*sql.Stmt, error) {
+	s.joinMu.Lock()
+	defer s.joinMu.Unlock()
+	if st, ok := s.joins[n]; ok {
+		return st, nil
+	}
+	st, err := s.r.PrepareContext(ctx, "SELECT "+recordCols+" FROM records WHERE scope IN (?, ?) AND key IN (?"+strings.Repeat(", ?", n-1)+")")
+	if err != nil {
+		return nil, err
+	}
+	s.joins[n] = st
+	return st, nil
 }
 
 // Scan implements stage.Records. Both sides are read in one read
