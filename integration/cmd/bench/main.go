@@ -6,7 +6,8 @@
 // `psql \copy … to stdout | psql \copy … from stdin` between the same two
 // databases. Workload initial_load_staged: the same rows through staged
 // push (stager, embedded stage, differ, writer with applied reports) into
-// another empty target. It prints a table and appends one JSON line per
+// another empty target; initial_load_staged_pgstage the same with the
+// stage in PostgreSQL. It prints a table and appends one JSON line per
 // workload to -out.
 package main
 
@@ -20,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -48,13 +50,16 @@ func main() {
 	bin := flag.String("oneway", "../bin/oneway", "the oneway binary")
 	out := flag.String("out", "../bench/results.jsonl", "append results here")
 	logLevel := flag.String("log-level", "warn", "log level of oneway up")
+	only := flag.String("workloads", "", "comma-separated workloads to run (default: all): initial_load_direct, initial_load_staged, initial_load_staged_pgstage, incremental_updates_direct, writer_scaling")
+	prefix := flag.String("db-prefix", "oneway_bench", "prefix of the databases the bench creates and drops")
+	cpuProfile := flag.String("cpu-profile-dir", "", "when set, each oneway up writes a CPU profile <workload>.pprof here")
 	flag.Parse()
 	log.SetFlags(0)
 	ctx := context.Background()
 
-	src, dst, ref := dbURL(*base, "oneway_bench_src"), dbURL(*base, "oneway_bench_dst"), dbURL(*base, "oneway_bench_ref")
-	stagedDst := dbURL(*base, "oneway_bench_staged")
-	dbs := []string{"oneway_bench_src", "oneway_bench_dst", "oneway_bench_ref", "oneway_bench_staged"}
+	dbs := []string{*prefix + "_src", *prefix + "_dst", *prefix + "_ref", *prefix + "_staged", *prefix + "_staged_pg", *prefix + "_stage"}
+	src, dst, ref, stagedDst := dbURL(*base, dbs[0]), dbURL(*base, dbs[1]), dbURL(*base, dbs[2]), dbURL(*base, dbs[3])
+	stagedPGDst, stageDB := dbURL(*base, dbs[4]), dbURL(*base, dbs[5])
 	for _, name := range dbs {
 		must(exec1(ctx, *base, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)", "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()))
 	}
@@ -122,6 +127,27 @@ targets:
     kind: postgres
     url: %q
 `, src, stagedDst)), 0o600))
+	// The same with the stage in PostgreSQL (pgstage) rather than the
+	// embedded SQLite file.
+	stagedPGCfg := filepath.Join(dir, "bench-staged-pg.yaml")
+	must(os.WriteFile(stagedPGCfg, []byte(fmt.Sprintf(`pipeline: bench_staged_pg
+mode: staged
+source:
+  kind: postgres
+  url: %q
+  table: public.invoices
+  key: [id]
+  columns: [id, customer, amount, status, note, updated_at]
+  capture:
+    pattern: watermark
+    column: updated_at
+stage:
+  url: %q
+targets:
+  - name: pg
+    kind: postgres
+    url: %q
+`, src, stageDB, stagedPGDst)), 0o600))
 	must(exec1(ctx, *base, "CHECKPOINT"))
 	// runPipeline runs `oneway up --exit-when-synced` on a config, then
 	// verify, and measures it against the reference.
@@ -129,7 +155,11 @@ targets:
 		must(exec1(ctx, *base, "CHECKPOINT"))
 		log.Printf("%s: oneway up --exit-when-synced …", workload)
 		t0 := time.Now()
-		up := exec.CommandContext(ctx, *bin, "up", "--config", cfg, "--exit-when-synced", "--data-dir", dataDir, "--log-level", *logLevel)
+		args := []string{"up", "--config", cfg, "--exit-when-synced", "--data-dir", dataDir, "--log-level", *logLevel}
+		if *cpuProfile != "" {
+			args = append(args, "--cpu-profile", filepath.Join(*cpuProfile, workload+".pprof"))
+		}
+		up := exec.CommandContext(ctx, *bin, args...)
 		up.Stdout, up.Stderr = os.Stderr, os.Stderr
 		if err := up.Run(); err != nil {
 			log.Fatalf("oneway up: %v", err)
@@ -147,18 +177,33 @@ targets:
 			PeakRSSMB: round(rss), Commit: commit(), At: time.Now().UTC().Format(time.RFC3339)}
 	}
 	runUp := func(workload string, n int) result { return runPipeline(workload, cfg, filepath.Join(dir, "data"), n) }
-	results := []result{runUp("initial_load_direct", *rows)}
+	want := func(workload string) bool {
+		return *only == "" || slices.Contains(strings.Split(*only, ","), workload)
+	}
+	var results []result
+	if want("initial_load_direct") || want("incremental_updates_direct") {
+		results = append(results, runUp("initial_load_direct", *rows))
+	}
 	// Staged push: every row is staged twice (source, then the writer's
 	// report of the target) and joined once by the differ.
-	results = append(results, runPipeline("initial_load_staged", stagedCfg, filepath.Join(dir, "data-staged"), *rows))
+	if want("initial_load_staged") {
+		results = append(results, runPipeline("initial_load_staged", stagedCfg, filepath.Join(dir, "data-staged"), *rows))
+	}
+	if want("initial_load_staged_pgstage") {
+		results = append(results, runPipeline("initial_load_staged_pgstage", stagedPGCfg, filepath.Join(dir, "data-staged-pg"), *rows))
+	}
 	// Incremental: a fifth of the rows change at the source; they take the
 	// fenced (ledger-checked upsert) path. The reference is the same COPY
 	// pipe rate: what PostgreSQL moves when nothing is checked.
-	updates := *rows / 5
-	must(exec1(ctx, src, fmt.Sprintf("UPDATE public.invoices SET status = 'changed', amount = amount + 1, updated_at = now() WHERE id <= %d", updates)))
-	results = append(results, runUp("incremental_updates_direct", updates))
+	if want("incremental_updates_direct") {
+		updates := *rows / 5
+		must(exec1(ctx, src, fmt.Sprintf("UPDATE public.invoices SET status = 'changed', amount = amount + 1, updated_at = now() WHERE id <= %d", updates)))
+		results = append(results, runUp("incremental_updates_direct", updates))
+	}
 	// Scale-out against a slow HTTP target (5 ms per request).
-	results = append(results, writerScaling(ctx, filepath.Join(filepath.Dir(*bin), "writer"), *base, 2000)...)
+	if want("writer_scaling") {
+		results = append(results, writerScaling(ctx, filepath.Join(filepath.Dir(*bin), "writer"), *base, 2000)...)
+	}
 
 	fmt.Printf("\n%-28s %10s %10s %14s %16s %7s %12s\n", "workload", "rows", "seconds", "rows/s", "reference rows/s", "ratio", "peak RSS MB")
 	f, err := os.OpenFile(*out, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)

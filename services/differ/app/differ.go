@@ -78,6 +78,8 @@ const (
 	sizeTTL = 10 * time.Second
 	// reportSamples bounds the keys named in one log line.
 	reportSamples = 10
+	// scanAcks bounds the push acks a scan leaves pending.
+	scanAcks = 64
 	// colsTTL is how long the stage layout read from the state bucket is
 	// reused.
 	colsTTL = time.Second
@@ -207,6 +209,7 @@ func (d *Differ) Run(ctx context.Context) error {
 // handle diffs the keys of a group of staged messages: source keys against
 // every target, a target's keys against that target.
 func (d *Differ) handle(ctx context.Context, msgs []jetstream.Msg) error {
+	var acks []jetstream.PubAckFuture
 	srcKeys := map[string]bool{}
 	tgtKeys := map[string]map[string]bool{}
 	for _, msg := range msgs {
@@ -250,17 +253,25 @@ func (d *Differ) handle(ctx context.Context, msgs []jetstream.Msg) error {
 		slices.Sort(keys)
 		for len(keys) > 0 {
 			n := min(len(keys), chunk)
-			if err := d.diffKeys(ctx, ts, keys[:n]); err != nil {
+			if err := d.diffKeys(ctx, ts, keys[:n], &acks); err != nil {
 				return err
 			}
 			keys = keys[n:]
 		}
 	}
+	// The pushes of every chunk are acked together: they were published
+	// in order on one connection, so waiting once per group keeps that
+	// order and costs one round trip, not one per chunk. A failure
+	// redelivers the group, re-decided from the stage as it is then.
+	if err := natsbus.WaitAcks(ctx, acks); err != nil {
+		return fmt.Errorf("push: %w", err)
+	}
 	return nil
 }
 
-// diffKeys joins keys of one target and acts on them.
-func (d *Differ) diffKeys(ctx context.Context, ts *targetState, keys []string) error {
+// diffKeys joins keys of one target and acts on them, appending the acks
+// of its pushes to acks.
+func (d *Differ) diffKeys(ctx context.Context, ts *targetState, keys []string, acks *[]jetstream.PubAckFuture) error {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	var pairs []stage.Pair
@@ -272,7 +283,7 @@ func (d *Differ) diffKeys(ctx context.Context, ts *targetState, keys []string) e
 	if err != nil {
 		return fmt.Errorf("join %d keys of target %s: %w", len(keys), ts.cfg.Name, err)
 	}
-	_, err = d.act(ctx, ts, pairs, deletesByBreaker)
+	_, err = d.act(ctx, ts, pairs, deletesByBreaker, acks)
 	return err
 }
 
@@ -293,8 +304,10 @@ type decision struct {
 
 // act decides each pair and publishes what the target needs. It returns
 // the delete decisions it did not push when mode is deletesDeferred. The
+// acks of its pushes are appended to acks, which the caller must wait for
+// before acking what it acted on; with acks nil, act waits for them. The
 // caller holds ts.mu.
-func (d *Differ) act(ctx context.Context, ts *targetState, pairs []stage.Pair, mode deleteMode) ([]decision, error) {
+func (d *Differ) act(ctx context.Context, ts *targetState, pairs []stage.Pair, mode deleteMode, acks *[]jetstream.PubAckFuture) ([]decision, error) {
 	t := ts.cfg.Name
 	cols := d.columns(ctx)
 	var cmp *diff.Comparer
@@ -354,8 +367,14 @@ func (d *Differ) act(ctx context.Context, ts *targetState, pairs []stage.Pair, m
 		if pushes, err = d.capPushes(ctx, ts, pushes, cmp, cols, counts); err != nil {
 			return nil, err
 		}
-		if err := d.publish(ctx, ts, pushes, cols); err != nil {
+		futures, err := d.publish(ctx, ts, pushes, cols)
+		if err != nil {
 			return nil, err
+		}
+		if acks != nil {
+			*acks = append(*acks, futures...)
+		} else if err := natsbus.WaitAcks(ctx, futures); err != nil {
+			return nil, fmt.Errorf("push to target %s: %w", t, err)
 		}
 	}
 	if m := d.metrics; m != nil {
@@ -466,10 +485,11 @@ func (d *Differ) reportStuck(ctx context.Context, ts *targetState, p decision, p
 // publish sends the pushes on the target's push subject: inserts of keys
 // the target side has never seen in snapshot-pattern batches (the writer's
 // bulk path may take them), the rest in ordinary batches, each at most
-// batch_size changes and three quarters of the server's max payload.
-func (d *Differ) publish(ctx context.Context, ts *targetState, pushes []decision, cols *onewayv1.Batch) error {
+// batch_size changes and three quarters of the server's max payload. It
+// returns the publishes' acks, for the caller to wait for.
+func (d *Differ) publish(ctx context.Context, ts *targetState, pushes []decision, cols *onewayv1.Batch) ([]jetstream.PubAckFuture, error) {
 	if len(pushes) == 0 {
-		return nil
+		return nil, nil
 	}
 	var fresh, rest []decision
 	for _, p := range pushes {
@@ -503,20 +523,17 @@ func (d *Differ) publish(ctx context.Context, ts *targetState, pushes []decision
 			}
 			data, err := event.Encode(d.batch(cols, ds[:n], group.pattern))
 			if err != nil {
-				return err
+				return nil, err
 			}
 			f, err := d.bus.PublishAsync(ctx, subject, data, pushID(ts.cfg.Name, ds[:n]))
 			if err != nil {
-				return err
+				return nil, err
 			}
 			futures = append(futures, f)
 			ds = ds[n:]
 		}
 	}
-	if err := natsbus.WaitAcks(ctx, futures); err != nil {
-		return fmt.Errorf("push to target %s: %w", ts.cfg.Name, err)
-	}
-	return nil
+	return futures, nil
 }
 
 // batch builds a push batch in the stage layout with the source's types.
@@ -847,6 +864,9 @@ func (d *Differ) scanTarget(ctx context.Context, ts *targetState) error {
 	var deleteKeys []string
 	var deletes, keys int64
 	after := ""
+	// Pages' pushes are acked in bulks of scanAcks (bounded memory: a
+	// future holds its message).
+	var acks []jetstream.PubAckFuture
 	for {
 		done, err := func() (bool, error) {
 			ts.mu.Lock()
@@ -865,9 +885,15 @@ func (d *Differ) scanTarget(ctx context.Context, ts *targetState) error {
 			}
 			keys += int64(len(pairs))
 			after = pairs[len(pairs)-1].Key.Text
-			deferred, err := d.act(ctx, ts, pairs, mode)
+			deferred, err := d.act(ctx, ts, pairs, mode, &acks)
 			if err != nil {
 				return false, err
+			}
+			if len(acks) >= scanAcks {
+				if err := natsbus.WaitAcks(ctx, acks); err != nil {
+					return false, fmt.Errorf("push to target %s: %w", t, err)
+				}
+				acks = acks[:0]
 			}
 			deletes += int64(len(deferred))
 			for _, p := range deferred {
@@ -884,6 +910,10 @@ func (d *Differ) scanTarget(ctx context.Context, ts *targetState) error {
 			break
 		}
 	}
+	if err := natsbus.WaitAcks(ctx, acks); err != nil {
+		return fmt.Errorf("push to target %s: %w", t, err)
+	}
+	acks = acks[:0]
 	d.log.Info("scan done", "target", t, "keys", keys, "pending_deletes", deletes, "seconds", time.Since(start).Seconds())
 	if err := d.clearConverged(ctx, ts); err != nil {
 		return err
@@ -926,10 +956,13 @@ func (d *Differ) scanTarget(ctx context.Context, ts *targetState) error {
 	// they are in now.
 	for len(deleteKeys) > 0 {
 		n := min(len(deleteKeys), chunk)
-		if err := d.diffKeys(ctx, ts, deleteKeys[:n]); err != nil {
+		if err := d.diffKeys(ctx, ts, deleteKeys[:n], &acks); err != nil {
 			return err
 		}
 		deleteKeys = deleteKeys[n:]
+	}
+	if err := natsbus.WaitAcks(ctx, acks); err != nil {
+		return fmt.Errorf("push deletes to target %s: %w", t, err)
 	}
 	return nil
 }

@@ -44,9 +44,10 @@ type upOptions struct {
 	// Set by the demo (see runDemo): components run beside the pipeline's,
 	// the status page's direct comparison, and a call once the admin
 	// server listens (with the status page's URL, "" when off).
-	extra   []runner.Component
-	compare func(context.Context) (status.Comparison, error)
-	started func(statusURL string)
+	extra      []runner.Component
+	compare    func(context.Context) (status.Comparison, error)
+	started    func(statusURL string)
+	memProfile string
 }
 
 func upCommand() *cobra.Command {
@@ -94,6 +95,8 @@ with a SQLite target there that you may edit to watch it repaired.`,
 	_ = cmd.Flags().MarkHidden("cpu-profile")
 	cmd.Flags().DurationVar(&o.demoEvery, "demo-every", 5*time.Second, "demo only (no config): how often the simulator changes the SoR")
 	cmd.Flags().IntVar(&o.demoBurst, "demo-burst", 10, "demo only (no config): changes per simulator burst (0: no simulator)")
+	cmd.Flags().StringVar(&o.memProfile, "mem-profile", "", "write a heap profile to this file when the run ends (before shutdown with --exit-when-synced)")
+	_ = cmd.Flags().MarkHidden("mem-profile")
 	return cmd
 }
 
@@ -239,6 +242,7 @@ func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.
 			}
 			synced = ok
 			if ok {
+				writeHeapProfile(o.memProfile, log)
 				cancelRun()
 			}
 			<-ctx.Done()
@@ -246,6 +250,9 @@ func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.
 		}))
 	}
 	err = runner.Run(runCtx, log, o.stopTimeout, components...)
+	if !o.exitWhenSynced {
+		writeHeapProfile(o.memProfile, log)
+	}
 	if err != nil {
 		return err
 	}
@@ -426,4 +433,18 @@ func startEmbedded(dir string, port int) (url string, stop func(), err error) {
 		ns.Shutdown()
 		ns.WaitForShutdown()
 	}, nil
+}
+
+// writeHeapProfile writes a heap profile to path ("" = none).
+func writeHeapProfile(path string, log *slog.Logger) {
+	if path == "" {
+		return
+	}
+	f, err := os.Create(path)
+	if err == nil {
+		err = errors.Join(pprof.Lookup("heap").WriteTo(f, 0), f.Close())
+	}
+	if err != nil {
+		log.Warn("heap profile not written", "path", path, "error", err)
+	}
 }

@@ -45,7 +45,7 @@ const (
 	busyTimeoutMS = 10000
 	readConns     = 4
 	// joinChunk bounds the keys (bound parameters) of one Join query.
-	joinChunk = 500
+	joinChunk = 512
 )
 
 // Config configures a Store.
@@ -66,6 +66,11 @@ type Store struct {
 
 	mu     sync.Mutex
 	scopes map[stage.Side]int64
+
+	stmtMu  sync.Mutex
+	upserts map[int]*sql.Stmt // prepared upserts by number of records
+	joinMu  sync.Mutex        // apart from stmtMu: a join never waits for a write
+	joins   map[int]*sql.Stmt // prepared join queries by number of keys
 }
 
 var _ stage.Store = (*Store)(nil)
@@ -90,7 +95,7 @@ func open(ctx context.Context, cfg Config, upTo int) (*Store, error) {
 		return nil, errs.Unavailable(fmt.Errorf("stage data directory %s: %w", dir, err))
 	}
 	path := filepath.Join(dir, FileName)
-	s := &Store{path: path, pipeline: cfg.Pipeline, scopes: map[stage.Side]int64{}}
+	s := &Store{path: path, pipeline: cfg.Pipeline, scopes: map[stage.Side]int64{}, upserts: map[int]*sql.Stmt{}, joins: map[int]*sql.Stmt{}}
 	if err := s.openDBs(ctx, upTo); err != nil {
 		s.closeDBs()
 		return nil, classify(fmt.Errorf("stage %s: open: %w", path, err))
@@ -127,6 +132,10 @@ func (s *Store) openDBs(ctx context.Context, upTo int) error {
 
 // dsn is a file: URI (path escaped) with the connection's pragmas. The
 // writer's BEGIN means BEGIN IMMEDIATE (_txlock); readers are query_only.
+// The writer checkpoints the WAL every 16384 pages (64 MiB with 4 KiB
+// pages) rather than SQLite's 1000: a stage takes large transactions of
+// keys spread over the tree, and a page rewritten by many of them is then
+// copied to the file once, not once per commit.
 func dsn(path string, writer bool) string {
 	r := strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23")
 	q := url.Values{}
@@ -134,6 +143,7 @@ func dsn(path string, writer bool) string {
 	if writer {
 		q.Add("_pragma", "journal_mode(WAL)")
 		q.Add("_pragma", "synchronous(FULL)")
+		q.Add("_pragma", "wal_autocheckpoint(16384)")
 		q.Set("_txlock", "immediate")
 	} else {
 		q.Add("_pragma", "query_only(1)")
@@ -143,6 +153,18 @@ func dsn(path string, writer bool) string {
 
 func (s *Store) closeDBs() error {
 	var errW, errR error
+	s.stmtMu.Lock()
+	for _, st := range s.upserts {
+		_ = st.Close()
+	}
+	clear(s.upserts)
+	s.stmtMu.Unlock()
+	s.joinMu.Lock()
+	for _, st := range s.joins {
+		_ = st.Close()
+	}
+	clear(s.joins)
+	s.joinMu.Unlock()
 	if s.w != nil {
 		errW = s.w.Close()
 	}
@@ -263,63 +285,60 @@ func (s *Store) Apply(ctx context.Context, side stage.Side, recs []stage.Record)
 	if len(kept) == 0 {
 		return stage.Applied{Stale: dropped}, nil
 	}
+	// The statements are prepared before the transaction takes the one
+	// writing connection.
+	stmts := map[int]*sql.Stmt{}
+	for n := len(kept); n > 0; n -= upsertSize(n) {
+		size := upsertSize(n)
+		if stmts[size], err = s.upsertStmt(ctx, size); err != nil {
+			return stage.Applied{}, s.fail(fmt.Sprintf("prepare the upsert of %d records", size), side, err)
+		}
+	}
 	var res stage.Applied
 	err = s.write(ctx, func(tx *sql.Tx) error {
 		res = stage.Applied{Stale: dropped}
-		// The upsert decides under the write lock: it writes only a newer
-		// version, and changed_version moves only when the content or the
-		// deleted flag changes, so RETURNING tells a change from a version
-		// that moved. No row back: a redelivery or a stale record.
-		upsert, err := tx.PrepareContext(ctx, `
-INSERT INTO records AS r (scope, key, parts, version, hash, packed_row, deleted, changed_version, staged_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?4, ?8)
-ON CONFLICT (scope, key) DO UPDATE SET
-  parts = excluded.parts, version = excluded.version, hash = excluded.hash, packed_row = excluded.packed_row,
-  deleted = excluded.deleted, staged_at = excluded.staged_at,
-  changed_version = CASE WHEN r.deleted = excluded.deleted AND r.hash = excluded.hash
-                         THEN r.changed_version ELSE excluded.version END
-WHERE r.version < excluded.version
-RETURNING changed_version = version`)
-		if err != nil {
-			return err
-		}
-		defer upsert.Close()
-		read, err := tx.PrepareContext(ctx, `SELECT version FROM records WHERE scope = ? AND key = ?`)
-		if err != nil {
-			return err
-		}
-		defer read.Close()
-		// Statements run without ctx: the driver would start a goroutine
-		// per statement to watch it. ctx is checked between records, and
-		// each statement touches one key.
-		bg := context.WithoutCancel(ctx)
+		// Under the write lock, one multi-row statement per chunk of
+		// applyChunk records (a statement per record costs more in the
+		// driver than in SQLite). The upsert writes only a newer version,
+		// and changed_version moves only when the content or the deleted
+		// flag changes, so RETURNING tells a change from a version that
+		// moved. Keys with no row back were not written: a redelivery or
+		// stale, told apart by one read of their stored versions.
 		now := time.Now().UnixNano()
-		for i, r := range kept {
-			if i%64 == 0 {
-				if err := ctx.Err(); err != nil {
-					return err
+		written := make(map[string]bool, len(kept)) // key → content changed
+		var left []stage.Record
+		for rest := kept; len(rest) > 0; {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			chunk := rest[:upsertSize(len(rest))]
+			rest = rest[len(chunk):]
+			if err := upsert(ctx, tx.StmtContext(ctx, stmts[len(chunk)]), scope, now, chunk, written); err != nil {
+				return err
+			}
+			for _, r := range chunk {
+				if _, ok := written[r.Key.Text]; !ok {
+					left = append(left, r)
 				}
 			}
-			var changed bool
-			err := upsert.QueryRowContext(bg, scope, r.Key.Text, storekit.PackParts(r.Key.Parts), r.Version,
-				nonNil(r.Hash), r.Row, r.Deleted, now).Scan(&changed)
+		}
+		stored := make(map[string]int64, len(left))
+		for chunk := range slices.Chunk(left, joinChunk) {
+			if err := readVersions(ctx, tx, scope, chunk, stored); err != nil {
+				return err
+			}
+		}
+		// Results in key order (kept is sorted), with the caller's parts.
+		for _, r := range kept {
+			changed, ok := written[r.Key.Text]
 			switch {
-			case err == nil && changed:
+			case ok && changed:
 				res.Changed = append(res.Changed, r.Key)
-				continue
-			case err == nil:
+			case ok:
 				res.Current = append(res.Current, r.Key)
-				continue
-			case !errors.Is(err, sql.ErrNoRows):
-				return fmt.Errorf("write key %s: %w", r.Key.Text, err)
-			}
-			var version int64
-			if err := read.QueryRowContext(bg, scope, r.Key.Text).Scan(&version); err != nil {
-				return fmt.Errorf("read key %s: %w", r.Key.Text, err)
-			}
-			if version == r.Version {
+			case stored[r.Key.Text] == r.Version:
 				res.Current = append(res.Current, r.Key)
-			} else {
+			default:
 				res.Stale++
 			}
 		}
@@ -329,6 +348,116 @@ RETURNING changed_version = version`)
 		return stage.Applied{}, s.fail(fmt.Sprintf("apply %d records", len(kept)), side, err)
 	}
 	return res, nil
+}
+
+// applyChunk bounds the records of one upsert statement (9 bound
+// parameters each, below SQLite's limit of 32766).
+const applyChunk = 1024
+
+// upsertSize is the number of records of the next upsert statement for n
+// records left: applyChunk, or the largest power of two up to n, so that
+// a few prepared statements serve every call.
+func upsertSize(n int) int {
+	if n >= applyChunk {
+		return applyChunk
+	}
+	size := 1
+	for size*2 <= n {
+		size *= 2
+	}
+	return size
+}
+
+// upsertStmt returns the prepared upsert of n records, preparing it on the
+// writing connection the first time. Not to be called in a write
+// transaction (it would wait for the connection that holds).
+func (s *Store) upsertStmt(ctx context.Context, n int) (*sql.Stmt, error) {
+	s.stmtMu.Lock()
+	defer s.stmtMu.Unlock()
+	if st, ok := s.upserts[n]; ok {
+		return st, nil
+	}
+	var q strings.Builder
+	q.WriteString("INSERT INTO records AS r (scope, key, parts, version, hash, packed_row, deleted, changed_version, staged_at) VALUES ")
+	// Anonymous parameters only: the driver looks each numbered one up
+	// by name, which is quadratic in their number.
+	for i := range n {
+		if i > 0 {
+			q.WriteString(", ")
+		}
+		q.WriteString("(?, ?, ?, ?, ?, ?, ?, ?, ?)")
+	}
+	q.WriteString(`
+ON CONFLICT (scope, key) DO UPDATE SET
+  parts = excluded.parts, version = excluded.version, hash = excluded.hash, packed_row = excluded.packed_row,
+  deleted = excluded.deleted, staged_at = excluded.staged_at,
+  changed_version = CASE WHEN r.deleted = excluded.deleted AND r.hash = excluded.hash
+                         THEN r.changed_version ELSE excluded.version END
+WHERE r.version < excluded.version
+RETURNING key, changed_version = version`)
+	st, err := s.w.PrepareContext(ctx, q.String())
+	if err != nil {
+		return nil, err
+	}
+	s.upserts[n] = st
+	return st, nil
+}
+
+// upsert writes recs (distinct keys) with the version guard in one
+// statement and notes in written, for each key it wrote, whether its
+// content changed.
+// st is the upsert of len(recs) records, bound to the transaction.
+func upsert(ctx context.Context, st *sql.Stmt, scope, now int64, recs []stage.Record, written map[string]bool) error {
+	args := make([]any, 0, 9*len(recs))
+	for _, r := range recs {
+		args = append(args, scope, r.Key.Text, storekit.PackParts(r.Key.Parts), r.Version, nonNil(r.Hash), r.Row, r.Deleted, r.Version, now)
+	}
+	// Run without ctx: the driver would start a goroutine per statement
+	// to watch it; ctx is checked between statements.
+	rows, err := st.QueryContext(context.WithoutCancel(ctx), args...)
+	if err != nil {
+		return fmt.Errorf("write %d keys from %s: %w", len(recs), recs[0].Key.Text, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var key string
+		var changed bool
+		if err := rows.Scan(&key, &changed); err != nil {
+			return fmt.Errorf("write %d keys from %s: %w", len(recs), recs[0].Key.Text, err)
+		}
+		written[key] = changed
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("write %d keys from %s: %w", len(recs), recs[0].Key.Text, err)
+	}
+	return nil
+}
+
+// readVersions reads the stored versions of recs' keys into stored.
+func readVersions(ctx context.Context, tx *sql.Tx, scope int64, recs []stage.Record, stored map[string]int64) error {
+	args := make([]any, 0, 1+len(recs))
+	args = append(args, scope)
+	for _, r := range recs {
+		args = append(args, r.Key.Text)
+	}
+	rows, err := tx.QueryContext(context.WithoutCancel(ctx),
+		"SELECT key, version FROM records WHERE scope = ? AND key IN (?"+strings.Repeat(", ?", len(recs)-1)+")", args...)
+	if err != nil {
+		return fmt.Errorf("read %d keys from %s: %w", len(recs), recs[0].Key.Text, err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var key string
+		var version int64
+		if err := rows.Scan(&key, &version); err != nil {
+			return fmt.Errorf("read %d keys from %s: %w", len(recs), recs[0].Key.Text, err)
+		}
+		stored[key] = version
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("read %d keys from %s: %w", len(recs), recs[0].Key.Text, err)
+	}
+	return nil
 }
 
 // nonNil makes a tombstone's empty hash an empty BLOB rather than NULL.
@@ -380,14 +509,19 @@ func (s *Store) Join(ctx context.Context, target string, keys []string) ([]stage
 	keys = storekit.UniqueKeys(keys)
 	srcBy := make(map[string]*stage.Record, len(keys))
 	tgtBy := make(map[string]*stage.Record, len(keys))
-	for chunk := range slices.Chunk(keys, joinChunk) {
+	for rest := keys; len(rest) > 0; {
+		chunk := rest[:joinSize(len(rest))]
+		rest = rest[len(chunk):]
+		st, err := s.joinStmt(ctx, len(chunk))
+		if err != nil {
+			return nil, s.fail("join", side, err)
+		}
 		args := make([]any, 0, 2+len(chunk))
 		args = append(args, sscope, tscope)
 		for _, k := range chunk {
 			args = append(args, k)
 		}
-		q := "SELECT " + recordCols + " FROM records WHERE scope IN (?, ?) AND key IN (?" + strings.Repeat(", ?", len(chunk)-1) + ")"
-		rows, err := s.r.QueryContext(ctx, q, args...)
+		rows, err := st.QueryContext(ctx, args...)
 		if err != nil {
 			return nil, s.fail("join", side, err)
 		}
@@ -403,6 +537,35 @@ func (s *Store) Join(ctx context.Context, target string, keys []string) ([]stage
 		}
 	}
 	return storekit.Join(keys, srcBy, tgtBy), nil
+}
+
+// joinSize is the number of keys of the next join query for n keys left:
+// joinChunk, or the largest power of two up to n (see upsertSize).
+func joinSize(n int) int {
+	if n >= joinChunk {
+		return joinChunk
+	}
+	size := 1
+	for size*2 <= n {
+		size *= 2
+	}
+	return size
+}
+
+// joinStmt returns the prepared join query of n keys (on the reading
+// connections), preparing it the first time.
+func (s *Store) joinStmt(ctx context.Context, n int) (*sql.Stmt, error) {
+	s.joinMu.Lock()
+	defer s.joinMu.Unlock()
+	if st, ok := s.joins[n]; ok {
+		return st, nil
+	}
+	st, err := s.r.PrepareContext(ctx, "SELECT "+recordCols+" FROM records WHERE scope IN (?, ?) AND key IN (?"+strings.Repeat(", ?", n-1)+")")
+	if err != nil {
+		return nil, err
+	}
+	s.joins[n] = st
+	return st, nil
 }
 
 // Scan implements stage.Records. Both sides are read in one read

@@ -55,7 +55,7 @@ func TestFileAndPragmas(t *testing.T) {
 	assert.Equal(t, filepath.Join(dir, FileName), s.Path())
 	_, err = os.Stat(s.Path())
 	require.NoError(t, err, "one file under the data directory")
-	for _, p := range []struct{ name, want string }{{"journal_mode", "wal"}, {"synchronous", "2"}, {"busy_timeout", "10000"}} {
+	for _, p := range []struct{ name, want string }{{"journal_mode", "wal"}, {"synchronous", "2"}, {"busy_timeout", "10000"}, {"wal_autocheckpoint", "16384"}} {
 		var got string
 		require.NoError(t, s.w.QueryRow("PRAGMA "+p.name).Scan(&got))
 		assert.Equal(t, p.want, got, "writer %s", p.name)
