@@ -133,8 +133,8 @@ func startService(t *testing.T, bin, cfg, user string, violations *violationLog)
 // TestNATSPermissions runs pipelines on a server that has only the users
 // of deploy/nats/permissions.conf, each service logged in as its own user:
 // a direct pipeline (reader, writer) and a staged one (reader, stager,
-// differ, writer) converge, with no permission violation logged, and the
-// status user reads the status. A file that grants too little stalls them;
+// differ, writer) converge, with no permission violation logged, the
+// status user reads the status and the operator lists the dead letters. A file that grants too little stalls them;
 // the refusals below keep it from granting everything.
 func TestNATSPermissions(t *testing.T) {
 	run := func(t *testing.T, staged bool) {
@@ -200,6 +200,10 @@ func TestNATSPermissions(t *testing.T) {
 			}
 			return nil
 		})
+		// An operator lists the dead letters (none).
+		if r := testenv.Run(t, time.Minute, "oneway", "dlq", "list", "--config", asUser(t, cfg, "operator")); r.Code != 0 {
+			t.Fatalf("dlq list as the operator: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
+		}
 		violations.check(t)
 		checkRefusals(t, natsURL)
 	}
