@@ -99,14 +99,15 @@ func startPermissionedNATS(t *testing.T) (string, *violationLog) {
 	return s.ClientURL(), log
 }
 
-// asUser writes a copy of the pipeline file cfg logged in to NATS as user.
+// asUser writes a copy of the pipeline file cfg logged in to NATS as user,
+// with the inbox prefix the permissions give that user.
 func asUser(t *testing.T, cfg, user string) string {
 	t.Helper()
 	b, err := os.ReadFile(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	body := strings.Replace(string(b), "nats:\n", fmt.Sprintf("nats:\n  user: %s\n  password: %q\n", user, natsPassword(user)), 1)
+	body := strings.Replace(string(b), "nats:\n", fmt.Sprintf("nats:\n  user: %s\n  password: %q\n  inbox_prefix: _INBOX_%s\n", user, natsPassword(user), user), 1)
 	path := filepath.Join(t.TempDir(), user+".yaml")
 	writeFile(t, path, body)
 	return path
@@ -234,6 +235,8 @@ func checkRefusals(t *testing.T, natsURL string) {
 		{user: "operator", subject: "$KV.ONEWAY_STATE.other.reader.source.position"},
 		{user: "writer", subject: "oneway.invoices.>", subscribe: true}, // read the changes besides JetStream
 		{user: "reader", subject: "$KV.ONEWAY_STATE.>", subscribe: true},
+		{user: "status", subject: "_INBOX.>", subscribe: true},        // everyone's replies
+		{user: "writer", subject: "_INBOX_reader.>", subscribe: true}, // another's replies
 	}
 	for _, tt := range tests {
 		name := tt.user + " publish " + tt.subject
@@ -271,7 +274,9 @@ func checkRefusals(t *testing.T, natsURL string) {
 	}
 	// And a refusal as a service sees it: the writer's JetStream publish
 	// to the source subject fails rather than forging a change.
-	nc, err := nats.Connect(natsURL, nats.UserInfo("writer", natsPassword("writer")))
+	errc := make(chan error, 4)
+	nc, err := nats.Connect(natsURL, nats.UserInfo("writer", natsPassword("writer")), nats.CustomInboxPrefix("_INBOX_writer"),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errc <- err }))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -284,5 +289,13 @@ func checkRefusals(t *testing.T, natsURL string) {
 	defer cancel()
 	if _, err := js.Publish("oneway.invoices.source", []byte("forged"), nats.Context(ctx)); err == nil {
 		t.Fatal("the writer's user published to the source subject")
+	}
+	select {
+	case err := <-errc:
+		if !errors.Is(err, nats.ErrPermissionViolation) {
+			t.Fatalf("the writer's JetStream publish to the source subject: %v, want a permissions violation", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the writer's JetStream publish to the source subject was not refused")
 	}
 }
