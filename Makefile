@@ -7,7 +7,7 @@ GOTEST_FLAGS ?= -race -count=1 -timeout 15m
 # Tests use this PostgreSQL server (override it, or set it in the environment).
 export ONEWAY_TEST_POSTGRES_URL ?= $(PG_URL)/postgres?sslmode=disable
 
-.PHONY: all images build demo demo-db verify test chaos bench proto proto-check tidy check-tidy lint up help clean
+.PHONY: all images build demo demo-db verify test fuzz chaos bench proto proto-check tidy check-tidy lint up help clean
 
 all: build
 
@@ -22,9 +22,20 @@ build: ## build oneway, reader, writer, stager and differ into ./bin
 	cd services/stager && go build -o $(BIN)/stager ./cmd/stager
 	cd services/differ && go build -o $(BIN)/differ ./cmd/differ
 
-test: build ## run every test of every module, with -race (the README's test command)
+test: build ## run every test of every module, with -race, then the fuzz targets briefly (the README's test command)
 	@failed=""; for m in $(MODULES); do echo "== $$m"; (cd $$m && go test $(GOTEST_FLAGS) ./...) || failed="$$failed $$m"; done; \
 	if [ -n "$$failed" ]; then echo "FAILED:$$failed"; exit 1; fi
+	@$(MAKE) --no-print-directory fuzz
+
+# Fuzz targets as module:package:target. A crash is written to the
+# package's testdata/fuzz/<target>/, where plain `go test` replays it.
+FUZZ_TARGETS := shared:./config:FuzzParse shared:./event:FuzzDecode shared:./event:FuzzRow \
+  services/reader:./internal/debezium:FuzzDecode
+FUZZTIME ?= 10s
+
+fuzz: ## run each fuzz target for FUZZTIME (10s): config parsing, batch and row decoding, Debezium events
+	@for t in $(FUZZ_TARGETS); do IFS=: read -r mod pkg name <<< "$$t"; echo "== fuzz $$mod $$pkg $$name"; \
+	  (cd $$mod && go test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg) || exit 1; done
 
 CHAOS_REPORT ?= $(CURDIR)/bench/chaos-report.md
 

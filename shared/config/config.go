@@ -80,6 +80,11 @@ type NATS struct {
 	CredsFile string `yaml:"creds_file,omitempty"`
 	// TLS to the NATS servers; also on when the URL scheme is tls://.
 	TLS TLS `yaml:"tls,omitempty"`
+	// InboxPrefix is the prefix of the subjects replies come back on.
+	// Default _INBOX. Giving each service's user its own (_INBOX_reader)
+	// and allowing it only that one keeps users from reading each other's
+	// replies, which carry the pipeline's data (deploy/nats/permissions.conf).
+	InboxPrefix string `yaml:"inbox_prefix,omitempty"`
 }
 
 // TLS configures a TLS client.

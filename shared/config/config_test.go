@@ -888,14 +888,28 @@ func TestAliasBomb(t *testing.T) {
 	require.ErrorContains(t, err, "too complex")
 }
 
+// FuzzParse feeds arbitrary pipeline files, with an arbitrary value for
+// the variable X they may expand, to Parse: it must return a pipeline or
+// errors naming fields, never panic or hang, and a pipeline it accepts
+// must validate and print. The seeds are every example config of
+// deploy/examples and hostile shapes (alias loops, merge keys, nested
+// expansions).
 func FuzzParse(f *testing.F) {
-	example, err := os.ReadFile("../../deploy/examples/invoices.yaml")
+	examples, err := filepath.Glob("../../deploy/examples/*.yaml")
 	require.NoError(f, err)
+	require.NotEmpty(f, examples)
+	for _, path := range examples {
+		example, err := os.ReadFile(path)
+		require.NoError(f, err)
+		f.Add(example, "x")
+	}
 	seeds := []string{
 		base,
-		string(example),
 		"",
 		"pipeline: ${X:-a}\n",
+		"pipeline: ${X:-${Y}}\n",
+		"pipeline: $$${\n",
+		"pipeline: ${UNSET}\n",
 		"a: &a [*a]\n",
 		"<<: {pipeline: x}\n",
 		"targets: [{<<: [{name: a}, {name: b}]}]\n",
@@ -903,16 +917,25 @@ func FuzzParse(f *testing.F) {
 		"- 1\n- 2\n",
 		"pipeline: x\n---\n",
 		"nats: {max_age: -1h, replicas: 9999999999999999999999}\n",
+		"{pipeline: [p], nats: {url: 7}}",
 	}
 	for _, s := range seeds {
-		f.Add([]byte(s))
+		f.Add([]byte(s), "x")
 	}
-	env := envOf(map[string]string{
-		"ONEWAY_SOURCE_URL": "postgres://u:p@h/db",
-		"ONEWAY_TARGET_URL": "postgres://u:p@h2/db",
-		"X":                 "x",
-	})
-	f.Fuzz(func(t *testing.T, data []byte) {
+	f.Add([]byte(base), "${X}")
+	f.Add([]byte("pipeline: p\nsource: {url: \"${X}\"}\n"), "postgres://u:p@h/db?sslmode=verify-full")
+	f.Fuzz(func(t *testing.T, data []byte, x string) {
+		env := envOf(map[string]string{
+			"ONEWAY_SOURCE_URL":   "postgres://u:p@h/db",
+			"ONEWAY_TARGET_URL":   "postgres://u:p@h2/db",
+			"ONEWAY_STAGE_URL":    "postgres://u:p@h3/db",
+			"ONEWAY_LEDGER_URL":   "postgres://u:p@h4/db",
+			"ONEWAY_NATS_URL":     "nats://127.0.0.1:4222",
+			"ONEWAY_API_URL":      "https://api.example.com/invoices",
+			"ONEWAY_API_TOKEN":    "token",
+			"ONEWAY_KAFKA_BROKER": "127.0.0.1:9092",
+			"X":                   x,
+		})
 		p, err := Parse("fuzz.yaml", data, env)
 		if err != nil {
 			require.Nil(t, p)

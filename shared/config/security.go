@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"regexp"
 	"strings"
 )
 
@@ -47,7 +48,14 @@ func (n *NATS) validateAuth(c *checker) {
 	if (n.TLS.CertFile == "") != (n.TLS.KeyFile == "") {
 		c.add("nats.tls", "cert_file and key_file go together")
 	}
+	if n.InboxPrefix != "" && !inboxPrefixRe.MatchString(n.InboxPrefix) {
+		c.add("nats.inbox_prefix", "%q is not a subject prefix: tokens of letters, digits, _ and - separated by dots", n.InboxPrefix)
+	}
 }
+
+// inboxPrefixRe matches a literal subject prefix: no wildcards, no empty
+// tokens, no spaces.
+var inboxPrefixRe = regexp.MustCompile(`^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$`)
 
 // hasCredentials reports whether NATS credentials are configured, in the
 // config or in the URL's user info.

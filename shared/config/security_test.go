@@ -91,6 +91,9 @@ func TestNATSAuthSettings(t *testing.T) {
 		{"missing creds file", withNATS("  creds_file: " + filepath.Join(dir, "nope.creds") + "\n"), "nats.creds_file", "cannot read"},
 		{"cert without key", withNATS("  tls:\n    cert_file: " + creds + "\n"), "nats.tls", "go together"},
 		{"credentials for the embedded server", base + "nats:\n  token: t\n", "nats.url", "set nats.url"},
+		{"inbox prefix with a wildcard", withNATS("  inbox_prefix: _INBOX.*\n"), "nats.inbox_prefix", "not a subject prefix"},
+		{"inbox prefix with a space", withNATS("  inbox_prefix: _INBOX reader\n"), "nats.inbox_prefix", "not a subject prefix"},
+		{"inbox prefix with an empty token", withNATS("  inbox_prefix: _INBOX..r\n"), "nats.inbox_prefix", "not a subject prefix"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -103,8 +106,9 @@ func TestNATSAuthSettings(t *testing.T) {
 			require.True(t, found, "want %s: …%s…, got %v", tc.field, tc.msg, err)
 		})
 	}
-	p, err := Parse("p.yaml", []byte(withNATS("  user: svc\n  password: s3cret\n  tls:\n    ca_file: "+creds+"\n")), noEnv)
+	p, err := Parse("p.yaml", []byte(withNATS("  user: svc\n  password: s3cret\n  inbox_prefix: _INBOX_svc.a-1\n  tls:\n    ca_file: "+creds+"\n")), noEnv)
 	require.NoError(t, err)
+	require.Equal(t, "_INBOX_svc.a-1", p.NATS.InboxPrefix)
 	var out strings.Builder
 	require.NoError(t, p.Print(&out))
 	require.NotContains(t, out.String(), "s3cret")

@@ -130,36 +130,3 @@ func TestCompositeKey(t *testing.T) {
 		t.Fatalf("key = %s", got)
 	}
 }
-
-func FuzzDecode(f *testing.F) {
-	data, _ := Encode(batch(upsert(b("1"), b("a"))))
-	f.Add(data)
-	f.Add([]byte{})
-	f.Fuzz(func(t *testing.T, data []byte) {
-		bt, err := Decode(data)
-		if err == nil {
-			keyIdx := KeyIndexes(bt)
-			for _, c := range bt.GetChanges() {
-				_ = Key(c, keyIdx)
-			}
-		}
-	})
-}
-
-func FuzzRow(f *testing.F) {
-	f.Add(PackRow([][]byte{b("1"), nil, b("")}))
-	f.Fuzz(func(t *testing.T, row []byte) {
-		vals, err := Row(row, nil)
-		if err != nil {
-			return
-		}
-		if !bytes.Equal(PackRow(vals), row) {
-			// Non-minimal varints decode but re-encode differently; the
-			// values must still round-trip.
-			again, err := Row(PackRow(vals), nil)
-			if err != nil || len(again) != len(vals) {
-				t.Fatalf("repack of %x failed: %v", row, err)
-			}
-		}
-	})
-}

@@ -27,6 +27,9 @@ func AuthOptions(n config.NATS) []nats.Option {
 	case n.CredsFile != "":
 		opts = append(opts, nats.UserCredentials(n.CredsFile))
 	}
+	if n.InboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(n.InboxPrefix))
+	}
 	if n.TLS.Enabled() {
 		opts = append(opts, nats.Secure(&tls.Config{MinVersion: tls.VersionTLS12}))
 		if n.TLS.CAFile != "" {

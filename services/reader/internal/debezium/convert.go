@@ -324,6 +324,11 @@ func decimalText(raw json.RawMessage, name string, params map[string]string) (st
 // unscaledText is the decimal text of a big-endian two's complement
 // unscaled integer (base64) with scale decimals.
 func unscaledText(b64 string, scale int) (string, error) {
+	if scale > maxNumericScale || scale < -maxNumericWhole {
+		// A hostile or broken event must not make the reader print a
+		// number of a billion digits.
+		return "", fmt.Errorf("a decimal scale of %d is beyond what PostgreSQL's numeric holds (%d to %d)", scale, -maxNumericWhole, maxNumericScale)
+	}
 	b, err := decodeBase64(b64)
 	if err != nil || len(b) == 0 {
 		return "", fmt.Errorf("%s is not a base64 unscaled decimal", clip(b64))
@@ -334,6 +339,13 @@ func unscaledText(b64 string, scale int) (string, error) {
 	}
 	return scaledText(n, scale), nil
 }
+
+// PostgreSQL's numeric holds up to 131072 digits before the decimal point
+// and up to 16383 after it.
+const (
+	maxNumericWhole = 131072
+	maxNumericScale = 16383
+)
 
 // scaledText prints n / 10^scale with exactly scale decimals (a negative
 // scale multiplies).

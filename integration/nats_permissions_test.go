@@ -1,0 +1,301 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/oneway-sync/oneway/integration/testenv"
+	"github.com/oneway-sync/oneway/shared/testkit/pgtest"
+)
+
+// natsUsers are the users of deploy/nats/permissions.conf.
+var natsUsers = []string{"reader", "writer", "stager", "differ", "status", "operator"}
+
+func natsPassword(user string) string { return "pw-" + user + "-7c1d" }
+
+// violationLog keeps what the server logs about refused publishes and
+// subscriptions.
+type violationLog struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *violationLog) record(format string, v ...any) {
+	line := fmt.Sprintf(format, v...)
+	if strings.Contains(line, "Violation") {
+		l.mu.Lock()
+		l.lines = append(l.lines, line)
+		l.mu.Unlock()
+	}
+}
+
+func (l *violationLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.lines, "\n")
+}
+
+// check fails the test at once when the server refused anything.
+func (l *violationLog) check(t *testing.T) {
+	t.Helper()
+	if v := l.String(); v != "" {
+		t.Fatalf("the services did something their users may not:\n%s", v)
+	}
+}
+
+func (l *violationLog) Noticef(format string, v ...any) { l.record(format, v...) }
+func (l *violationLog) Warnf(format string, v ...any)   { l.record(format, v...) }
+func (l *violationLog) Fatalf(format string, v ...any)  { l.record(format, v...) }
+func (l *violationLog) Errorf(format string, v ...any)  { l.record(format, v...) }
+func (l *violationLog) Debugf(format string, v ...any)  { l.record(format, v...) }
+func (l *violationLog) Tracef(format string, v ...any)  { l.record(format, v...) }
+
+// startPermissionedNATS runs a JetStream server whose only users are those
+// of deploy/nats/permissions.conf, loaded from that file as a deployment
+// includes it.
+func startPermissionedNATS(t *testing.T) (string, *violationLog) {
+	t.Helper()
+	perms, err := os.ReadFile(filepath.Join(repoRoot(), "deploy", "nats", "permissions.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "permissions.conf"), string(perms))
+	conf := filepath.Join(dir, "server.conf")
+	writeFile(t, conf, fmt.Sprintf("host: 127.0.0.1\nport: 4222\njetstream { store_dir: %q }\ninclude ./permissions.conf\n", filepath.Join(dir, "js")))
+	for _, u := range natsUsers {
+		t.Setenv("ONEWAY_NATS_"+strings.ToUpper(u)+"_PASSWORD", natsPassword(u))
+	}
+	opts, err := server.ProcessConfigFile(conf)
+	if err != nil {
+		t.Fatalf("load the server config with deploy/nats/permissions.conf: %v", err)
+	}
+	opts.Port = -1
+	opts.NoSigs = true
+	s, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := &violationLog{}
+	s.SetLoggerV2(log, false, false, false)
+	go s.Start()
+	if !s.ReadyForConnections(30 * time.Second) {
+		t.Fatal("NATS server not ready")
+	}
+	t.Cleanup(func() {
+		s.Shutdown()
+		s.WaitForShutdown()
+	})
+	return s.ClientURL(), log
+}
+
+// asUser writes a copy of the pipeline file cfg logged in to NATS as user,
+// with the inbox prefix the permissions give that user.
+func asUser(t *testing.T, cfg, user string) string {
+	t.Helper()
+	b, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := strings.Replace(string(b), "nats:\n", fmt.Sprintf("nats:\n  user: %s\n  password: %q\n  inbox_prefix: _INBOX_%s\n", user, natsPassword(user), user), 1)
+	path := filepath.Join(t.TempDir(), user+".yaml")
+	writeFile(t, path, body)
+	return path
+}
+
+// startService runs `<bin> run` as user and waits until it is ready.
+func startService(t *testing.T, bin, cfg, user string, violations *violationLog) *testenv.Proc {
+	t.Helper()
+	addr := freeAddr(t)
+	p := testenv.Start(t, bin, "run", "--config", asUser(t, cfg, user), "--admin-addr", addr)
+	testenv.WaitFor(t, time.Minute, func() error {
+		if done, code := p.Exited(); done {
+			t.Fatalf("%s (user %s) exited with %d:\n%s", bin, user, code, p.Output())
+		}
+		violations.check(t)
+		if r := testenv.Run(t, time.Minute, bin, "healthcheck", "--url", "http://"+addr+"/readyz"); r.Code != 0 {
+			return fmt.Errorf("%s not ready: %s", bin, r.Stderr)
+		}
+		return nil
+	})
+	return p
+}
+
+// TestNATSPermissions runs pipelines on a server that has only the users
+// of deploy/nats/permissions.conf, each service logged in as its own user:
+// a direct pipeline (reader, writer) and a staged one (reader, stager,
+// differ, writer) converge, with no permission violation logged, the
+// status user reads the status and the operator lists the dead letters. A file that grants too little stalls them;
+// the refusals below keep it from granting everything.
+func TestNATSPermissions(t *testing.T) {
+	run := func(t *testing.T, staged bool) {
+		natsURL, violations := startPermissionedNATS(t)
+		src := testenv.Connect(t, pgtest.NewDatabase(t))
+		src.Exec(t, testenv.InvoicesDDL)
+		testenv.SeedInvoices(t, src, 1, 3000)
+		dst := testenv.Connect(t, pgtest.NewDatabase(t))
+		var cfg string
+		services := []string{"reader", "writer"}
+		if staged {
+			dst.Exec(t, testenv.InvoicesDDL)
+			cfg = stagedConfig(t, natsURL, src.URL, pgtest.NewDatabase(t), "2s", stagedTarget("pg", dst.URL, ""))
+			services = []string{"reader", "stager", "differ", "writer"}
+		} else {
+			// The synthetic pattern keeps its hash lists in the object
+			// store: the reader's grants for it are exercised too.
+			cfg = testenv.Config(t, natsURL, src.URL, dst.URL, "")
+			b, err := os.ReadFile(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			synthetic := strings.Replace(string(b), "    pattern: watermark\n    column: updated_at\n", "    pattern: synthetic\n", 1)
+			synthetic = strings.Replace(synthetic, "poll_interval: 100ms", "poll_interval: 500ms", 1)
+			if synthetic == string(b) {
+				t.Fatal("the test's config has no watermark capture to replace")
+			}
+			writeFile(t, cfg, synthetic)
+		}
+		for _, svc := range services {
+			startService(t, svc, cfg, svc, violations)
+		}
+		testenv.WaitFor(t, 2*time.Minute, func() error {
+			violations.check(t)
+			return countIs(dst, 3000)
+		})
+		// Changes after the initial load: updates and new rows.
+		src.Exec(t, `UPDATE public.invoices SET status = 'paid', updated_at = now() WHERE id % 7 = 0`)
+		testenv.SeedInvoices(t, src, 3001, 3500)
+		testenv.WaitFor(t, 2*time.Minute, func() error {
+			violations.check(t)
+			if err := countIs(dst, 3500); err != nil {
+				return err
+			}
+			if n := dst.Int(t, `SELECT count(*) FROM public.invoices WHERE status = 'paid'`); n != 3000/7 {
+				return fmt.Errorf("%d paid invoices in the target, want %d", n, 3000/7)
+			}
+			return nil
+		})
+		mustVerify(t, cfg, 0)
+
+		// The status service's user reads the pipeline's state.
+		addr := freeAddr(t)
+		testenv.Start(t, "oneway", "status", "--serve", addr, "--config", asUser(t, cfg, "status"))
+		testenv.WaitFor(t, time.Minute, func() error {
+			violations.check(t)
+			s, err := getStatus("http://" + addr)
+			if err != nil {
+				return err
+			}
+			if len(s.Targets) != 1 || s.Targets[0].LagMessages != 0 {
+				return fmt.Errorf("status: %+v", s)
+			}
+			return nil
+		})
+		// An operator lists the dead letters (none).
+		if r := testenv.Run(t, time.Minute, "oneway", "dlq", "list", "--config", asUser(t, cfg, "operator")); r.Code != 0 {
+			t.Fatalf("dlq list as the operator: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
+		}
+		violations.check(t)
+		checkRefusals(t, natsURL)
+	}
+	t.Run("direct", func(t *testing.T) { run(t, false) })
+	t.Run("staged", func(t *testing.T) { run(t, true) })
+}
+
+// checkRefusals: each user is refused what its service has no business
+// doing.
+func checkRefusals(t *testing.T, natsURL string) {
+	t.Helper()
+	tests := []struct {
+		user, subject string
+		subscribe     bool
+	}{
+		{user: "writer", subject: "oneway.invoices.source"},                // forge source changes
+		{user: "writer", subject: "oneway.invoices.push.pg"},               // forge pushes
+		{user: "writer", subject: "$JS.API.STREAM.DELETE.ONEWAY_INVOICES"}, // drop the stream
+		{user: "writer", subject: "$KV.ONEWAY_STATE.invoices.reader.source.position"},
+		{user: "reader", subject: "oneway.invoices.push.pg"},
+		{user: "reader", subject: "$JS.API.STREAM.PURGE.ONEWAY_INVOICES"},
+		{user: "reader", subject: "$JS.API.CONSUMER.DELETE.ONEWAY_INVOICES.writer-invoices-pg"},
+		{user: "stager", subject: "oneway.invoices.push.pg"},
+		{user: "differ", subject: "oneway.invoices.source"},
+		{user: "status", subject: "oneway.invoices.dlq.pg"},
+		{user: "status", subject: "$KV.ONEWAY_STATE.invoices.reader.source.lease"},
+		{user: "operator", subject: "$JS.API.STREAM.DELETE.ONEWAY_OTHER"}, // another pipeline
+		{user: "operator", subject: "$KV.ONEWAY_STATE.other.reader.source.position"},
+		{user: "writer", subject: "oneway.invoices.>", subscribe: true}, // read the changes besides JetStream
+		{user: "reader", subject: "$KV.ONEWAY_STATE.>", subscribe: true},
+		{user: "status", subject: "_INBOX.>", subscribe: true},        // everyone's replies
+		{user: "writer", subject: "_INBOX_reader.>", subscribe: true}, // another's replies
+	}
+	for _, tt := range tests {
+		name := tt.user + " publish " + tt.subject
+		if tt.subscribe {
+			name = tt.user + " subscribe " + tt.subject
+		}
+		t.Run(name, func(t *testing.T) {
+			errc := make(chan error, 4)
+			nc, err := nats.Connect(natsURL, nats.UserInfo(tt.user, natsPassword(tt.user)),
+				nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errc <- err }))
+			if err != nil {
+				t.Fatalf("connect as %s: %v", tt.user, err)
+			}
+			defer nc.Close()
+			if tt.subscribe {
+				_, err = nc.SubscribeSync(tt.subject)
+			} else {
+				err = nc.Publish(tt.subject, []byte("{}"))
+			}
+			if err == nil {
+				err = nc.Flush()
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case err := <-errc:
+				if !errors.Is(err, nats.ErrPermissionViolation) {
+					t.Fatalf("got %v, want a permissions violation", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("user %s was not refused", tt.user)
+			}
+		})
+	}
+	// And a refusal as a service sees it: the writer's JetStream publish
+	// to the source subject fails rather than forging a change.
+	errc := make(chan error, 4)
+	nc, err := nats.Connect(natsURL, nats.UserInfo("writer", natsPassword("writer")), nats.CustomInboxPrefix("_INBOX_writer"),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { errc <- err }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := nc.JetStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := js.Publish("oneway.invoices.source", []byte("forged"), nats.Context(ctx)); err == nil {
+		t.Fatal("the writer's user published to the source subject")
+	}
+	select {
+	case err := <-errc:
+		if !errors.Is(err, nats.ErrPermissionViolation) {
+			t.Fatalf("the writer's JetStream publish to the source subject: %v, want a permissions violation", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the writer's JetStream publish to the source subject was not refused")
+	}
+}
