@@ -114,10 +114,10 @@ func asUser(t *testing.T, cfg, user string) string {
 }
 
 // startService runs `<bin> run` as user and waits until it is ready.
-func startService(t *testing.T, bin, cfg, user string, violations *violationLog) *testenv.Proc {
+func startService(t *testing.T, bin, cfg, user string, violations *violationLog, args ...string) *testenv.Proc {
 	t.Helper()
 	addr := freeAddr(t)
-	p := testenv.Start(t, bin, "run", "--config", asUser(t, cfg, user), "--admin-addr", addr)
+	p := testenv.Start(t, bin, append([]string{"run", "--config", asUser(t, cfg, user), "--admin-addr", addr}, args...)...)
 	testenv.WaitFor(t, time.Minute, func() error {
 		if done, code := p.Exited(); done {
 			t.Fatalf("%s (user %s) exited with %d:\n%s", bin, user, code, p.Output())
@@ -134,7 +134,8 @@ func startService(t *testing.T, bin, cfg, user string, violations *violationLog)
 // TestNATSPermissions runs pipelines on a server that has only the users
 // of deploy/nats/permissions.conf, each service logged in as its own user:
 // a direct pipeline (reader, writer) and a staged one (reader, stager,
-// differ, writer) converge, with no permission violation logged, the
+// differ, writer, and the target's read-back) converge, a row deleted by
+// hand in the staged target is recreated, with no permission violation logged, the
 // status user reads the status and the operator lists the dead letters. A file that grants too little stalls them;
 // the refusals below keep it from granting everything.
 func TestNATSPermissions(t *testing.T) {
@@ -148,7 +149,7 @@ func TestNATSPermissions(t *testing.T) {
 		services := []string{"reader", "writer"}
 		if staged {
 			dst.Exec(t, testenv.InvoicesDDL)
-			cfg = stagedConfig(t, natsURL, src.URL, pgtest.NewDatabase(t), "2s", stagedTarget("pg", dst.URL, ""))
+			cfg = stagedConfig(t, natsURL, src.URL, pgtest.NewDatabase(t), "2s", stagedTarget("pg", dst.URL, "500ms", "    recreate_deleted: true\n"))
 			services = []string{"reader", "stager", "differ", "writer"}
 		} else {
 			// The synthetic pattern keeps its hash lists in the object
@@ -168,6 +169,10 @@ func TestNATSPermissions(t *testing.T) {
 		for _, svc := range services {
 			startService(t, svc, cfg, svc, violations)
 		}
+		if staged {
+			// The target's read-back runs as the reader's user.
+			startService(t, "reader", cfg, "reader", violations, "--readback", "pg")
+		}
 		testenv.WaitFor(t, 2*time.Minute, func() error {
 			violations.check(t)
 			return countIs(dst, 3000)
@@ -185,6 +190,17 @@ func TestNATSPermissions(t *testing.T) {
 			}
 			return nil
 		})
+		if staged {
+			// A row deleted by hand is seen by the read-back and recreated.
+			dst.Exec(t, `DELETE FROM public.invoices WHERE id = 42`)
+			testenv.WaitFor(t, 2*time.Minute, func() error {
+				violations.check(t)
+				if n := dst.Int(t, `SELECT count(*) FROM public.invoices WHERE id = 42`); n != 1 {
+					return fmt.Errorf("invoice 42 not recreated yet")
+				}
+				return nil
+			})
+		}
 		mustVerify(t, cfg, 0)
 
 		// The status service's user reads the pipeline's state.

@@ -41,7 +41,7 @@ func TestPostgresVerifyFull(t *testing.T) {
 	}
 
 	write := func(ca string) string {
-		return stagedConfig(t, "", pg.URL("src", ca), pg.URL("stage", ca), "2s", stagedTarget("pg", pg.URL("dst", ca), ""))
+		return stagedConfig(t, "", pg.URL("src", ca), pg.URL("stage", ca), "2s", stagedTarget("pg", pg.URL("dst", ca), "500ms", ""))
 	}
 	cfg := write(pg.CAFile)
 	if r := testenv.Run(t, 3*time.Minute, "oneway", "up", "--config", cfg, "--data-dir", t.TempDir(), "--exit-when-synced", "--admin-addr", "off"); r.Code != 0 {
