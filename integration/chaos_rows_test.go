@@ -132,7 +132,7 @@ func chaosClockSkew(r *chaosRow) {
 	r.loaded()
 	r.flowing(200)
 	r.heal()
-	r.note("source database at time zone UTC+14; timestamps from its clock")
+	r.note("source database at time zone UTC+14, timestamps from its clock; a skewed reader clock cannot be injected here (libfaketime does not move a Go binary's clock), and the reader never reads its own clock for the watermark or its bound (TestSafeBound)")
 	r.finish()
 }
 

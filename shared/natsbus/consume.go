@@ -138,8 +138,9 @@ func (b *Bus) consume(ctx context.Context, cons jetstream.Consumer, h BatchHandl
 // consumerRef is the consumer the workers of one loop fetch from; Recreate
 // replaces it.
 type consumerRef struct {
-	mu sync.Mutex
-	c  jetstream.Consumer
+	mu      sync.Mutex
+	c       jetstream.Consumer
+	failing bool // Recreate failed last time (logged once per run of failures)
 }
 
 func (r *consumerRef) get() jetstream.Consumer {
@@ -167,13 +168,19 @@ func (r *consumerRef) recover(ctx context.Context, old jetstream.Consumer, o *Co
 	if !errors.Is(err, jetstream.ErrConsumerNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) {
 		return false
 	}
-	name := old.CachedInfo().Name
+	name := ""
+	if ci := old.CachedInfo(); ci != nil {
+		name = ci.Name
+	}
 	c, cerr := o.Recreate(ctx)
 	if cerr != nil {
-		o.Log.Error("consumer missing; creating it again failed, retrying", "consumer", name, "error", cerr)
+		if !r.failing {
+			o.Log.Error("consumer missing; creating it again failed, retrying every second", "consumer", name, "error", cerr)
+		}
+		r.failing = true
 		return true
 	}
-	r.c = c
+	r.c, r.failing = c, false
 	o.Log.Warn("consumer missing; created again from the config", "consumer", name, "cause", err,
 		"hint", "it delivers the stream from its start again; what was applied is fenced by version")
 	return true

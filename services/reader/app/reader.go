@@ -417,8 +417,12 @@ func (r *Reader) runActive(parent context.Context, capt capture.Capture, setup c
 		}
 	default:
 	}
-	if err := errors.Join(prodErr, pubErr); err != nil && !errors.Is(err, context.Canceled) {
-		return err
+	// A publish failure cancels the producer: report the failure, not the
+	// producer's cancellation (which would read as a clean stop).
+	for _, err := range []error{pubErr, prodErr} {
+		if err != nil && !errors.Is(err, context.Canceled) {
+			return err
+		}
 	}
 	return nil
 }
