@@ -13,6 +13,7 @@ import (
 	"github.com/oneway-sync/oneway/integration/testenv"
 	"github.com/oneway-sync/oneway/shared/bus"
 	"github.com/oneway-sync/oneway/shared/event"
+	"github.com/oneway-sync/oneway/shared/testkit/pgtest"
 )
 
 // Rows 14, 18, 19 and 20 of the reliability matrix: bad input on the
@@ -142,6 +143,9 @@ func chaosClockSkew(r *chaosRow) {
 //     for the pipeline.
 //   - widen: the owned column payload, varchar(80), is widened to text and
 //     longer values follow; they arrive whole.
+//   - widen beyond the target: the same, with the target's column still
+//     varchar(80): the longer values are dead-lettered with their key,
+//     never cut; the operator widens the target column and retries them.
 //   - drop, rename: an owned column (note, which the workload does not
 //     write) is dropped or renamed; the reader halts with an error naming
 //     the table and the column and publishes nothing more. The operator
@@ -156,6 +160,9 @@ func chaosSchemaChange(change string) func(r *chaosRow) {
 		switch change {
 		case "widen":
 			src.Exec(t, "ALTER TABLE public.chaos ALTER COLUMN payload TYPE varchar(80)")
+		case "widen beyond the target":
+			src.Exec(t, "ALTER TABLE public.chaos ALTER COLUMN payload TYPE varchar(80)")
+			dst.Exec(t, "ALTER TABLE public.chaos ALTER COLUMN payload TYPE varchar(80)")
 		case "drop", "rename":
 			src.Exec(t, "ALTER TABLE public.chaos ADD COLUMN note text NOT NULL DEFAULT 'owned note'")
 			dst.Exec(t, "ALTER TABLE public.chaos ADD COLUMN note text")
@@ -175,6 +182,38 @@ func chaosSchemaChange(change string) func(r *chaosRow) {
 			r.work.SetPad(200)
 			r.flowing(100)
 			r.note("payloads of up to %d characters after the widening", r.work.MaxPayload())
+		case "widen beyond the target":
+			// The target's column stays varchar(80): the longer values are
+			// dead-lettered with their key, never cut to 80 characters. The
+			// operator widens the target and retries the dead letters.
+			src.Exec(t, "ALTER TABLE public.chaos ALTER COLUMN payload TYPE text")
+			r.work.SetPad(200)
+			var dead uint64
+			r.poll(time.Minute, func(ctx context.Context) (err error) {
+				if dead, err = r.deadLetters(ctx); err == nil && dead < 5 {
+					err = fmt.Errorf("%d dead letters", dead)
+				}
+				return err
+			})
+			r.heal()
+			r.poll(chaosDrain, func(ctx context.Context) error {
+				if p, err := r.pending(ctx); err != nil || p > 0 {
+					return fmt.Errorf("writer consumer: %d pending (%v)", p, err)
+				}
+				return nil
+			})
+			cut := pgtest.QueryInt(t, r.dstURL, "SELECT count(*) FROM public.chaos WHERE length(payload) = 80")
+			if cut > 0 {
+				t.Errorf("%d payloads at the target cut to 80 characters", cut)
+			}
+			rows := dlqList(t, cfg, "")
+			if len(rows) == 0 || !strings.Contains(rows[0].err, "too long") {
+				t.Errorf("dead letters %+v, want values too long for the target", rows)
+			}
+			dead, _ = r.deadLetters(context.Background())
+			dst.Exec(t, "ALTER TABLE public.chaos ALTER COLUMN payload TYPE text")
+			mustDLQ(t, cfg, "", "retry", "--all", "--target", "pg")
+			r.note("%d dead letters (too long for varchar(80)), none cut; retried after the operator widened the target", dead)
 		case "drop", "rename":
 			if change == "drop" {
 				src.Exec(t, "ALTER TABLE public.chaos DROP COLUMN note")
@@ -196,7 +235,9 @@ func chaosSchemaChange(change string) func(r *chaosRow) {
 			r.start("reader", r.config(chaosConfig{})) // the operator's fix: note is no longer owned
 			r.flowing(100)
 		}
-		r.heal()
+		if r.healAt.IsZero() {
+			r.heal()
+		}
 		r.finish()
 	}
 }

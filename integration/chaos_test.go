@@ -119,6 +119,7 @@ func TestChaos(t *testing.T) {
 		{"18", "source database in another time zone (UTC+14), timestamps from its clock", false, chaosClockSkew},
 		{"19", "source schema change: a column the pipeline does not own added", false, chaosSchemaChange("add")},
 		{"19", "source schema change: owned varchar(80) widened to text, longer values follow", false, chaosSchemaChange("widen")},
+		{"19", "source schema change: owned varchar(80) widened to text beyond the target's varchar(80)", false, chaosSchemaChange("widen beyond the target")},
 		{"19", "source schema change: an owned column dropped", false, chaosSchemaChange("drop")},
 		{"19", "source schema change: an owned column renamed", false, chaosSchemaChange("rename")},
 		{"20", "the writer's durable consumer deleted by an operator", false, chaosDelete("consumer")},
