@@ -31,12 +31,27 @@ import (
 // reader stands by, takes its lease again and resumes from its saved
 // position, losing nothing.
 func chaosMalformed(r *chaosRow) {
+	chaosMalformedOn(r, false)
+}
+
+// Row 14 in staged mode: the same three messages on the source subject,
+// which the stager dead-letters, and on the push subject, which the writer
+// dead-letters.
+func chaosMalformedStaged(r *chaosRow) {
+	chaosMalformedOn(r, true)
+}
+
+func chaosMalformedOn(r *chaosRow, staged bool) {
 	t := r.t
-	r.setup(chaosSetup{})
+	r.setup(chaosSetup{Staged: staged})
 	admin := freeAddr(t)
 	cfg := r.config(chaosConfig{})
 	rd := r.start("reader", cfg)
 	r.start("writer", r.config(chaosConfig{AdminAddr: admin}))
+	if staged {
+		r.start("stager", cfg)
+		r.start("differ", cfg)
+	}
 	r.loaded()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -78,18 +93,28 @@ func chaosMalformed(r *chaosRow) {
 		{"unknown schema version", unknownData, "unknown schema_version 99"},
 		{"no key", noKeyData, "batch has no key column"},
 	}
+	subjects := []string{subject}
+	if staged {
+		subjects = append(subjects, bus.PushSubject(chaosPipeline, r.targetName))
+	}
 	r.fault()
-	for _, g := range garbage {
-		if _, err := r.js.Publish(ctx, subject, g.data); err != nil {
-			t.Fatalf("publish %s: %v", g.what, err)
+	for _, subj := range subjects {
+		for _, g := range garbage {
+			if _, err := r.js.Publish(ctx, subj, g.data); err != nil {
+				t.Fatalf("publish %s on %s: %v", g.what, subj, err)
+			}
+			r.flowing(50) // the others keep flowing
 		}
-		r.flowing(50) // the others keep flowing
 	}
 	r.heal()
-	r.wantDeadLetters = uint64(len(garbage))
+	r.wantDeadLetters = uint64(len(garbage) * len(subjects))
 	fenced := logCount("another reader published meanwhile; this reader stands by", []*testenv.Proc{rd})
 	r.note("the reader fenced by the foreign publishes %d times, resumed from its saved position", fenced)
 	r.finish()
+	if staged {
+		r.note("3 dead letters from the stager (source subject), 3 from the writer (push subject)")
+		return
+	}
 
 	entries := dlqList(t, cfg, "")
 	if len(entries) != len(garbage) {

@@ -116,6 +116,7 @@ func TestChaos(t *testing.T) {
 		{"22", "stream max_bytes reached; the limit raised by an operator", false, chaosStreamFull(false)},
 		{"22", "stream max_bytes reached; old messages age out (max_age 15s)", true, chaosStreamFull(true)},
 		{"14", "malformed messages on the source subject mid-run (bad bytes, unknown schema version, no key)", false, chaosMalformed},
+		{"14", "staged: malformed messages on the source and the push subject mid-run", true, chaosMalformedStaged},
 		{"18", "source database in another time zone (UTC+14), timestamps from its clock", false, chaosClockSkew},
 		{"19", "source schema change: a column the pipeline does not own added", false, chaosSchemaChange("add")},
 		{"19", "source schema change: owned varchar(80) widened to text, longer values follow", false, chaosSchemaChange("widen")},
