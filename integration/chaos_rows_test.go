@@ -176,10 +176,13 @@ func chaosClockSkew(r *chaosRow) {
 //     the table and the column and publishes nothing more. The operator
 //     takes the column out of the pipeline's columns and starts the reader
 //     again; it resumes from its saved position.
-func chaosSchemaChange(change string) func(r *chaosRow) {
+//
+// With cdc the reader halts on the first change after the drop or rename
+// (its Relation message lacks the column) and resumes from its slot.
+func chaosSchemaChange(change string, cdc bool) func(r *chaosRow) {
 	return func(r *chaosRow) {
 		t := r.t
-		r.setup(chaosSetup{})
+		r.setup(chaosSetup{CDC: cdc})
 		src, dst := testenv.Connect(t, r.srcURL), testenv.Connect(t, r.dstURL)
 		c := chaosConfig{}
 		switch change {
