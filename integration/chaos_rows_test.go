@@ -282,13 +282,21 @@ func chaosSchemaChange(change string, cdc bool) func(r *chaosRow) {
 //     published before (so the writers' ledger, which fences on them, does
 //     not take new changes for old ones), and reads the source again from
 //     the start; the writer creates its consumer again.
-func chaosDelete(what string) func(r *chaosRow) {
+//
+// In staged mode (stream only) the stager and the differ create their
+// consumers again too, and the differ's push messages are numbered above
+// the same floor.
+func chaosDelete(what string, staged bool) func(r *chaosRow) {
 	return func(r *chaosRow) {
 		t := r.t
-		r.setup(chaosSetup{})
+		r.setup(chaosSetup{Staged: staged})
 		cfg := r.config(chaosConfig{})
 		rd := r.start("reader", cfg)
 		w := r.start("writer", cfg)
+		if staged {
+			r.start("stager", cfg)
+			r.start("differ", cfg)
+		}
 		r.loaded()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()

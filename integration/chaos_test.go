@@ -126,8 +126,9 @@ func TestChaos(t *testing.T) {
 		{"19", "cdc: source schema change: a column the pipeline does not own added", true, chaosSchemaChange("add", true)},
 		{"19", "cdc: source schema change: an owned column dropped", false, chaosSchemaChange("drop", true)},
 		{"19", "cdc: source schema change: an owned column renamed", true, chaosSchemaChange("rename", true)},
-		{"20", "the writer's durable consumer deleted by an operator", false, chaosDelete("consumer")},
-		{"20", "the pipeline's stream deleted by an operator", false, chaosDelete("stream")},
+		{"20", "the writer's durable consumer deleted by an operator", false, chaosDelete("consumer", false)},
+		{"20", "the pipeline's stream deleted by an operator", false, chaosDelete("stream", false)},
+		{"20", "staged: the pipeline's stream deleted by an operator", true, chaosDelete("stream", true)},
 	}
 	for i, c := range cases {
 		t.Run(fmt.Sprintf("%02d_row_%s", i+1, strings.NewReplacer("–", "-", " ", "_").Replace(c.row)), func(t *testing.T) {
