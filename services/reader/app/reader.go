@@ -503,6 +503,10 @@ func (r *Reader) msgID(from Position, b *onewayv1.Batch) string {
 			content.Write(c.GetRow())
 		}
 	}
+	// Where the page starts in the source, not in the stream: a republished
+	// page follows pages that were duplicates, so the stream sequence its
+	// position records differs from the first publish's.
+	from.StreamSeq = 0
 	fromJSON, _ := json.Marshal(from)
 	content.Write(fromJSON)
 	return r.cfg.Pipeline + ":source:" + hex.EncodeToString(content.Sum(nil)[:16])

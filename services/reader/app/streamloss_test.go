@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
 	"github.com/oneway-sync/oneway/shared/bus"
 	"github.com/oneway-sync/oneway/shared/config"
 	"github.com/oneway-sync/oneway/shared/errs"
@@ -158,5 +159,22 @@ func assertSaved(t *testing.T, ctx context.Context, kv jetstream.KeyValue, want 
 	}
 	if !equalPos(got, want) {
 		t.Fatalf("saved position %+v, want %+v", got, want)
+	}
+}
+
+// A page's Msg-Id names where it starts in the source, whatever stream
+// sequence the position records: a page republished after a crash follows
+// duplicates, so its position's StreamSeq differs from the first publish's,
+// and JetStream must still see the same Msg-Id.
+func TestMsgIDIgnoresStreamSeq(t *testing.T) {
+	r := New(&config.Pipeline{Pipeline: "p"}, nil, slog.Default(), nil)
+	b := &onewayv1.Batch{Changes: []*onewayv1.Change{{Row: []byte("r1")}}}
+	a := r.msgID(Position{Phase: "snapshot", SnapshotKey: []string{"7"}, StreamSeq: 3}, b)
+	c := r.msgID(Position{Phase: "snapshot", SnapshotKey: []string{"7"}, StreamSeq: 9}, b)
+	if a != c {
+		t.Errorf("Msg-Id %s with stream sequence 3, %s with 9: want the same", a, c)
+	}
+	if d := r.msgID(Position{Phase: "snapshot", SnapshotKey: []string{"8"}}, b); d == a {
+		t.Errorf("pages from different source positions share Msg-Id %s", a)
 	}
 }
