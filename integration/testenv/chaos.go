@@ -107,6 +107,8 @@ type Workload struct {
 	next    int64
 
 	changes atomic.Int64
+	pad     atomic.Int64 // characters appended to each updated payload
+	longest atomic.Int64 // the longest payload an update wrote
 	stop    chan struct{}
 	done    chan struct{}
 	once    sync.Once
@@ -201,15 +203,15 @@ func (w *Workload) step(conn *pgx.Conn, n int) error {
 	}
 	w.mu.Unlock()
 	rows, err := conn.Query(ctx, `UPDATE public.chaos SET version = version + 1,
-  payload = 'k' || id || ' v' || (version + 1) || ' ' || md5(random()::text), updated_at = now()
-WHERE id = ANY($1) RETURNING id, version`, ids)
+  payload = 'k' || id || ' v' || (version + 1) || ' ' || md5(random()::text) || repeat('x', $2::int), updated_at = now()
+WHERE id = ANY($1) RETURNING id, version, length(payload)`, ids, w.pad.Load())
 	if err != nil {
 		return fmt.Errorf("workload: update: %w", err)
 	}
-	type kv struct{ id, v int64 }
+	type kv struct{ id, v, n int64 }
 	got, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (kv, error) {
 		var x kv
-		err := r.Scan(&x.id, &x.v)
+		err := r.Scan(&x.id, &x.v, &x.n)
 		return x, err
 	})
 	if err != nil {
@@ -218,6 +220,9 @@ WHERE id = ANY($1) RETURNING id, version`, ids)
 	w.mu.Lock()
 	for _, x := range got {
 		w.vers[x.id] = x.v
+		if x.n > w.longest.Load() {
+			w.longest.Store(x.n)
+		}
 	}
 	w.mu.Unlock()
 	w.changes.Add(int64(len(got)))
@@ -247,6 +252,13 @@ func (w *Workload) delete(ctx context.Context, conn *pgx.Conn) error {
 	w.changes.Add(1)
 	return nil
 }
+
+// SetPad makes every later update append n characters to the payloads it
+// writes (longer values, e.g. after a column was widened).
+func (w *Workload) SetPad(n int) { w.pad.Store(int64(n)) }
+
+// MaxPayload is the length of the longest payload an update wrote.
+func (w *Workload) MaxPayload() int64 { return w.longest.Load() }
 
 // Stop ends the changes and waits for the last transaction. It fails the
 // test if a transaction failed. It is idempotent.

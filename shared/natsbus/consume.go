@@ -58,7 +58,14 @@ type ConsumeOptions struct {
 	// Headers are added to every dead letter (pipeline, target).
 	Headers map[string]string
 	// Grace bounds how long in-flight handlers may run after ctx ends; default 10s.
-	Grace     time.Duration
+	Grace time.Duration
+	// Recreate, when set, creates the durable consumer again from its
+	// config. The loop calls it when a fetch fails and the consumer (or its
+	// stream) no longer exists, e.g. deleted by an operator; one worker at
+	// a time, retried every second while it fails. Without it the loop
+	// logs each failed fetch and tries again (never use that for a
+	// consumer that matters).
+	Recreate  func(ctx context.Context) (jetstream.Consumer, error)
 	OnOutcome func(Outcome)
 	Log       *slog.Logger
 }
@@ -115,23 +122,78 @@ func (b *Bus) consume(ctx context.Context, cons jetstream.Consumer, h BatchHandl
 	})
 	defer stopGrace()
 
+	ref := &consumerRef{c: cons}
 	var wg sync.WaitGroup
 	for i := 0; i < o.Workers; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			b.worker(ctx, hctx, cons, h, group, &o)
+			b.worker(ctx, hctx, ref, h, group, &o)
 		}()
 	}
 	wg.Wait()
 	return nil
 }
 
-func (b *Bus) worker(ctx, hctx context.Context, cons jetstream.Consumer, h BatchHandler, group bool, o *ConsumeOptions) {
+// consumerRef is the consumer the workers of one loop fetch from; Recreate
+// replaces it.
+type consumerRef struct {
+	mu      sync.Mutex
+	c       jetstream.Consumer
+	failing bool // Recreate failed last time (logged once per run of failures)
+}
+
+func (r *consumerRef) get() jetstream.Consumer {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.c
+}
+
+// recover handles a failed fetch from old: when the consumer or its stream
+// is gone and o.Recreate is set, it creates the consumer again (unless
+// another worker already did). It reports whether the consumer was
+// missing.
+func (r *consumerRef) recover(ctx context.Context, old jetstream.Consumer, o *ConsumeOptions) bool {
+	if o.Recreate == nil {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.c != old {
+		return true // another worker created it again meanwhile
+	}
+	ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	_, err := old.Info(ictx)
+	cancel()
+	if !errors.Is(err, jetstream.ErrConsumerNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return false
+	}
+	name := ""
+	if ci := old.CachedInfo(); ci != nil {
+		name = ci.Name
+	}
+	c, cerr := o.Recreate(ctx)
+	if cerr != nil {
+		if !r.failing {
+			o.Log.Error("consumer missing; creating it again failed, retrying every second", "consumer", name, "error", cerr)
+		}
+		r.failing = true
+		return true
+	}
+	r.c, r.failing = c, false
+	o.Log.Warn("consumer missing; created again from the config", "consumer", name, "cause", err,
+		"hint", "it delivers the stream from its start again; what was applied is fenced by version")
+	return true
+}
+
+func (b *Bus) worker(ctx, hctx context.Context, ref *consumerRef, h BatchHandler, group bool, o *ConsumeOptions) {
 	for ctx.Err() == nil {
+		cons := ref.get()
 		batch, err := cons.Fetch(o.FetchBatch, jetstream.FetchMaxWait(250*time.Millisecond))
 		if err != nil {
-			o.Log.Warn("fetch failed", "error", err)
+			if !ref.recover(ctx, cons, o) {
+				o.Log.Warn("fetch failed", "error", err)
+			}
 			sleepCtx(ctx, time.Second)
 			continue
 		}
@@ -162,7 +224,9 @@ func (b *Bus) worker(ctx, hctx context.Context, cons jetstream.Consumer, h Batch
 		}
 		waiting.stop()
 		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) && ctx.Err() == nil {
-			o.Log.Warn("fetch batch failed", "error", err)
+			if !ref.recover(ctx, cons, o) {
+				o.Log.Warn("fetch batch failed", "error", err)
+			}
 			sleepCtx(ctx, 500*time.Millisecond)
 		}
 	}

@@ -184,6 +184,9 @@ func (d *Differ) Run(ctx context.Context) error {
 				DeadLetterSubject: bus.DifferDLQSubject(d.cfg.Pipeline),
 				Headers:           map[string]string{bus.HeaderPipeline: d.cfg.Pipeline},
 				Log:               d.log,
+				Recreate: func(ctx context.Context) (jetstream.Consumer, error) {
+					return d.bus.EnsureConsumer(ctx, ConsumerSpec(d.cfg))
+				},
 			})
 		},
 		d.scanLoop,

@@ -127,6 +127,9 @@ func (r *Reader) Run(ctx context.Context) error {
 		case errors.Is(err, errFenced):
 			r.log.Warn("another reader published meanwhile; this reader stands by", "error", err)
 			continue
+		case errors.Is(err, errStreamLost):
+			r.log.Warn("the pipeline stream no longer holds this reader's last message; checking the stream again", "error", err)
+			continue
 		case errors.Is(err, errLeaseLost):
 			r.log.Warn("reader lease not renewed in time; this reader stands by until it can take it again")
 			continue
@@ -487,6 +490,17 @@ func (r *Reader) newCDC(c *pgcdc.Capture) *capture.CDC {
 // longer the active reader.
 var errFenced = errors.New("fenced by another reader")
 
+// errStreamLost means the source subject no longer holds this reader's
+// last message: the stream was deleted, replaced or purged (or the message
+// aged out). The reader activates again, which looks at the stream.
+var errStreamLost = errors.New("the source subject lost this reader's last message")
+
+// streamSeqMargin is how far above the last sequence a reader saved a
+// stream created again after a loss starts: more than the pages a reader
+// can publish between two position saves (250 ms), so every version
+// published before the loss stays below every version published after.
+const streamSeqMargin = 1 << 20
+
 // errLeaseLost means this reader could not renew its lease in time (another
 // reader may take it over): it stops publishing and stands by.
 var errLeaseLost = errors.New("reader lease lost")
@@ -504,9 +518,18 @@ func (r *Reader) runActive(parent context.Context, capt capture.Capture, setup c
 	if note != "" {
 		r.log.Warn("capture pattern switched", "note", note, "pattern", setup.Pattern)
 	}
-	st, err := r.bus.JS.Stream(parent, bus.StreamName(r.cfg.Pipeline))
+	// Ensured, not only opened: an operator may have deleted it.
+	st, err := r.bus.EnsureStream(parent, natsbus.PipelineStream(r.cfg))
 	if err != nil {
 		return fmt.Errorf("open stream: %w", jsUnavailable(err))
+	}
+	if checked, err := r.checkStream(parent, kv, st, saved); err != nil {
+		return err
+	} else if !equalPos(checked, saved) {
+		saved = checked
+		if pos, _, err = capture.Transition(saved, setup); err != nil {
+			return err
+		}
 	}
 	lastMsg, err := lastOn(parent, st, r.side.subject)
 	if err != nil {
@@ -575,10 +598,58 @@ func (r *Reader) runActive(parent context.Context, capt capture.Capture, setup c
 		}
 	default:
 	}
-	if err := errors.Join(prodErr, pubErr); err != nil && !errors.Is(err, context.Canceled) {
-		return err
+	// A publish failure cancels the producer: report the failure, not the
+	// producer's cancellation (which would read as a clean stop).
+	for _, err := range []error{pubErr, prodErr} {
+		if err != nil && !errors.Is(err, context.Canceled) {
+			return err
+		}
 	}
 	return nil
+}
+
+// checkStream compares the stream with the saved position. A stream whose
+// last sequence is below the one saved lost what this reader published
+// (deleted by an operator and created again, or replaced): the changes in
+// it that writers had not applied yet are gone, and a writer's ledger,
+// which fences on stream sequences, holds versions above what a new
+// stream would number from 1. So the reader saves a fresh position (a
+// full read of the source, from the start) with a floor above the old
+// sequences, then moves the empty stream's sequence above that floor
+// (purge up to it) before publishing anything. Each step is safe to
+// repeat after a crash. A stream that already holds messages below the
+// floor cannot be moved without dropping them: the reader halts.
+func (r *Reader) checkStream(ctx context.Context, kv jetstream.KeyValue, st jetstream.Stream, saved Position) (Position, error) {
+	info, err := st.Info(ctx)
+	if err != nil {
+		return saved, fmt.Errorf("read stream info: %w", jsUnavailable(err))
+	}
+	if saved.StreamSeq <= info.State.LastSeq {
+		return saved, nil
+	}
+	name := bus.StreamName(r.cfg.Pipeline)
+	next := saved.StreamSeq + streamSeqMargin
+	r.log.Error("the pipeline stream lost what this reader published; reading the source again from the start",
+		"stream", name, "stream_last_seq", info.State.LastSeq, "saved_stream_seq", saved.StreamSeq, "next_seq", next,
+		"hint", "the stream was deleted or replaced: changes not yet applied by the writers were lost with it, so every row is published again, numbered above every earlier version")
+	fresh := Position{StreamSeq: next - 1}
+	if err := savePosition(ctx, kv, r.cfg.Pipeline, r.side.name, fresh); err != nil {
+		return saved, err
+	}
+	if info.State.Msgs > 0 {
+		return saved, errs.Permanentf("stream %s holds %d messages numbered below %d, the sequence every version must stay above after the stream lost this reader's messages: delete the stream (nats stream rm %s) and start the reader again; it creates the stream numbered from there",
+			name, info.State.Msgs, next, name)
+	}
+	if err := st.Purge(ctx, jetstream.WithPurgeSequence(next)); err != nil {
+		return saved, fmt.Errorf("move stream %s to sequence %d: %w", name, next, jsUnavailable(err))
+	}
+	if info, err = st.Info(ctx); err != nil {
+		return saved, fmt.Errorf("read stream info: %w", jsUnavailable(err))
+	}
+	if info.State.LastSeq+1 < next {
+		return saved, errs.Permanentf("stream %s did not move to sequence %d (its last is %d)", name, next, info.State.LastSeq)
+	}
+	return fresh, nil
 }
 
 // lastOn is the last message on subject, nil if none.
@@ -613,6 +684,10 @@ func (r *Reader) msgID(from Position, b *onewayv1.Batch) string {
 			content.Write(c.GetRow())
 		}
 	}
+	// Where the page starts in the source, not in the stream: a republished
+	// page follows pages that were duplicates, so the stream sequence its
+	// position records differs from the first publish's.
+	from.StreamSeq = 0
 	fromJSON, _ := json.Marshal(from)
 	content.Write(fromJSON)
 	return r.cfg.Pipeline + ":" + r.side.name + ":" + hex.EncodeToString(content.Sum(nil)[:16])
@@ -629,6 +704,9 @@ func (r *Reader) publish(ctx context.Context, kv jetstream.KeyValue, st jetstrea
 	subject := r.side.subject
 	saved := pos
 	lastSave := time.Now()
+	// high is the stream sequence every saved position records: the last
+	// page acknowledged, or the floor a stream loss set.
+	high := max(last, pos.StreamSeq)
 	save := func(ctx context.Context) error {
 		if equalPos(saved, pos) {
 			return nil
@@ -695,6 +773,7 @@ func (r *Reader) publish(ctx context.Context, kv jetstream.KeyValue, st jetstrea
 				r.log.Info("batch already in the stream; not stored again", "msg_id", msgID, "rows", len(it.Batch.GetChanges()))
 			}
 			last = seq
+			high = max(high, seq)
 			r.lastSeq.Store(seq)
 			if it.Batch.GetPattern() == onewayv1.CapturePattern_CAPTURE_PATTERN_SNAPSHOT {
 				if backfill == nil {
@@ -720,6 +799,7 @@ func (r *Reader) publish(ctx context.Context, kv jetstream.KeyValue, st jetstrea
 			}
 		}
 		pos = it.Next
+		pos.StreamSeq = high
 		if it.CaughtUp || it.Save {
 			if err := save(ctx); err != nil {
 				return err
@@ -796,13 +876,22 @@ func publishFenced(ctx context.Context, js jetstream.JetStream, st jetstream.Str
 	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
 		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
 		m, gerr := st.GetLastMsgForSubject(pctx, subject)
+		if errors.Is(gerr, jetstream.ErrMsgNotFound) {
+			return 0, false, errs.Permanent(fmt.Errorf("%w: subject %s holds no message, this reader expected %d", errStreamLost, subject, last))
+		}
 		if gerr != nil {
 			return 0, false, errs.Unavailable(fmt.Errorf("resolve refused publish: %w", gerr))
 		}
 		if m.Header.Get(jetstream.MsgIDHeader) == msgID {
 			return m.Sequence, false, nil
 		}
+		if m.Sequence < last {
+			return 0, false, errs.Permanent(fmt.Errorf("%w: subject %s is at sequence %d, below the %d this reader expected", errStreamLost, subject, m.Sequence, last))
+		}
 		return 0, false, errs.Permanent(fmt.Errorf("%w: subject %s is at sequence %d, this reader expected %d", errFenced, subject, m.Sequence, last))
+	}
+	if _, serr := st.Info(pctx); errors.Is(serr, jetstream.ErrStreamNotFound) {
+		return 0, false, errs.Permanent(fmt.Errorf("%w: publish to %s: %w (stream deleted)", errStreamLost, subject, err))
 	}
 	return 0, false, errs.Unavailable(err)
 }

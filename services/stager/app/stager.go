@@ -130,6 +130,9 @@ func (s *Stager) Run(ctx context.Context) error {
 		DeadLetterSubject: bus.StagerDLQSubject(s.cfg.Pipeline),
 		Headers:           map[string]string{bus.HeaderPipeline: s.cfg.Pipeline},
 		Log:               s.log,
+		Recreate: func(ctx context.Context) (jetstream.Consumer, error) {
+			return s.bus.EnsureConsumer(ctx, ConsumerSpec(s.cfg))
+		},
 		OnOutcome: func(o natsbus.Outcome) {
 			if o == natsbus.OutcomeDeadLetter && s.metrics != nil {
 				s.metrics.DeadLetters.WithLabelValues(s.cfg.Pipeline, "_stager").Inc()

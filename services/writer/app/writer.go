@@ -269,6 +269,9 @@ func (w *Writer) Run(ctx context.Context) error {
 		DeadLetterSubject: bus.DLQSubject(w.cfg.Pipeline, w.target.Name),
 		Headers:           map[string]string{bus.HeaderPipeline: w.cfg.Pipeline, bus.HeaderTarget: w.target.Name},
 		Log:               w.log,
+		Recreate: func(ctx context.Context) (jetstream.Consumer, error) {
+			return w.bus.EnsureConsumer(ctx, ConsumerSpec(w.cfg, w.target))
+		},
 		OnOutcome: func(o natsbus.Outcome) {
 			if o == natsbus.OutcomeDeadLetter && w.metrics != nil {
 				w.metrics.DeadLetters.WithLabelValues(w.cfg.Pipeline, w.target.Name).Inc()

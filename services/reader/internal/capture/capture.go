@@ -121,6 +121,11 @@ type Position struct {
 	// phase the end of the last transaction JetStream acknowledged.
 	Slot string `json:"slot,omitempty"`
 	LSN  string `json:"lsn,omitempty"`
+	// StreamSeq is the pipeline stream's sequence of the last page this
+	// position covers (or a floor the stream's sequences must stay above).
+	// The reader keeps it; captures ignore it. A stream whose last
+	// sequence is below it was deleted or replaced: see the reader.
+	StreamSeq uint64 `json:"stream_seq,omitempty"`
 }
 
 // Phases.

@@ -22,6 +22,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -279,6 +280,27 @@ SELECT EXISTS (
 	return nil
 }
 
+// lengthTyped matches the types whose explicit cast cuts a value to the
+// declared length without an error (character varying(n), character(n),
+// bit varying(n), bit(n), and arrays of them).
+var lengthTyped = regexp.MustCompile(`^(character varying|character|bit varying|bit)\(\d+\)((\[\])*)$`)
+
+// castType is the type the fenced path casts a column's text to: the
+// target column's type, but without the length of a length-limited string
+// or bit type. An explicit cast to varchar(n) silently truncates a longer
+// value (a source column widened after the target was made, say); cast to
+// the unlimited type, the value meets the column's length on assignment,
+// which rejects it (22001, a dead letter naming the key) instead.
+func castType(typ string) string {
+	m := lengthTyped.FindStringSubmatch(typ)
+	if m == nil {
+		return typ
+	}
+	base := map[string]string{"character varying": "character varying", "character": "bpchar",
+		"bit varying": "bit varying", "bit": "bit varying"}[m[1]]
+	return base + m[2]
+}
+
 // buildSQL renders the two statements that apply a set of changes, both
 // over the same arrays (unnested, text cast to the target's types). ledSQL
 // upserts the ledger fenced by version and returns the positions (1-based)
@@ -295,7 +317,7 @@ func (t *Target) buildSQL(b *onewayv1.Batch, byName map[string]pgconn.Column, ke
 	for i, c := range cols {
 		unnestArgs = append(unnestArgs, fmt.Sprintf("$%d::text[]", 4+i))
 		unnestCols = append(unnestCols, fmt.Sprintf("c%d", i))
-		casts = append(casts, fmt.Sprintf("u.c%d::%s AS c%d", i, byName[c.GetName()].Type, i))
+		casts = append(casts, fmt.Sprintf("u.c%d::%s AS c%d", i, castType(byName[c.GetName()].Type), i))
 	}
 	var names, sel, set, keyNames, incKeys, ledJoin, tgtMatch []string
 	isKey := map[int]bool{}

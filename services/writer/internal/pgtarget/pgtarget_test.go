@@ -1176,3 +1176,63 @@ func showp(v *string) string {
 	}
 	return fmt.Sprintf("%q", *v)
 }
+
+// A value longer than a length-limited target column is rejected with the
+// key (a dead letter), on both paths, never cut to the column's length (an
+// explicit cast to varchar(n) would cut it silently): chaos row 19, a
+// source column widened after the target was made.
+func TestTooLongValueRejectedNotTruncated(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		pattern onewayv1.CapturePattern
+		typ     string
+	}{
+		{"varchar, fenced path", cdc, "varchar(3)"},
+		{"varchar, bulk path", snapshot, "varchar(3)"},
+		{"char, fenced path", cdc, "char(3)"},
+		{"varchar array, fenced path", cdc, "varchar(3)[]"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			_, pool := newDB(t)
+			exec(t, pool, "CREATE TABLE public.items (id integer PRIMARY KEY, name "+tt.typ+", amount numeric(12,2))")
+			tg := openTarget(t, pool, defaultSpec())
+			long, short := "toolong", "ok"
+			if strings.HasSuffix(tt.typ, "[]") {
+				long, short = "{toolong}", "{ok}"
+			}
+			res, err := tg.Apply(testCtx(t), []Item{item(1, tt.pattern, up("1", short, "1.00"), up("2", long, "2.00"))})
+			if err != nil {
+				t.Fatalf("apply: %v", err)
+			}
+			if len(res.Failed) != 1 || res.Failed[0].Key != "2" || !errs.IsPermanent(res.Failed[0].Err) {
+				t.Fatalf("Failed = %+v, want key 2 rejected permanently", res.Failed)
+			}
+			if n := one[int64](t, pool, "SELECT count(*) FROM public.items WHERE id = 2"); n != 0 {
+				t.Errorf("the too long value was written (cut to %s)", tt.typ)
+			}
+			if n := one[int64](t, pool, "SELECT count(*) FROM public.items WHERE id = 1"); n != 1 {
+				t.Errorf("the value that fits was not written")
+			}
+		})
+	}
+}
+
+func TestCastType(t *testing.T) {
+	for in, want := range map[string]string{
+		"character varying(80)":       "character varying",
+		"character varying(80)[]":     "character varying[]",
+		"character(3)":                "bpchar",
+		"bit(8)":                      "bit varying",
+		"bit varying(8)":              "bit varying",
+		"numeric(12,2)":               "numeric(12,2)",
+		"text":                        "text",
+		"timestamp(3) with time zone": "timestamp(3) with time zone",
+	} {
+		if got := castType(in); got != want {
+			t.Errorf("castType(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
