@@ -163,6 +163,13 @@ func TestReadbackBesideSourceReader(t *testing.T) {
 	if rb.Name() != "readback-pg" {
 		t.Errorf("Name() = %q", rb.Name())
 	}
+	rbCycles := make(chan struct{}, 1)
+	rb.OnCaughtUp = func(uint64) {
+		select {
+		case rbCycles <- struct{}{}:
+		default:
+		}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 2)
 	for _, r := range []*Reader{src, rb} {
@@ -229,6 +236,18 @@ func TestReadbackBesideSourceReader(t *testing.T) {
 	}
 	if n := len(source.changes()); n != 20 {
 		t.Fatalf("the source reader published %d changes, want its 20 only", n)
+	}
+	// Stop after a whole cycle was stored: a cycle interrupted after it
+	// published sends every key it may have published again on restart
+	// (by design, see capture.Cycle), which the restart below would count.
+	select {
+	case <-rbCycles:
+	default:
+	}
+	select {
+	case <-rbCycles:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no read-back cycle ended after the hand edits")
 	}
 	stop()
 
