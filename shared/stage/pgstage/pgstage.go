@@ -118,9 +118,9 @@ func (s *Store) Close() error {
 
 // queries are the store's SQL, with the schema filled in.
 type queries struct {
-	scope, apply, versions, join, scan, count        string
+	scope, apply, versions, join, scan, count                string
 	recordPushes, stuck, pushes, clearPushes, clearAllPushes string
-	hold, approve, getHold, release, holds           string
+	hold, approve, getHold, release, holds                   string
 }
 
 func newQueries(q string) queries {
