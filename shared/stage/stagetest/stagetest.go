@@ -925,6 +925,8 @@ func testClose(t *testing.T, storage Storage) {
 	assert.ErrorIs(t, err, stage.ErrClosed)
 	_, err = s.Holds(ctx)
 	assert.ErrorIs(t, err, stage.ErrClosed)
+	_, err = s.Pushes(ctx, "crm", []string{"a"})
+	assert.ErrorIs(t, err, stage.ErrClosed)
 }
 
 // BenchmarkApply measures Apply of batches of 10,000 records (each
