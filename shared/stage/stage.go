@@ -98,7 +98,17 @@ type PushLog interface {
 	// the first). A push of another version of the key starts the count
 	// again at 1. A key may appear only once per call. Not idempotent: a
 	// call that returned nil counted its pushes.
+	//
+	// Each key's LastAt becomes the store's current time. A push with a
+	// Position > 0 stores that position; a push with Position 0 (counted
+	// but not published) keeps the stored position when the version is
+	// the same, and stores 0 for a new version.
 	RecordPushes(ctx context.Context, target string, pushes []Push) ([]int, error)
+
+	// Pushes returns what the log holds of each distinct key in keys on
+	// target, in key order; keys without an entry are left out. The
+	// differ reads it before deciding which pushes are still in flight.
+	Pushes(ctx context.Context, target string, keys []string) ([]PushState, error)
 
 	// Stuck lists the keys of target whose current version has been pushed
 	// at least minCount times, in key order after after, up to limit.
@@ -311,15 +321,21 @@ type Counts struct {
 type Push struct {
 	Key     string
 	Version int64
+	// Position is where the push was published in the pipeline's stream,
+	// seq<<20 | index (event.Version of the push message and the change's
+	// index in it): the version the target's writer fences the change
+	// with and reports it applied at. 0: not published (or unknown).
+	Position int64
 }
 
 // PushState is what the push log knows of one key on one target.
 type PushState struct {
-	Key     string
-	Version int64 // the source version pushed
-	Count   int   // how many times that version was pushed
-	FirstAt time.Time
-	LastAt  time.Time
+	Key      string
+	Version  int64 // the source version pushed
+	Count    int   // how many times that version was pushed
+	Position int64 // the stream position of the last push (0: unknown)
+	FirstAt  time.Time
+	LastAt   time.Time // when the last push was counted
 }
 
 // HoldState is the state of a held diff.

@@ -45,7 +45,7 @@ type Metrics struct {
 	DeadLetters *prometheus.CounterVec // {pipeline,target}
 	// DifferDecisions counts the differ's decisions per key, by action
 	// (insert, update, delete, orphan_delete, orphan_report, orphan_kept,
-	// kept_deleted, delete_skipped, unchanged, stuck, held).
+	// kept_deleted, delete_skipped, unchanged, stuck, held, in_flight).
 	DifferDecisions *prometheus.CounterVec // {pipeline,target,action}
 	// BreakerHeld is 1 while the mass-delete breaker holds a target's
 	// deletes, else 0.

@@ -26,6 +26,27 @@
 // key): a key that never appears in the target is pushed at most
 // max_pushes_per_version + 1 times.
 //
+// Pushes in flight. A push is counted only when it goes out, and the log
+// keeps where it went out: its position in the stream, which is the
+// version the writer fences it with and reports it applied at. Until the
+// target side shows that report (a record at exactly that position), the
+// push is in flight, and the same source version is neither pushed nor
+// counted again, however often the key is looked at (a restart's scan, a
+// read-back's row): otherwise one slow push would be counted several times
+// and a key that converges would be reported stuck. A target record above
+// the position does not confirm the push either: it is a read-back
+// published after the push, but it may have read the row before the push
+// was applied (a read-back cannot be ordered against the writer's
+// transaction), and counting the difference it shows would count a push
+// that took. Its row still goes to the differ, so when the writer's report
+// is lost under it, the read-back's next cycle (which reads the pushed
+// row) settles the key. A push not confirmed within InFlightTimeout (the
+// writer's ack_wait times max_attempts+1) is taken as lost: the next look
+// at the key pushes it again and counts it, so a lost push ends in the
+// cap and a dead letter rather than waiting silently. The timeout is
+// measured from the log's time of the push (the stage database's clock
+// for pgstage).
+//
 // Mass deletes. Deletes (source deletes and orphan deletes) count against
 // the target's breaker: more than breaker.max_delete_share of the target's
 // staged records within breaker.window, and the deletes are held (the
@@ -303,6 +324,9 @@ const (
 type decision struct {
 	pair   stage.Pair
 	action diff.Action
+	// push numbers a counted push among the pushes of its source version
+	// (1 for the first; 0 for a push that is not counted).
+	push int
 }
 
 // act decides each pair and publishes what the target needs. It returns
@@ -333,9 +357,9 @@ func (d *Differ) act(ctx context.Context, ts *targetState, pairs []stage.Pair, m
 		case a == diff.OrphanReport:
 			reported = append(reported, p.Key.Text)
 		case a.Deletes():
-			deletes = append(deletes, decision{p, a})
+			deletes = append(deletes, decision{pair: p, action: a})
 		case a.Pushes():
-			pushes = append(pushes, decision{p, a})
+			pushes = append(pushes, decision{pair: p, action: a})
 		}
 	}
 	if len(deletes) > 0 {
@@ -367,17 +391,26 @@ func (d *Differ) act(ctx context.Context, ts *targetState, pairs []stage.Pair, m
 			pushes = nil
 		}
 		var err error
-		if pushes, err = d.capPushes(ctx, ts, pushes, cmp, cols, counts); err != nil {
+		var logged []stage.Push
+		if pushes, logged, err = d.capPushes(ctx, ts, pushes, cmp, cols, counts); err != nil {
 			return nil, err
 		}
-		futures, err := d.publish(ctx, ts, pushes, cols)
+		futures, sent, err := d.publish(ctx, ts, pushes, cols)
 		if err != nil {
 			return nil, err
 		}
-		if acks != nil {
+		if len(logged) == 0 && acks != nil {
+			// Nothing counted waits for its position: the caller waits
+			// for the acks of the whole group at once.
 			*acks = append(*acks, futures...)
-		} else if err := natsbus.WaitAcks(ctx, futures); err != nil {
-			return nil, fmt.Errorf("push to target %s: %w", t, err)
+		} else {
+			positions, err := positionsOf(ctx, ts, futures, sent)
+			if err != nil {
+				return nil, err
+			}
+			if err := d.recordPushes(ctx, ts, logged, positions); err != nil {
+				return nil, err
+			}
 		}
 	}
 	if m := d.metrics; m != nil {
@@ -388,12 +421,18 @@ func (d *Differ) act(ctx context.Context, ts *targetState, pairs []stage.Pair, m
 	return deferred, nil
 }
 
-// capPushes counts the pushes in the push log and drops (and reports, the
-// first time) those of a version pushed max_pushes_per_version times
-// already.
-func (d *Differ) capPushes(ctx context.Context, ts *targetState, pushes []decision, cmp *diff.Comparer, cols *onewayv1.Batch, counts map[string]int) ([]decision, error) {
+// capPushes decides which pushes go out, from what the push log holds of
+// their keys: it drops (and counts as in_flight) those whose last push of
+// the same source version is still in flight (see inFlight), and drops
+// (and reports, the first time) those of a version pushed
+// max_pushes_per_version times already. It returns the pushes to publish
+// and the pushes to count once they are published (recordPushes): every
+// kept push but first inserts of keys the target side never had, and a
+// stuck push the first time it is reported (so that the log says it was
+// given up on).
+func (d *Differ) capPushes(ctx context.Context, ts *targetState, pushes []decision, cmp *diff.Comparer, cols *onewayv1.Batch, counts map[string]int) ([]decision, []stage.Push, error) {
 	if len(pushes) == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
 	// First inserts of keys the target side never had are not counted.
 	var counted []decision
@@ -406,36 +445,105 @@ func (d *Differ) capPushes(ctx context.Context, ts *targetState, pushes []decisi
 		}
 	}
 	if len(counted) == 0 {
-		return kept, nil
+		return kept, nil, nil
 	}
-	pushes = counted
-	log := make([]stage.Push, len(pushes))
-	for i, p := range pushes {
-		log[i] = stage.Push{Key: p.pair.Key.Text, Version: sourceVersion(p.pair)}
+	keys := make([]string, len(counted))
+	for i, p := range counted {
+		keys[i] = p.pair.Key.Text
 	}
-	var n []int
-	err := d.retry(ctx, "record pushes", func(ctx context.Context) error {
+	var states []stage.PushState
+	err := d.retry(ctx, "read pushes", func(ctx context.Context) error {
 		var err error
-		n, err = d.store.RecordPushes(ctx, ts.cfg.Name, log)
+		states, err = d.store.Pushes(ctx, ts.cfg.Name, keys)
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("record pushes to target %s: %w", ts.cfg.Name, err)
+		return nil, nil, fmt.Errorf("read the push log of target %s: %w", ts.cfg.Name, err)
 	}
+	byKey := make(map[string]stage.PushState, len(states))
+	for _, st := range states {
+		byKey[st.Key] = st
+	}
+	now, timeout := time.Now(), InFlightTimeout(ts.cfg)
 	max := ts.cfg.MaxPushesPerVersion
-	for i, p := range pushes {
-		if n[i] <= max {
-			kept = append(kept, p)
-			continue
-		}
-		counts["stuck"]++
-		if n[i] == max+1 {
-			if err := d.reportStuck(ctx, ts, p, max, cmp, cols); err != nil {
-				return nil, err
+	logged := make([]stage.Push, 0, len(counted))
+	for _, p := range counted {
+		v := sourceVersion(p.pair)
+		n := 1
+		if st, ok := byKey[p.pair.Key.Text]; ok && st.Version == v {
+			if inFlight(st, p.pair.Target, now, timeout) {
+				counts["in_flight"]++
+				continue
 			}
+			n = st.Count + 1
+		}
+		switch {
+		case n <= max:
+			p.push = n
+			kept = append(kept, p)
+			logged = append(logged, stage.Push{Key: p.pair.Key.Text, Version: v})
+		case n == max+1:
+			counts["stuck"]++
+			if err := d.reportStuck(ctx, ts, p, max, cmp, cols); err != nil {
+				return nil, nil, err
+			}
+			logged = append(logged, stage.Push{Key: p.pair.Key.Text, Version: v})
+		default:
+			counts["stuck"]++
 		}
 	}
-	return kept, nil
+	return kept, logged, nil
+}
+
+// InFlightTimeout is how long a push of a key to t is taken to be in
+// flight when the target side does not confirm it: as long as the
+// target's writer may take to apply it or give up on it (every delivery
+// waiting out its ack_wait), and one ack_wait more.
+func InFlightTimeout(t config.Target) time.Duration {
+	wait, attempts := t.Writer.AckWait.Duration, t.Writer.MaxAttempts
+	if wait <= 0 {
+		wait = 10 * time.Second
+	}
+	if attempts <= 0 {
+		attempts = 5
+	}
+	return wait * time.Duration(attempts+1)
+}
+
+// inFlight reports whether the last push st of a key, of the version the
+// differ is about to push again, is still in flight given the key's
+// record on the target side: it was published (its position is known),
+// less than timeout ago, and the target side does not show the writer's
+// report of it. A target record below the push's position was staged
+// before the push was applied; one above it is a read-back published
+// after the push, which may have read the row before the push was applied
+// (so it cannot tell whether the push took). Only the writer's own report
+// (a record at exactly the push's position) confirms the push: when it
+// still differs from the source, the push is sent again and counted.
+func inFlight(st stage.PushState, target *stage.Record, now time.Time, timeout time.Duration) bool {
+	if st.Position <= 0 || now.Sub(st.LastAt) >= timeout {
+		return false
+	}
+	return target == nil || target.Version != st.Position
+}
+
+// recordPushes counts logged in the push log, each with the position it
+// was published at (0 for a push that was not published).
+func (d *Differ) recordPushes(ctx context.Context, ts *targetState, logged []stage.Push, positions map[string]int64) error {
+	if len(logged) == 0 {
+		return nil
+	}
+	for i := range logged {
+		logged[i].Position = positions[logged[i].Key]
+	}
+	err := d.retry(ctx, "record pushes", func(ctx context.Context) error {
+		_, err := d.store.RecordPushes(ctx, ts.cfg.Name, logged)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("record pushes to target %s: %w", ts.cfg.Name, err)
+	}
+	return nil
 }
 
 // sourceVersion is the source version a push carries (0 for an orphan).
@@ -489,10 +597,11 @@ func (d *Differ) reportStuck(ctx context.Context, ts *targetState, p decision, p
 // the target side has never seen in snapshot-pattern batches (the writer's
 // bulk path may take them), the rest in ordinary batches, each at most
 // batch_size changes and three quarters of the server's max payload. It
-// returns the publishes' acks, for the caller to wait for.
-func (d *Differ) publish(ctx context.Context, ts *targetState, pushes []decision, cols *onewayv1.Batch) ([]jetstream.PubAckFuture, error) {
+// returns the publishes' acks, for the caller to wait for, and the
+// decisions each one carries (see positionsOf).
+func (d *Differ) publish(ctx context.Context, ts *targetState, pushes []decision, cols *onewayv1.Batch) ([]jetstream.PubAckFuture, [][]decision, error) {
 	if len(pushes) == 0 {
-		return nil, nil
+		return nil, nil, nil
 	}
 	var fresh, rest []decision
 	for _, p := range pushes {
@@ -506,6 +615,7 @@ func (d *Differ) publish(ctx context.Context, ts *targetState, pushes []decision
 	maxBytes := int(d.bus.NC.MaxPayload()) * 3 / 4
 	maxChanges := d.cfg.Source.Capture.BatchSize
 	var futures []jetstream.PubAckFuture
+	var sent [][]decision // the decisions of each future's batch
 	for _, group := range []struct {
 		ds      []decision
 		pattern onewayv1.CapturePattern
@@ -526,17 +636,57 @@ func (d *Differ) publish(ctx context.Context, ts *targetState, pushes []decision
 			}
 			data, err := event.Encode(d.batch(cols, ds[:n], group.pattern))
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			f, err := d.bus.PublishAsync(ctx, subject, data, pushID(ts.cfg.Name, ds[:n]))
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			futures = append(futures, f)
+			sent = append(sent, ds[:n])
 			ds = ds[n:]
 		}
 	}
-	return futures, nil
+	return futures, sent, nil
+}
+
+// positionsOf waits for the acks of a publish's futures and returns the
+// stream position of each pushed key (event.Version of its batch's
+// sequence and its index in the batch: the version the writer applies it
+// at; a duplicate batch has its first publish's sequence).
+func positionsOf(ctx context.Context, ts *targetState, futures []jetstream.PubAckFuture, sent [][]decision) (map[string]int64, error) {
+	acks, err := waitPubAcks(ctx, futures)
+	if err != nil {
+		return nil, fmt.Errorf("push to target %s: %w", ts.cfg.Name, err)
+	}
+	positions := make(map[string]int64)
+	for i, ack := range acks {
+		for j, p := range sent[i] {
+			positions[p.pair.Key.Text] = event.Version(ack.Sequence, j)
+		}
+	}
+	return positions, nil
+}
+
+// waitPubAcks waits for the acks of futures, as natsbus.WaitAcks does, and
+// returns them in order.
+func waitPubAcks(ctx context.Context, futures []jetstream.PubAckFuture) ([]*jetstream.PubAck, error) {
+	timeout := time.NewTimer(natsbus.AckTimeout)
+	defer timeout.Stop()
+	acks := make([]*jetstream.PubAck, len(futures))
+	for i, f := range futures {
+		select {
+		case ack := <-f.Ok():
+			acks[i] = ack
+		case err := <-f.Err():
+			return nil, fmt.Errorf("publish to %s: %w", f.Msg().Subject, err)
+		case <-timeout.C:
+			return nil, fmt.Errorf("publish to %s: no ack within %s", f.Msg().Subject, natsbus.AckTimeout)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return acks, nil
 }
 
 // batch builds a push batch in the stage layout with the source's types.
@@ -565,10 +715,11 @@ func (d *Differ) batch(cols *onewayv1.Batch, ds []decision, pattern onewayv1.Cap
 }
 
 // pushID is the Msg-Id of a push batch: a digest of what was decided from
-// which state (key, action, both sides' versions). Deciding again from the
-// same state (a redelivered staged message after a crash) publishes a
-// duplicate, which the stream drops; any change on either side gives a new
-// id.
+// which state (key, action, both sides' versions, and which push of the
+// source version it is). Deciding again from the same state (a redelivered
+// staged message after a crash) publishes a duplicate, which the stream
+// drops; any change on either side gives a new id, and so does a push sent
+// again after its predecessor was not confirmed in time.
 func pushID(target string, ds []decision) string {
 	h := sha256.New()
 	var buf [8]byte
@@ -582,6 +733,8 @@ func pushID(target string, ds []decision) string {
 			tv = p.pair.Target.Version
 		}
 		binary.BigEndian.PutUint64(buf[:], uint64(tv))
+		h.Write(buf[:])
+		binary.BigEndian.PutUint64(buf[:], uint64(p.push))
 		h.Write(buf[:])
 	}
 	return "push:" + target + ":" + hex.EncodeToString(h.Sum(nil)[:16])

@@ -132,6 +132,44 @@ func (h *harness) stage(side stage.Side, recs ...stage.Record) []string {
 	return keys
 }
 
+// lastPushPosition is the stream position of the last change pushed to
+// target: the version its writer reports it applied at.
+func (h *harness) lastPushPosition(target string) int64 {
+	h.t.Helper()
+	ctx := context.Background()
+	st, err := h.bus.JS.Stream(ctx, bus.StreamName("inv"))
+	require.NoError(h.t, err)
+	m, err := st.GetLastMsgForSubject(ctx, bus.PushSubject("inv", target))
+	require.NoError(h.t, err)
+	b, err := event.Decode(m.Data)
+	require.NoError(h.t, err)
+	return event.Version(m.Sequence, len(b.GetChanges())-1)
+}
+
+// at stages r on side at version v.
+func (h *harness) at(side stage.Side, r stage.Record, v int64) []string {
+	h.t.Helper()
+	r.Version = v
+	return h.stage(side, r)
+}
+
+// report stages what target's writer reports for the last push (a
+// single-key batch): key id with amount ("-": deleted), at the push's
+// position.
+func (h *harness) report(target string, id int, amount string) []string {
+	h.t.Helper()
+	return h.at(stage.TargetSide(target), h.rec(id, amount), h.lastPushPosition(target))
+}
+
+// pushLog is the push log's entry of key on target.
+func (h *harness) pushLog(target, key string) stage.PushState {
+	h.t.Helper()
+	ps, err := h.store.Pushes(context.Background(), target, []string{key})
+	require.NoError(h.t, err)
+	require.Len(h.t, ps, 1)
+	return ps[0]
+}
+
 func (h *harness) staged(side stage.Side, keys []string, fullScan bool) {
 	h.t.Helper()
 	data, err := proto.Marshal(&onewayv1.Staged{SchemaVersion: 1, Pipeline: "inv", Side: string(side), Keys: keys, FullScan: fullScan})
@@ -279,8 +317,9 @@ func TestPushCapStopsALoop(t *testing.T) {
 	h.run()
 	h.waitPushes("pg", 1)
 	for i := 0; i < 5; i++ {
-		// The target rounds the amount: it never converges.
-		h.staged(stage.TargetSide("pg"), h.stage(stage.TargetSide("pg"), h.rec(1, "1.30")), false)
+		// The target rounds the amount: it never converges. The writer
+		// reports the rounded row at the last push's position.
+		h.staged(stage.TargetSide("pg"), h.report("pg", 1, "1.30"), false)
 		h.settle()
 	}
 	// The first push, an insert of a key the target never had, is not
@@ -387,4 +426,108 @@ func TestSameStateSamePushID(t *testing.T) {
 	h.waitScans(2)
 	h.settle()
 	require.Len(t, h.pushes("pg"), 2, "same decisions from the same state are duplicates")
+}
+
+// A push that the target side has not confirmed yet is neither pushed nor
+// counted again, whatever looks at the key meanwhile: a target row staged
+// before the push was applied, a restart's scan, a read-back that read
+// the row before the push was applied but was published after the
+// writer's report. The writer's report settles it.
+func TestInFlightPushIsNotCountedAgain(t *testing.T) {
+	h := start(t, target("pg", ""))
+	h.stage(stage.SourceSide, h.rec(1, "1.00"))
+	h.at(stage.TargetSide("pg"), h.rec(1, "0.50"), 1)
+	h.run()
+	h.waitScans(1)
+	h.settle()
+	got := h.pushes("pg")
+	require.Len(t, got, 1)
+	require.Equal(t, "1.00", got[0].amount)
+	pos := h.lastPushPosition("pg")
+	require.Equal(t, stage.PushState{Key: "1", Version: h.pushLog("pg", "1").Version, Count: 1, Position: pos},
+		func() stage.PushState {
+			p := h.pushLog("pg", "1")
+			p.FirstAt, p.LastAt = time.Time{}, time.Time{}
+			return p
+		}())
+
+	steps := []struct {
+		name    string
+		version int64
+		amount  string
+		restart bool
+	}{
+		{"a target row staged before the push was applied", pos - 1, "0.50", false},
+		{"a restart's scan", 0, "", true},
+		{"a read-back published after the writer's report, read before it", pos + 1, "0.50", false},
+	}
+	for _, st := range steps {
+		if st.restart {
+			h.stop()
+			h.run()
+			h.waitScans(2)
+		} else {
+			if st.version > pos {
+				h.report("pg", 1, "1.00") // as pushed: quiet
+			}
+			h.staged(stage.TargetSide("pg"), h.at(stage.TargetSide("pg"), h.rec(1, st.amount), st.version), false)
+		}
+		h.settle()
+		require.Len(t, h.pushes("pg"), 1, st.name)
+		require.Equal(t, 1, h.pushLog("pg", "1").Count, st.name)
+	}
+	// The read-back's next cycle reads the pushed row: converged.
+	h.staged(stage.TargetSide("pg"), h.at(stage.TargetSide("pg"), h.rec(1, "1.00"), pos+2), false)
+	h.staged(stage.SourceSide, nil, true)
+	h.waitScans(3)
+	h.settle()
+	require.Len(t, h.pushes("pg"), 1)
+	ps, err := h.store.Pushes(context.Background(), "pg", []string{"1"})
+	require.NoError(t, err)
+	require.Empty(t, ps, "the scan forgets the count of a key that converged")
+}
+
+// A push that the target never confirms is pushed again once the in-flight
+// timeout (the writer's ack_wait × (max_attempts + 1)) has passed, and
+// counted, so that a lost push ends in the cap rather than being waited
+// for forever.
+func TestLostPushIsSentAgainAfterTimeout(t *testing.T) {
+	h := start(t, target("pg", "    max_pushes_per_version: 2\n    writer: {ack_wait: 1s, max_attempts: 1}\n"))
+	require.Equal(t, 2*time.Second, InFlightTimeout(h.cfg.Targets[0]))
+	h.stage(stage.SourceSide, h.rec(1, "1.00"))
+	h.at(stage.TargetSide("pg"), h.rec(1, "0.50"), 1)
+	h.run()
+	h.waitScans(1)
+	require.Len(t, h.pushes("pg"), 1)
+	first := h.lastPushPosition("pg")
+	h.staged(stage.SourceSide, []string{"1"}, false)
+	h.settle()
+	require.Len(t, h.pushes("pg"), 1, "in flight: not pushed again at once")
+
+	// Looked at again (as a scan would) until the timeout has passed.
+	require.Eventually(t, func() bool {
+		h.staged(stage.SourceSide, []string{"1"}, false)
+		return len(h.pushes("pg")) >= 2
+	}, 20*time.Second, 200*time.Millisecond)
+	h.settle()
+	require.Len(t, h.pushes("pg"), 2)
+	p := h.pushLog("pg", "1")
+	require.Equal(t, 2, p.Count)
+	require.Greater(t, p.Position, first)
+	require.Equal(t, h.lastPushPosition("pg"), p.Position)
+
+	// Lost again: the third look after the timeout is over the cap, and the
+	// key is reported once.
+	require.Eventually(t, func() bool {
+		h.staged(stage.SourceSide, []string{"1"}, false)
+		return h.pushLog("pg", "1").Count == 3
+	}, 20*time.Second, 200*time.Millisecond)
+	h.settle()
+	require.Len(t, h.pushes("pg"), 2)
+	ctx := context.Background()
+	st, err := h.bus.JS.Stream(ctx, bus.StreamName("inv"))
+	require.NoError(t, err)
+	m, err := st.GetLastMsgForSubject(ctx, bus.DLQSubject("inv", "pg"))
+	require.NoError(t, err)
+	require.Contains(t, m.Header.Get(bus.HeaderError), "pushed 2 times and target pg still differs in amount")
 }

@@ -70,6 +70,13 @@ var migrations = []migration{
 			`COMMENT ON TABLE {s}.holds IS 'oneway stage: diffs held by the mass-delete breaker until approved (oneway approve)'`,
 		},
 	},
+	{
+		description: "push positions",
+		statements: []string{
+			`ALTER TABLE {s}.pushes ADD COLUMN position bigint NOT NULL DEFAULT 0`,
+			`COMMENT ON COLUMN {s}.pushes.position IS 'oneway stage: stream position (seq<<20 | index) of the last push of the key, the version its writer reports it applied at; 0 when unknown'`,
+		},
+	},
 }
 
 // migrate brings schema up to version upTo (creating it when missing) in

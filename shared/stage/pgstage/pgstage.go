@@ -118,9 +118,9 @@ func (s *Store) Close() error {
 
 // queries are the store's SQL, with the schema filled in.
 type queries struct {
-	scope, apply, versions, join, scan, count        string
-	recordPushes, stuck, clearPushes, clearAllPushes string
-	hold, approve, getHold, release, holds           string
+	scope, apply, versions, join, scan, count                string
+	recordPushes, stuck, pushes, clearPushes, clearAllPushes string
+	hold, approve, getHold, release, holds                   string
 }
 
 func newQueries(q string) queries {
@@ -156,18 +156,22 @@ UNION ALL
 		count: r.Replace(`
 SELECT count(*) FILTER (WHERE NOT deleted), count(*) FILTER (WHERE deleted) FROM {s}.records WHERE scope = $1`),
 		recordPushes: r.Replace(`
-INSERT INTO {s}.pushes AS p (scope, key, version, push_count, first_at, last_at)
-SELECT $1, u.key, u.version, 1, now(), now()
-FROM unnest($2::text[], $3::int8[]) WITH ORDINALITY AS u(key, version, ord)
+INSERT INTO {s}.pushes AS p (scope, key, version, push_count, first_at, last_at, position)
+SELECT $1, u.key, u.version, 1, now(), now(), u.position
+FROM unnest($2::text[], $3::int8[], $4::int8[]) WITH ORDINALITY AS u(key, version, position, ord)
 ORDER BY u.key
 ON CONFLICT (scope, key) DO UPDATE SET
   push_count = CASE WHEN p.version = excluded.version THEN p.push_count + 1 ELSE 1 END,
   first_at = CASE WHEN p.version = excluded.version THEN p.first_at ELSE excluded.first_at END,
+  position = CASE WHEN excluded.position > 0 THEN excluded.position
+                  WHEN p.version = excluded.version THEN p.position ELSE 0 END,
   version = excluded.version, last_at = excluded.last_at
 RETURNING p.key, p.push_count`),
 		stuck: r.Replace(`
-SELECT key, version, push_count, first_at, last_at FROM {s}.pushes
+SELECT ` + pushCols + ` FROM {s}.pushes
 WHERE scope = $1 AND push_count >= $2 AND key > $3 ORDER BY key LIMIT $4`),
+		pushes: r.Replace(`
+SELECT ` + pushCols + ` FROM {s}.pushes WHERE scope = $1 AND key = ANY($2::text[]) ORDER BY key`),
 		clearPushes:    r.Replace(`DELETE FROM {s}.pushes WHERE scope = $1 AND key = ANY($2::text[])`),
 		clearAllPushes: r.Replace(`DELETE FROM {s}.pushes WHERE scope = $1`),
 		hold: r.Replace(`
@@ -444,12 +448,12 @@ func (s *Store) RecordPushes(ctx context.Context, target string, pushes []stage.
 	if len(pushes) == 0 {
 		return []int{}, nil
 	}
-	keys, versions := make([]string, len(pushes)), make([]int64, len(pushes))
+	keys, versions, positions := make([]string, len(pushes)), make([]int64, len(pushes)), make([]int64, len(pushes))
 	for i, p := range pushes {
-		keys[i], versions[i] = p.Key, p.Version
+		keys[i], versions[i], positions[i] = p.Key, p.Version, p.Position
 	}
 	counts := make(map[string]int, len(pushes))
-	rows, err := s.pool.Query(ctx, s.q.recordPushes, scope, keys, versions)
+	rows, err := s.pool.Query(ctx, s.q.recordPushes, scope, keys, versions, positions)
 	if err != nil {
 		return nil, s.fail("record pushes", side, err)
 	}
@@ -481,13 +485,42 @@ func (s *Store) Stuck(ctx context.Context, target string, minCount int, after st
 	if err != nil {
 		return nil, s.fail("list stuck keys", side, err)
 	}
-	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (stage.PushState, error) {
-		var p stage.PushState
-		err := row.Scan(&p.Key, &p.Version, &p.Count, &p.FirstAt, &p.LastAt)
-		return p, err
-	})
+	out, err := pgx.CollectRows(rows, scanPushState)
 	if err != nil {
 		return nil, s.fail("list stuck keys", side, err)
+	}
+	return out, nil
+}
+
+// pushCols are the columns scanPushState reads.
+const pushCols = `key, version, push_count, position, first_at, last_at`
+
+func scanPushState(row pgx.CollectableRow) (stage.PushState, error) {
+	var p stage.PushState
+	err := row.Scan(&p.Key, &p.Version, &p.Count, &p.Position, &p.FirstAt, &p.LastAt)
+	return p, err
+}
+
+// Pushes implements stage.PushLog.
+func (s *Store) Pushes(ctx context.Context, target string, keys []string) ([]stage.PushState, error) {
+	scope, side, err := s.targetScope(ctx, target)
+	if err != nil {
+		return nil, err
+	}
+	keys = storekit.UniqueKeys(keys)
+	var out []stage.PushState
+	for len(keys) > 0 {
+		n := min(len(keys), joinChunk)
+		rows, err := s.pool.Query(ctx, s.q.pushes, scope, keys[:n])
+		if err != nil {
+			return nil, s.fail("read pushes", side, err)
+		}
+		page, err := pgx.CollectRows(rows, scanPushState)
+		if err != nil {
+			return nil, s.fail("read pushes", side, err)
+		}
+		out = append(out, page...)
+		keys = keys[n:]
 	}
 	return out, nil
 }

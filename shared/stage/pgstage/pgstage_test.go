@@ -113,6 +113,32 @@ func TestMigrations(t *testing.T) {
 		require.NoError(t, err, "tables of the later migration exist")
 	})
 
+	t.Run("a push log of version 2 keeps its counts, without positions", func(t *testing.T) {
+		schema := randomSchema()
+		cfg := Config{URL: dbURL, Schema: schema, Pipeline: "p"}
+		pool, err := pgconn.Open(ctx, dbURL, "pgstage test", 2)
+		require.NoError(t, err)
+		old, err := open(ctx, pool, cfg, 2)
+		require.NoError(t, err)
+		scope, _, err := old.targetScope(ctx, "t")
+		require.NoError(t, err)
+		_, err = pool.Exec(ctx, "INSERT INTO "+pgconn.Quote(schema)+".pushes (scope, key, version, push_count, first_at, last_at) VALUES ($1, 'a', 5, 2, now(), now())", scope)
+		require.NoError(t, err)
+		require.NoError(t, old.Close())
+
+		s, err := Open(ctx, cfg)
+		require.NoError(t, err)
+		defer s.Close()
+		ps, err := s.Pushes(ctx, "t", []string{"a"})
+		require.NoError(t, err)
+		require.Len(t, ps, 1)
+		assert.Equal(t, 2, ps[0].Count)
+		assert.Equal(t, int64(0), ps[0].Position)
+		n, err := s.RecordPushes(ctx, "t", []stage.Push{{Key: "a", Version: 5, Position: 9}})
+		require.NoError(t, err)
+		assert.Equal(t, []int{3}, n)
+	})
+
 	t.Run("a schema newer than this build is refused", func(t *testing.T) {
 		schema := randomSchema()
 		s, err := Open(ctx, Config{URL: dbURL, Schema: schema, Pipeline: "p"})

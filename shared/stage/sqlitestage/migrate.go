@@ -63,6 +63,14 @@ var migrations = []migration{
   approved_at INTEGER)`,
 		},
 	},
+	{
+		description: "push positions",
+		statements: []string{
+			// The stream position of the last push of the key (seq<<20 |
+			// index), which its writer reports it applied at; 0: unknown.
+			`ALTER TABLE pushes ADD COLUMN position INTEGER NOT NULL DEFAULT 0`,
+		},
+	},
 }
 
 // migrate brings the file up to version upTo in one write transaction

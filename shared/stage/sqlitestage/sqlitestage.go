@@ -637,10 +637,12 @@ func (s *Store) RecordPushes(ctx context.Context, target string, pushes []stage.
 	slices.SortFunc(order, func(a, b int) int { return cmp.Compare(pushes[a].Key, pushes[b].Key) })
 	err = s.write(ctx, func(tx *sql.Tx) error {
 		st, err := tx.PrepareContext(ctx, `
-INSERT INTO pushes (scope, key, version, push_count, first_at, last_at) VALUES (?, ?, ?, 1, ?, ?)
+INSERT INTO pushes (scope, key, version, push_count, first_at, last_at, position) VALUES (?, ?, ?, 1, ?, ?, ?)
 ON CONFLICT (scope, key) DO UPDATE SET
   push_count = CASE WHEN pushes.version = excluded.version THEN pushes.push_count + 1 ELSE 1 END,
   first_at = CASE WHEN pushes.version = excluded.version THEN pushes.first_at ELSE excluded.first_at END,
+  position = CASE WHEN excluded.position > 0 THEN excluded.position
+                  WHEN pushes.version = excluded.version THEN pushes.position ELSE 0 END,
   version = excluded.version, last_at = excluded.last_at
 RETURNING push_count`)
 		if err != nil {
@@ -649,7 +651,7 @@ RETURNING push_count`)
 		defer st.Close()
 		now := time.Now().UnixNano()
 		for _, i := range order {
-			if err := st.QueryRowContext(ctx, scope, pushes[i].Key, pushes[i].Version, now, now).Scan(&out[i]); err != nil {
+			if err := st.QueryRowContext(ctx, scope, pushes[i].Key, pushes[i].Version, now, now, pushes[i].Position).Scan(&out[i]); err != nil {
 				return fmt.Errorf("key %s: %w", pushes[i].Key, err)
 			}
 		}
@@ -671,24 +673,64 @@ func (s *Store) Stuck(ctx context.Context, target string, minCount int, after st
 		return nil, err
 	}
 	rows, err := s.r.QueryContext(ctx, `
-SELECT key, version, push_count, first_at, last_at FROM pushes
+SELECT `+pushCols+` FROM pushes
 WHERE scope = ? AND push_count >= ? AND key > ? ORDER BY key LIMIT ?`, scope, minCount, after, limit)
 	if err != nil {
 		return nil, s.fail("list stuck keys", side, err)
 	}
+	out, err := scanPushStates(rows, nil)
+	if err != nil {
+		return nil, s.fail("list stuck keys", side, err)
+	}
+	return out, nil
+}
+
+// pushCols are the columns scanPushStates reads.
+const pushCols = `key, version, push_count, position, first_at, last_at`
+
+// scanPushStates appends the push states of rows to out and closes rows.
+func scanPushStates(rows *sql.Rows, out []stage.PushState) ([]stage.PushState, error) {
 	defer rows.Close()
-	var out []stage.PushState
 	for rows.Next() {
 		var p stage.PushState
 		var first, last int64
-		if err := rows.Scan(&p.Key, &p.Version, &p.Count, &first, &last); err != nil {
-			return nil, s.fail("list stuck keys", side, err)
+		if err := rows.Scan(&p.Key, &p.Version, &p.Count, &p.Position, &first, &last); err != nil {
+			return nil, err
 		}
 		p.FirstAt, p.LastAt = time.Unix(0, first), time.Unix(0, last)
 		out = append(out, p)
 	}
-	if err := rows.Err(); err != nil {
-		return nil, s.fail("list stuck keys", side, err)
+	return out, rows.Err()
+}
+
+// pushesChunk bounds the keys of one Pushes query (SQLite's default
+// limit of bound parameters is 32766).
+const pushesChunk = 500
+
+// Pushes implements stage.PushLog.
+func (s *Store) Pushes(ctx context.Context, target string, keys []string) ([]stage.PushState, error) {
+	scope, side, err := s.targetScope(ctx, target)
+	if err != nil {
+		return nil, err
+	}
+	keys = storekit.UniqueKeys(keys)
+	var out []stage.PushState
+	for len(keys) > 0 {
+		n := min(len(keys), pushesChunk)
+		args := make([]any, 0, n+1)
+		args = append(args, scope)
+		for _, k := range keys[:n] {
+			args = append(args, k)
+		}
+		rows, err := s.r.QueryContext(ctx, `SELECT `+pushCols+` FROM pushes WHERE scope = ? AND key IN (?`+
+			strings.Repeat(", ?", n-1)+`) ORDER BY key`, args...)
+		if err != nil {
+			return nil, s.fail("read pushes", side, err)
+		}
+		if out, err = scanPushStates(rows, out); err != nil {
+			return nil, s.fail("read pushes", side, err)
+		}
+		keys = keys[n:]
 	}
 	return out, nil
 }

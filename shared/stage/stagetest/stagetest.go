@@ -39,6 +39,7 @@ func Run(t *testing.T, storage Storage) {
 	t.Run("Scan", func(t *testing.T) { testScan(t, storage) })
 	t.Run("Count", func(t *testing.T) { testCount(t, storage) })
 	t.Run("Pushes", func(t *testing.T) { testPushes(t, storage) })
+	t.Run("PushPositions", func(t *testing.T) { testPushPositions(t, storage) })
 	t.Run("Holds", func(t *testing.T) { testHolds(t, storage) })
 	t.Run("SurvivesReopen", func(t *testing.T) { testReopen(t, storage) })
 	t.Run("ConcurrentApplyKeepsHighestVersion", func(t *testing.T) { testConcurrentApply(t, storage) })
@@ -618,6 +619,86 @@ func testPushes(t *testing.T, storage Storage) {
 	assert.Equal(t, []string{"a"}, pushKeys(all), "clearing one target leaves the others")
 }
 
+// testPushPositions: the log keeps the position of the last published push
+// of a key's version, which Pushes returns with the count and when it was
+// last counted.
+func testPushPositions(t *testing.T, storage Storage) {
+	s := storage(t)(t, pipeline)
+	ctx := ctxOf(t)
+	at := func(key string, version, position int64) stage.Push {
+		return stage.Push{Key: key, Version: version, Position: position}
+	}
+	type entry struct {
+		Key               string
+		Version, Position int64
+		Count             int
+	}
+	read := func(target string, keys ...string) []entry {
+		t.Helper()
+		ps, err := s.Pushes(ctx, target, keys)
+		require.NoError(t, err)
+		out := []entry{}
+		for _, p := range ps {
+			assert.False(t, p.LastAt.IsZero(), "key %s has a last push time", p.Key)
+			assert.False(t, p.LastAt.Before(p.FirstAt), "key %s: last push not before the first", p.Key)
+			out = append(out, entry{p.Key, p.Version, p.Position, p.Count})
+		}
+		return out
+	}
+	steps := []struct {
+		name   string
+		pushes []stage.Push
+		want   []entry // Pushes of a, b, c after the step
+	}{
+		{"first pushes store their positions", []stage.Push{at("a", 1, 10<<20), at("b", 1, 10<<20|1)},
+			[]entry{{"a", 1, 10 << 20, 1}, {"b", 1, 10<<20 | 1, 1}}},
+		{"a push again moves the position", []stage.Push{at("a", 1, 12<<20)},
+			[]entry{{"a", 1, 12 << 20, 2}, {"b", 1, 10<<20 | 1, 1}}},
+		{"counted but not published keeps the position", []stage.Push{at("a", 1, 0)},
+			[]entry{{"a", 1, 12 << 20, 3}, {"b", 1, 10<<20 | 1, 1}}},
+		{"a new version not published has no position", []stage.Push{at("b", 2, 0), at("c", 5, 0)},
+			[]entry{{"a", 1, 12 << 20, 3}, {"b", 2, 0, 1}, {"c", 5, 0, 1}}},
+		{"a new version published", []stage.Push{at("b", 3, 14<<20)},
+			[]entry{{"a", 1, 12 << 20, 3}, {"b", 3, 14 << 20, 1}, {"c", 5, 0, 1}}},
+	}
+	for _, st := range steps {
+		_, err := s.RecordPushes(ctx, "crm", st.pushes)
+		require.NoError(t, err, st.name)
+		assert.Equal(t, st.want, read("crm", "c", "zz", "a", "b", "a"), "%s: any key order and repeats, unknown keys left out", st.name)
+	}
+	assert.Equal(t, []entry{{"b", 3, 14 << 20, 1}}, read("crm", "b"))
+	assert.Equal(t, []entry{}, read("crm"), "no keys")
+	assert.Equal(t, []entry{}, read("erp", "a", "b"), "targets apart")
+
+	stuck, err := s.Stuck(ctx, "crm", 3, "", 10)
+	require.NoError(t, err)
+	require.Len(t, stuck, 1)
+	assert.Equal(t, int64(12<<20), stuck[0].Position, "Stuck reports the position too")
+
+	_, err = s.RecordPushes(ctx, "crm", []stage.Push{at("d", 1, -1)})
+	assert.True(t, errs.IsPermanent(err), "a negative position: %v", err)
+	_, err = s.Pushes(ctx, "bad name!", []string{"a"})
+	assert.True(t, errs.IsPermanent(err), "an invalid target: %v", err)
+
+	// Many keys (more than one query's worth in any store).
+	many := make([]stage.Push, 0, 6000)
+	keys := make([]string, 0, 6000)
+	for i := range 6000 {
+		k := fmt.Sprintf("k%05d", i)
+		many = append(many, at(k, 1, int64(i+1)))
+		keys = append(keys, k)
+	}
+	_, err = s.RecordPushes(ctx, "erp", many)
+	require.NoError(t, err)
+	ps, err := s.Pushes(ctx, "erp", keys)
+	require.NoError(t, err)
+	require.Len(t, ps, 6000)
+	for i, p := range ps {
+		require.Equal(t, keys[i], p.Key, "key order")
+		require.Equal(t, int64(i+1), p.Position)
+	}
+}
+
 func push(key string, version int64) stage.Push { return stage.Push{Key: key, Version: version} }
 
 func nilToEmpty(s []int) []int {
@@ -843,6 +924,8 @@ func testClose(t *testing.T, storage Storage) {
 	_, err = s.Join(ctx, "crm", []string{"a"})
 	assert.ErrorIs(t, err, stage.ErrClosed)
 	_, err = s.Holds(ctx)
+	assert.ErrorIs(t, err, stage.ErrClosed)
+	_, err = s.Pushes(ctx, "crm", []string{"a"})
 	assert.ErrorIs(t, err, stage.ErrClosed)
 }
 

@@ -136,7 +136,7 @@ func Join(keys []string, src, tgt map[string]*stage.Record) []stage.Pair {
 }
 
 // CheckPushes validates the input of RecordPushes: keys present and
-// distinct, versions ≥ 0.
+// distinct, versions and positions ≥ 0.
 func CheckPushes(pushes []stage.Push) error {
 	seen := make(map[string]bool, len(pushes))
 	for i, p := range pushes {
@@ -145,6 +145,8 @@ func CheckPushes(pushes []stage.Push) error {
 			return errs.Permanentf("push %d has no key", i)
 		case p.Version < 0:
 			return errs.Permanentf("push %d of key %s has a negative version %d", i, p.Key, p.Version)
+		case p.Position < 0:
+			return errs.Permanentf("push %d of key %s has a negative position %d", i, p.Key, p.Position)
 		case seen[p.Key]:
 			return errs.Permanentf("push %d repeats key %s", i, p.Key)
 		}
