@@ -231,7 +231,7 @@ targets:
 
 	// verify cannot read a Kafka source back, and says so.
 	v := testenv.Run(t, time.Minute, "oneway", "verify", "--config", cfg)
-	if v.Code != 2 || !strings.Contains(v.Stderr, "needs a postgres source") {
+	if v.Code != 2 || !strings.Contains(v.Stderr, "a kafka source has no read-back") {
 		t.Fatalf("verify with a kafka source: exit %d\n%s", v.Code, v.Stderr)
 	}
 }

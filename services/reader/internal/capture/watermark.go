@@ -94,14 +94,30 @@ func (w *Watermark) Run(ctx context.Context, pos Position, _ *onewayv1.Batch, em
 		}
 		w.Log.Info("snapshot starting", "bound", pos.SnapshotBound)
 	}
+	var ov *overlap
 	if pos.Phase == PhaseSnapshot {
+		var seed *seeding
+		if w.CDC {
+			// The first poll reads again from the snapshot's bound minus
+			// the overlap: remember what the snapshot emitted there.
+			var from float64
+			if err := w.read(ctx, func(ctx context.Context) (err error) {
+				_, from, _, err = w.Source.Lower(ctx, pos.SnapshotBound, w.Overlap.Seconds())
+				return
+			}); err != nil {
+				return err
+			}
+			seed = &seeding{ov: newOverlap(), from: from}
+		}
 		var err error
-		if pos, err = w.snapshot(ctx, pos, emit); err != nil {
+		if pos, err = w.snapshot(ctx, pos, seed, emit); err != nil {
 			return err
 		}
+		if seed != nil {
+			ov = seed.ov
+		}
 	}
-	var ov *overlap
-	if w.CDC {
+	if w.CDC && ov == nil {
 		ov = newOverlap()
 		var data []byte
 		err := w.read(ctx, func(ctx context.Context) (err error) {
@@ -141,9 +157,21 @@ func (w *Watermark) Run(ctx context.Context, pos Position, _ *onewayv1.Batch, em
 	}
 }
 
+// seeding is the overlap state a watermark_cdc snapshot fills: the state
+// it emitted for each row whose watermark is at or after from (the start
+// of the first poll). A snapshot interrupted by a crash starts again at
+// its saved key and remembers only the rows it reads then, so the first
+// poll after it may emit the overlap zone's earlier rows once more.
+type seeding struct {
+	ov   *overlap
+	from float64
+}
+
 // snapshot reads the table in key order from pos and returns the position
-// of the watermark phase.
-func (w *Watermark) snapshot(ctx context.Context, pos Position, emit func(Page) error) (Position, error) {
+// of the watermark phase. With seed set, the state it emitted in the
+// overlap zone is stored with the last page, before the position of the
+// watermark phase is saved.
+func (w *Watermark) snapshot(ctx context.Context, pos Position, seed *seeding, emit func(Page) error) (Position, error) {
 	for {
 		var rows []source.Row
 		if err := w.read(ctx, func(ctx context.Context) (err error) {
@@ -156,12 +184,28 @@ func (w *Watermark) snapshot(ctx context.Context, pos Position, emit func(Page) 
 			next := pos
 			next.Phase, next.Watermark, next.SnapshotBound, next.SnapshotKey = PhaseWatermark, pos.SnapshotBound, "", nil
 			w.Log.Info("snapshot done; watermark phase starting", "watermark", next.Watermark)
-			return next, emit(Page{Next: next})
+			if seed == nil {
+				return next, emit(Page{Next: next})
+			}
+			data := seed.ov.marshal()
+			seed.ov.changed = false
+			lineage := pos.Lineage
+			commit := func(ctx context.Context) error { return w.Store.PutBytes(ctx, w.ObjectName, lineage, data) }
+			return next, emit(Page{Next: next, Commit: commit, Save: true})
 		}
 		now := nowNano()
 		changes := make([]*onewayv1.Change, len(rows))
 		for i, r := range rows {
 			changes[i] = w.change(r, now)
+			if seed != nil {
+				if epoch := w.Source.Epoch(r); epoch >= seed.from {
+					var h []byte
+					if changes[i].GetOp() != onewayv1.Op_OP_DELETE {
+						h = changes[i].GetHash()
+					}
+					seed.ov.row(w.Layout.packKey(w.Source.Owned(r)), h, epoch)
+				}
+			}
 		}
 		err := w.Layout.send(onewayv1.CapturePattern_CAPTURE_PATTERN_SNAPSHOT, changes, func(i int) Position {
 			p := pos

@@ -542,11 +542,10 @@ func (s *Source) extraCols(watermark bool) string {
 		}
 	}
 	if s.epochIdx >= 0 {
-		if watermark {
-			add(s.epochIdx, fmt.Sprintf("extract(epoch from %s)::float8", pgconn.Quote(s.cols[s.wmIdx].Name)))
-		} else {
-			add(s.epochIdx, "NULL::float8")
-		}
+		// Every table row carries its watermark's epoch, snapshot rows too:
+		// watermark_cdc remembers what its snapshot emitted in the overlap
+		// zone, so the first poll does not emit it again.
+		add(s.epochIdx, fmt.Sprintf("extract(epoch from %s)::float8", pgconn.Quote(s.cols[s.wmIdx].Name)))
 	}
 	if s.markIdx >= 0 {
 		if watermark {
