@@ -74,7 +74,7 @@ DEMO_TARGET_URL := $(PG_URL)/oneway_demo_target
 demo: build ## the built-in demo: oneway up with no config (SQLite SoR and target, data in ./data, Ctrl-C stops)
 	$(BIN)/oneway up
 
-demo-db: ## (re)create the example's databases oneway_demo_source/_target on $(PG_URL)
+demo-db: ## (re)create the example's databases oneway_demo_source/_target on $(PG_URL); resets ./data (the built-in demo's files too)
 	psql "$(PG_URL)/postgres" -q -v ON_ERROR_STOP=1 \
 	  -c 'DROP DATABASE IF EXISTS oneway_demo_source WITH (FORCE)' -c 'CREATE DATABASE oneway_demo_source' \
 	  -c 'DROP DATABASE IF EXISTS oneway_demo_target WITH (FORCE)' -c 'CREATE DATABASE oneway_demo_target'
