@@ -156,10 +156,25 @@ func (b *Bus) EnsureStream(ctx context.Context, s StreamSpec) (jetstream.Stream,
 		// of a pipeline ensures it at start, and an update racing the
 		// others' consumer creation is the server's least-trodden path
 		// (nats-server 2.15 reports a data race between the two).
-		if st, err = b.JS.Stream(ctx, cfg.Name); err == nil && sameStream(st.CachedInfo().Config, cfg) {
+		// Services starting together must not update a stream another one
+		// just created (CreateOrUpdateStream tries an update first): create
+		// it when it is missing, update it only when it differs.
+		st, err = b.JS.Stream(ctx, cfg.Name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			st, err = b.JS.CreateStream(ctx, cfg)
+			if !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+				return err
+			}
+			// Created meanwhile by another service, with other settings.
+			st, err = b.JS.Stream(ctx, cfg.Name)
+		}
+		if err != nil {
+			return err
+		}
+		if sameStream(st.CachedInfo().Config, cfg) {
 			return nil
 		}
-		st, err = b.JS.CreateOrUpdateStream(ctx, cfg)
+		st, err = b.JS.UpdateStream(ctx, cfg)
 		return err
 	})
 	if err != nil {
