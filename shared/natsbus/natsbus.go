@@ -206,6 +206,25 @@ type ConsumerSpec struct {
 	MaxAckPending int
 }
 
+// PipelineConsumer ensures, in this order, the pipeline's stream, the
+// state bucket and the durable consumer spec describes, and returns the
+// bucket and the consumer: what a staged-push service (stager, differ)
+// needs before it consumes. Idempotent, like the calls it makes.
+func (b *Bus) PipelineConsumer(ctx context.Context, cfg *config.Pipeline, spec ConsumerSpec) (jetstream.KeyValue, jetstream.Consumer, error) {
+	if _, err := b.EnsureStream(ctx, PipelineStream(cfg)); err != nil {
+		return nil, nil, err
+	}
+	kv, err := b.StateKV(ctx, cfg.NATS.Replicas)
+	if err != nil {
+		return nil, nil, err
+	}
+	cons, err := b.EnsureConsumer(ctx, spec)
+	if err != nil {
+		return nil, nil, err
+	}
+	return kv, cons, nil
+}
+
 // EnsureConsumer creates or updates a durable pull consumer with explicit
 // acks and unlimited deliveries (the consume loop dead-letters by its own
 // count, so the server never silently gives up on a message).

@@ -178,18 +178,11 @@ func ConsumerSpec(cfg *config.Pipeline) natsbus.ConsumerSpec {
 // Run consumes staged keys, scans on schedule and watches approvals until
 // ctx ends.
 func (d *Differ) Run(ctx context.Context) error {
-	if _, err := d.bus.EnsureStream(ctx, natsbus.PipelineStream(d.cfg)); err != nil {
-		return err
-	}
-	kv, err := d.bus.StateKV(ctx, d.cfg.NATS.Replicas)
+	kv, cons, err := d.bus.PipelineConsumer(ctx, d.cfg, ConsumerSpec(d.cfg))
 	if err != nil {
 		return err
 	}
 	d.kv = kv
-	cons, err := d.bus.EnsureConsumer(ctx, ConsumerSpec(d.cfg))
-	if err != nil {
-		return err
-	}
 	if d.OnReady != nil {
 		d.OnReady()
 	}

@@ -109,18 +109,11 @@ func ConsumerSpec(cfg *config.Pipeline) natsbus.ConsumerSpec {
 
 // Run consumes until ctx ends, then finishes in-flight groups and returns.
 func (s *Stager) Run(ctx context.Context) error {
-	if _, err := s.bus.EnsureStream(ctx, natsbus.PipelineStream(s.cfg)); err != nil {
-		return err
-	}
-	kv, err := s.bus.StateKV(ctx, s.cfg.NATS.Replicas)
+	kv, cons, err := s.bus.PipelineConsumer(ctx, s.cfg, ConsumerSpec(s.cfg))
 	if err != nil {
 		return err
 	}
 	s.kv = kv
-	cons, err := s.bus.EnsureConsumer(ctx, ConsumerSpec(s.cfg))
-	if err != nil {
-		return err
-	}
 	if s.OnReady != nil {
 		s.OnReady()
 	}
