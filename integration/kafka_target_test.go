@@ -81,45 +81,24 @@ func TestKafkaTarget(t *testing.T) {
 	writer.Stop(t, 30*time.Second)
 
 	// Read the whole topic; the last record of each key is its newest state.
-	var total int64
-	offsets := map[int32]kgo.Offset{}
-	for _, p := range cluster.PartitionInfos(topic) {
-		offsets[p.Partition] = kgo.NewOffset().AtStart()
-		total += p.HighWatermark - p.LogStartOffset
-	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(cluster.ListenAddrs()...), kgo.FetchMaxWait(100*time.Millisecond),
-		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: offsets}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	rctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
 	last := map[string]envelope{}
 	partitionOf := map[string]int32{}
-	for read := int64(0); read < total; {
-		fs := cl.PollFetches(rctx)
-		if rctx.Err() != nil {
-			t.Fatalf("read topic: %v after %d of %d records", rctx.Err(), read, total)
+	for _, r := range readTopic(t, cluster, topic) {
+		var e envelope
+		if err := json.Unmarshal(r.Value, &e); err != nil {
+			t.Fatalf("record %s: %v", r.Key, err)
 		}
-		fs.EachRecord(func(r *kgo.Record) {
-			read++
-			var e envelope
-			if err := json.Unmarshal(r.Value, &e); err != nil {
-				t.Fatalf("record %s: %v", r.Key, err)
-			}
-			if string(r.Key) != e.Key {
-				t.Fatalf("record key %q, envelope key %q", r.Key, e.Key)
-			}
-			if p, ok := partitionOf[e.Key]; ok && p != r.Partition {
-				t.Fatalf("key %s on partitions %d and %d: per-key order is lost", e.Key, p, r.Partition)
-			}
-			partitionOf[e.Key] = r.Partition
-			if prev, ok := last[e.Key]; ok && prev.Version >= e.Version {
-				t.Fatalf("key %s: version %d after %d", e.Key, e.Version, prev.Version)
-			}
-			last[e.Key] = e
-		})
+		if string(r.Key) != e.Key {
+			t.Fatalf("record key %q, envelope key %q", r.Key, e.Key)
+		}
+		if p, ok := partitionOf[e.Key]; ok && p != r.Partition {
+			t.Fatalf("key %s on partitions %d and %d: per-key order is lost", e.Key, p, r.Partition)
+		}
+		partitionOf[e.Key] = r.Partition
+		if prev, ok := last[e.Key]; ok && prev.Version >= e.Version {
+			t.Fatalf("key %s: version %d after %d", e.Key, e.Version, prev.Version)
+		}
+		last[e.Key] = e
 	}
 	if len(last) != 1000 {
 		t.Fatalf("%d keys in the topic, want 1000", len(last))
@@ -137,4 +116,33 @@ func TestKafkaTarget(t *testing.T) {
 	if out := mustVerify(t, cfg, 0).Stdout; !strings.Contains(out, "target topic (topic invoices): OK  source_rows=1000 target_rows=1000") {
 		t.Fatalf("verify does not compare the topic:\n%s", out)
 	}
+}
+
+// readTopic reads every record of a kfake topic, partition by partition in
+// offset order.
+func readTopic(t *testing.T, cluster *kfake.Cluster, topic string) []*kgo.Record {
+	t.Helper()
+	var total int64
+	offsets := map[int32]kgo.Offset{}
+	for _, p := range cluster.PartitionInfos(topic) {
+		offsets[p.Partition] = kgo.NewOffset().AtStart()
+		total += p.HighWatermark - p.LogStartOffset
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(cluster.ListenAddrs()...), kgo.FetchMaxWait(100*time.Millisecond),
+		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: offsets}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var records []*kgo.Record
+	for int64(len(records)) < total {
+		fs := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatalf("read topic %s: %v after %d of %d records", topic, ctx.Err(), len(records), total)
+		}
+		fs.EachRecord(func(r *kgo.Record) { records = append(records, r) })
+	}
+	return records
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -142,6 +143,15 @@ type poisonCase struct {
 	bad   string // SQL making key 1234 a record the target rejects
 	cause string // in the dead letter's cause (lower case)
 	count func(t *testing.T) int64
+	// explain, when set, says which records a wrong count is about.
+	explain func(t *testing.T) string
+}
+
+func (pc poisonCase) why(t *testing.T) string {
+	if pc.explain == nil {
+		return ""
+	}
+	return pc.explain(t)
 }
 
 // A poison record per target kind: rejected for good by the target, it
@@ -238,6 +248,23 @@ func TestPoisonRecordPerKind(t *testing.T) {
 				}
 				return n
 			},
+			explain: func(t *testing.T) string {
+				perKey := map[string]int{}
+				for _, r := range readTopic(t, kafkaCluster, "invoices") {
+					perKey[string(r.Key)]++
+				}
+				var missing, twice []string
+				for id := 1; id <= 2000; id++ {
+					switch k := strconv.Itoa(id); perKey[k] {
+					case 0:
+						missing = append(missing, k)
+					case 1:
+					default:
+						twice = append(twice, k)
+					}
+				}
+				return fmt.Sprintf(" (keys missing: %v; keys held more than once: %v)", missing, twice)
+			},
 		},
 	} {
 		t.Run(pc.target, func(t *testing.T) {
@@ -255,7 +282,7 @@ func TestPoisonRecordPerKind(t *testing.T) {
 				t.Fatalf("the PostgreSQL target was held back: %v", err)
 			}
 			if n := pc.count(t); n != 1999 {
-				t.Fatalf("target %s holds %d records, want the 1999 others", pc.target, n)
+				t.Fatalf("target %s holds %d records, want the 1999 others%s", pc.target, n, pc.why(t))
 			}
 			var letters []string
 			for _, line := range strings.Split(mustDLQ(t, cfg, data, "list"), "\n") {
@@ -284,7 +311,7 @@ func TestPoisonRecordPerKind(t *testing.T) {
 			}
 			mustVerify(t, cfg, 0)
 			if n := pc.count(t); n != 2000 {
-				t.Fatalf("target %s holds %d records after the retry, want 2000", pc.target, n)
+				t.Fatalf("target %s holds %d records after the retry, want 2000%s", pc.target, n, pc.why(t))
 			}
 			if out := mustDLQ(t, cfg, data, "list"); !strings.Contains(out, "no dead letters") {
 				t.Fatalf("dead letters left after the retry:\n%s", out)

@@ -89,9 +89,15 @@ type Spec struct {
 
 // Target produces batches to one topic. Safe for concurrent use.
 type Target struct {
-	spec      Spec
-	log       *slog.Logger
-	w         *kafka.Writer
+	spec Spec
+	log  *slog.Logger
+	w    *kafka.Writer
+	// one sends records one per produce request, to isolate a rejected
+	// one: on w, a record sent alone may still share its partition's
+	// produce request with records of a concurrent Apply, and a request
+	// is accepted or rejected whole, so one poison record would reject
+	// the others with it.
+	one       *kafka.Writer
 	transport *kafka.Transport // ours, closed by Close
 	ledger    *sideledger.Ledger
 	bound     time.Duration // longest a write can stay in flight
@@ -142,36 +148,39 @@ func Open(ctx context.Context, spec Spec, log *slog.Logger) (*Target, error) {
 		tr = &kafka.Transport{DialTimeout: spec.Timeout, ClientID: "oneway-writer-" + spec.Pipeline + "-" + spec.Target}
 		t.transport = tr
 	}
-	t.w = &kafka.Writer{
-		Addr:  kafka.TCP(spec.Brokers...),
-		Topic: spec.Topic,
-		// One key, one partition: per-key order.
-		Balancer: &kafka.Hash{},
-		// kafka-go defaults to acks=0 (fire and forget).
-		RequiredAcks:           kafka.RequireAll,
-		AllowAutoTopicCreation: spec.AllowAutoTopicCreation,
-		MaxAttempts:            spec.MaxAttempts,
-		WriteBackoffMin:        backoffMin,
-		WriteBackoffMax:        backoffMax,
-		// An Apply waits for its records: send a partition's records at
-		// once rather than waiting up to a second to fill a batch.
-		BatchSize:    10000,
-		BatchBytes:   spec.BatchBytes,
-		BatchTimeout: time.Millisecond,
-		ReadTimeout:  spec.Timeout,
-		WriteTimeout: spec.Timeout,
-		Transport:    tr,
-		ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
-			log.Debug("kafka target: "+fmt.Sprintf(msg, args...), "target", spec.Target)
-		}),
+	newWriter := func(batchSize int) *kafka.Writer {
+		return &kafka.Writer{
+			Addr:  kafka.TCP(spec.Brokers...),
+			Topic: spec.Topic,
+			// One key, one partition: per-key order.
+			Balancer: &kafka.Hash{},
+			// kafka-go defaults to acks=0 (fire and forget).
+			RequiredAcks:           kafka.RequireAll,
+			AllowAutoTopicCreation: spec.AllowAutoTopicCreation,
+			MaxAttempts:            spec.MaxAttempts,
+			WriteBackoffMin:        backoffMin,
+			WriteBackoffMax:        backoffMax,
+			// An Apply waits for its records: send a partition's records at
+			// once rather than waiting up to a second to fill a batch.
+			BatchSize:    batchSize,
+			BatchBytes:   spec.BatchBytes,
+			BatchTimeout: time.Millisecond,
+			ReadTimeout:  spec.Timeout,
+			WriteTimeout: spec.Timeout,
+			Transport:    tr,
+			ErrorLogger: kafka.LoggerFunc(func(msg string, args ...any) {
+				log.Debug("kafka target: "+fmt.Sprintf(msg, args...), "target", spec.Target)
+			}),
+		}
 	}
+	t.w, t.one = newWriter(10000), newWriter(1)
 	t.bound = time.Duration(spec.MaxAttempts)*(2*spec.Timeout+backoffMax) + 2*spec.Timeout
 	return t, nil
 }
 
 // Close flushes and closes the producer.
 func (t *Target) Close() error {
-	err := t.w.Close()
+	err := errors.Join(t.w.Close(), t.one.Close())
 	if t.transport != nil {
 		t.transport.CloseIdleConnections()
 	}
@@ -217,7 +226,7 @@ func (t *Target) send(ctx context.Context, b sideledger.Batch) ([]sideledger.Out
 		idx = append(idx, i)
 	}
 	for len(msgs) > 0 {
-		err := t.write(ctx, b, msgs...)
+		err := t.write(ctx, b, t.w, msgs...)
 		if err == nil {
 			return outs, nil
 		}
@@ -257,7 +266,7 @@ func (t *Target) send(ctx context.Context, b sideledger.Batch) ([]sideledger.Out
 			if e == nil {
 				continue
 			}
-			if err := t.write(ctx, b, msgs[i]); err != nil {
+			if err := t.write(ctx, b, t.one, msgs[i]); err != nil {
 				if ctx.Err() != nil {
 					return nil, ctx.Err()
 				}
@@ -276,15 +285,15 @@ func (t *Target) send(ctx context.Context, b sideledger.Batch) ([]sideledger.Out
 	return outs, nil
 }
 
-// write produces msgs and waits for their acks. When ctx ends first it
-// returns at once but keeps the batch's keys locked until the records in
-// flight are acked or have failed (kafka-go goes on sending them).
-func (t *Target) write(ctx context.Context, b sideledger.Batch, msgs ...kafka.Message) error {
+// write produces msgs on w and waits for their acks. When ctx ends first
+// it returns at once but keeps the batch's keys locked until the records
+// in flight are acked or have failed (kafka-go goes on sending them).
+func (t *Target) write(ctx context.Context, b sideledger.Batch, w *kafka.Writer, msgs ...kafka.Message) error {
 	done := make(chan error, 1)
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), t.bound)
 	go func() {
 		defer cancel()
-		done <- t.w.WriteMessages(wctx, msgs...)
+		done <- w.WriteMessages(wctx, msgs...)
 	}()
 	select {
 	case err := <-done:

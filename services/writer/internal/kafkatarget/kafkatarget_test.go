@@ -251,6 +251,55 @@ func TestRejections(t *testing.T) {
 	})
 }
 
+// TestPoisonAmongConcurrentApplies: records of concurrent Applies may
+// share a partition's produce request, which the broker accepts or
+// rejects whole. A record rejected for good must reject no record of
+// another Apply: each Apply sends a poison record (over the topic's
+// max.message.bytes) alongside innocent ones, rounds after rounds, and only
+// the poison records fail.
+func TestPoisonAmongConcurrentApplies(t *testing.T) {
+	_, pool := lt.NewLedger(t)
+	s := newSink(t, "concurrent").(*kafkaSink)
+	s.topic = "one-partition"
+	if err := s.c.CreateTopic(s.topic, 1, map[string]string{"max.message.bytes": "3000"}); err != nil {
+		t.Fatalf("create topic: %v", err)
+	}
+	w := s.Open(t, pool)
+	big := strings.Repeat("x", 4000)
+	const workers, rounds = 4, 25
+	errc := make(chan error, workers)
+	for g := range workers {
+		go func() {
+			for r := range rounds {
+				k := func(i int) string { return fmt.Sprintf("%d-%d-%d", g, r, i) }
+				item := lt.Item(uint64(1+r), lt.Up(k(0), big), lt.Up(k(1), "a"), lt.Up(k(2), "b"))
+				res, err := w.Apply(lt.Ctx(t), []target.Item{item})
+				if err != nil {
+					errc <- fmt.Errorf("worker %d round %d: %w", g, r, err)
+					return
+				}
+				if len(res.Failed) != 1 || res.Failed[0].Key != k(0) {
+					var keys []string
+					for _, f := range res.Failed {
+						keys = append(keys, f.Key+": "+f.Err.Error())
+					}
+					errc <- fmt.Errorf("worker %d round %d: rejected %v, want only %s", g, r, keys, k(0))
+					return
+				}
+			}
+			errc <- nil
+		}()
+	}
+	for range workers {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(s.records(t)); n != workers*rounds*2 {
+		t.Fatalf("topic holds %d records, want %d", n, workers*rounds*2)
+	}
+}
+
 // TestCancel: Apply returns at once when ctx ends, and the
 // ledger keeps the keys locked until the records in flight settle.
 func TestCancel(t *testing.T) {
