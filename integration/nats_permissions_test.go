@@ -145,11 +145,12 @@ func TestNATSPermissions(t *testing.T) {
 		src.Exec(t, testenv.InvoicesDDL)
 		testenv.SeedInvoices(t, src, 1, 3000)
 		dst := testenv.Connect(t, pgtest.NewDatabase(t))
-		var cfg string
+		var cfg, stageURL string
 		services := []string{"reader", "writer"}
 		if staged {
 			dst.Exec(t, testenv.InvoicesDDL)
-			cfg = stagedConfig(t, natsURL, src.URL, pgtest.NewDatabase(t), "2s", stagedTarget("pg", dst.URL, "500ms", "    recreate_deleted: true\n"))
+			stageURL = pgtest.NewDatabase(t)
+			cfg = stagedConfig(t, natsURL, src.URL, stageURL, "2s", stagedTarget("pg", dst.URL, "500ms", "    recreate_deleted: true\n"))
 			services = []string{"reader", "stager", "differ", "writer"}
 		} else {
 			// The synthetic pattern keeps its hash lists in the object
@@ -195,11 +196,12 @@ func TestNATSPermissions(t *testing.T) {
 			// (Not a key just updated above: the differ waits out a push it
 			// may still see in flight before it pushes that version again;
 			// see the differ's package doc, "Pushes in flight".)
+			stage := testenv.Connect(t, stageURL)
 			dst.Exec(t, `DELETE FROM public.invoices WHERE id = 43`)
 			testenv.WaitFor(t, 2*time.Minute, func() error {
 				violations.check(t)
 				if n := dst.Int(t, `SELECT count(*) FROM public.invoices WHERE id = 43`); n != 1 {
-					return fmt.Errorf("invoice 43 not recreated yet")
+					return fmt.Errorf("invoice 43 not recreated yet; the stage holds %s", stageState(stage, "43"))
 				}
 				return nil
 			})

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -455,4 +456,23 @@ func TestStagedServicesKilled(t *testing.T) {
 	if len(letters) != 0 {
 		t.Fatalf("dead letters: %+v", letters)
 	}
+}
+
+// stageState describes what a PostgreSQL stage (schema oneway_stage) holds
+// of key: each side's record and the push log, for a failure message.
+func stageState(db *testenv.DB, key string) string {
+	rows, err := db.Conn.Query(context.Background(), `
+SELECT 'record ' || s.side || ' version=' || r.version || ' changed=' || r.changed_version || ' deleted=' || r.deleted || ' at=' || r.staged_at
+  FROM oneway_stage.records r JOIN oneway_stage.scopes s ON s.id = r.scope WHERE r.key = $1
+UNION ALL
+SELECT 'push ' || s.side || ' ' || row_to_json(p)::text
+  FROM oneway_stage.pushes p JOIN oneway_stage.scopes s ON s.id = p.scope WHERE p.key = $1`, key)
+	if err != nil {
+		return fmt.Sprintf("(stage not readable: %v)", err)
+	}
+	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Sprintf("(stage not readable: %v)", err)
+	}
+	return "[" + strings.Join(lines, "; ") + "]"
 }

@@ -140,6 +140,10 @@ type targetState struct {
 
 	sizeAt time.Time
 	size   int64
+
+	// tally, when set (by a scan, under mu), adds up what act decided and
+	// pushed, for the scan's log line.
+	tally map[string]int
 }
 
 // New returns a differ for cfg (which must be in staged mode) on store.
@@ -392,6 +396,9 @@ func (d *Differ) act(ctx context.Context, ts *targetState, pairs []stage.Pair, m
 		if err != nil {
 			return nil, err
 		}
+		if ts.tally != nil {
+			ts.tally["pushed"] += len(pushes)
+		}
 		if len(logged) == 0 && acks != nil {
 			// Nothing counted waits for its position: the caller waits
 			// for the acks of the whole group at once.
@@ -409,6 +416,11 @@ func (d *Differ) act(ctx context.Context, ts *targetState, pairs []stage.Pair, m
 	if m := d.metrics; m != nil {
 		for a, n := range counts {
 			m.DifferDecisions.WithLabelValues(d.cfg.Pipeline, t, a).Add(float64(n))
+		}
+	}
+	if ts.tally != nil {
+		for a, n := range counts {
+			ts.tally[a] += n
 		}
 	}
 	return deferred, nil
@@ -1016,10 +1028,13 @@ func (d *Differ) scanTarget(ctx context.Context, ts *targetState) error {
 	// Pages' pushes are acked in bulks of scanAcks (bounded memory: a
 	// future holds its message).
 	var acks []jetstream.PubAckFuture
+	tally := map[string]int{}
 	for {
 		done, err := func() (bool, error) {
 			ts.mu.Lock()
 			defer ts.mu.Unlock()
+			ts.tally = tally
+			defer func() { ts.tally = nil }()
 			var pairs []stage.Pair
 			err := d.retry(ctx, "scan", func(ctx context.Context) error {
 				var err error
@@ -1063,7 +1078,10 @@ func (d *Differ) scanTarget(ctx context.Context, ts *targetState) error {
 		return fmt.Errorf("push to target %s: %w", t, err)
 	}
 	acks = acks[:0]
-	d.log.Info("scan done", "target", t, "keys", keys, "pending_deletes", deletes, "seconds", time.Since(start).Seconds())
+	d.log.Info("scan done", "target", t, "keys", keys, "pending_deletes", deletes, "seconds", time.Since(start).Seconds(),
+		"pushed", tally["pushed"], "inserts", tally[diff.Insert.String()], "updates", tally[diff.Update.String()],
+		"deletes", tally[diff.Delete.String()]+tally[diff.OrphanDelete.String()], "in_flight", tally["in_flight"],
+		"stuck", tally["stuck"], "held", tally["held"], "kept_deleted", tally[diff.KeptDeleted.String()])
 	if err := d.clearConverged(ctx, ts); err != nil {
 		return err
 	}

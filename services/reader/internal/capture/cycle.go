@@ -143,7 +143,11 @@ func (c *Cycle) Run(ctx context.Context, pos Position, last *onewayv1.Batch, emi
 		if err := emit(Page{Next: nextPos, Commit: commit, Save: true, CaughtUp: true}); err != nil {
 			return err
 		}
-		c.Log.Debug("cycle done", "cycle", cycle, "rows", c.lastRows, "changes", c.lastChanges)
+		if c.lastChanges > 0 {
+			c.Log.Info("cycle done", "cycle", cycle, "rows", c.lastRows, "changes", c.lastChanges)
+		} else {
+			c.Log.Debug("cycle done", "cycle", cycle, "rows", c.lastRows, "changes", c.lastChanges)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
