@@ -30,13 +30,18 @@ const chinookTables = 11
 // Every Chinook column type takes part: integer, varchar, numeric(10,2),
 // timestamp (PostgreSQL); INT, NVARCHAR, NUMERIC(10,2), DATETIME (MariaDB).
 func TestChinookExamples(t *testing.T) {
+	const tamperPG = `UPDATE public.invoice_line SET quantity = quantity + 100 WHERE invoice_line_id = (SELECT min(invoice_line_id) FROM public.invoice_line)`
 	tests := []struct {
 		name, file string
 		mysql      bool
+		// tamper changes one row of one target table by hand, which
+		// verify must report (in the pipeline of table).
+		tamper, table string
 	}{
-		{name: "cdc", file: "chinook.yaml"},
-		{name: "synthetic", file: "chinook-synthetic.yaml"},
-		{name: "mysql", file: "chinook-mysql.yaml", mysql: true},
+		{name: "cdc", file: "chinook.yaml", tamper: tamperPG, table: "invoice_line"},
+		{name: "synthetic", file: "chinook-synthetic.yaml", tamper: tamperPG, table: "invoice_line"},
+		{name: "mysql", file: "chinook-mysql.yaml", mysql: true, table: "invoiceline",
+			tamper: `UPDATE public."InvoiceLine" SET "Quantity" = "Quantity" + 100 WHERE "InvoiceLineId" = (SELECT min("InvoiceLineId") FROM public."InvoiceLine")`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -86,6 +91,16 @@ func TestChinookExamples(t *testing.T) {
 				t.Fatalf("verify after the mutations checked %d tables, want %d:\n%s", n, chinookTables, r.Stdout)
 			}
 			t.Logf("second sync and verify: %s", time.Since(start).Round(time.Millisecond))
+
+			// One table differs: verify says which, and exits 1.
+			pgtest.Exec(t, dstURL, tt.tamper)
+			r = mustVerify(t, cfg, 1)
+			if n := strings.Count(r.Stdout, ": OK "); n != chinookTables-1 {
+				t.Fatalf("verify found %d tables equal, want %d:\n%s", n, chinookTables-1, r.Stdout)
+			}
+			if !strings.Contains(r.Stderr, "_"+tt.table) || !strings.Contains(r.Stdout, "different=1") {
+				t.Fatalf("verify does not name the pipeline of %s:\nstdout:\n%s\nstderr:\n%s", tt.table, r.Stdout, r.Stderr)
+			}
 		})
 	}
 }
