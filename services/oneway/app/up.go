@@ -130,7 +130,8 @@ func runUpAll(parent context.Context, cfgs []*config.Pipeline, o upOptions, log 
 	}
 	// The status page shows each target's last warning or error.
 	errLog := status.NewErrorLog()
-	base := slog.New(errLog.Wrap(log.Handler()))
+	plain := log.Handler()
+	base := slog.New(errLog.Wrap(plain))
 	log = base.With("pipeline", name)
 
 	natsURL, auth := first.NATS.URL.Value(), natsbus.AuthOptions(first.NATS)
@@ -189,8 +190,14 @@ func runUpAll(parent context.Context, cfgs []*config.Pipeline, o upOptions, log 
 		}
 	}
 	for i, cfg := range cfgs {
-		plog := base.With("pipeline", cfg.Pipeline)
-		collector := status.NewCollector(b, cfg, metrics, errLog)
+		// Each pipeline's status shows its own targets' last errors (the
+		// pipelines of one file share target names).
+		perr, plog := errLog, base.With("pipeline", cfg.Pipeline)
+		if len(cfgs) > 1 {
+			perr = status.NewErrorLog()
+			plog = slog.New(perr.Wrap(plain)).With("pipeline", cfg.Pipeline)
+		}
+		collector := status.NewCollector(b, cfg, metrics, perr)
 		if srv != nil {
 			switch {
 			case len(cfgs) == 1:
