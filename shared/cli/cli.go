@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime/debug"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -91,6 +92,9 @@ type Flags struct {
 	ConfigPath string
 	LogFormat  string
 	LogLevel   string
+	// Pipeline picks one pipeline of a file listing several tables
+	// (source.tables): the name of that table's pipeline. Empty: all.
+	Pipeline string
 }
 
 // Bind adds --config, --log-format and --log-level to cmd. Defaults come from
@@ -99,19 +103,45 @@ func (f *Flags) Bind(cmd *cobra.Command) {
 	cmd.Flags().StringVarP(&f.ConfigPath, "config", "c", os.Getenv("ONEWAY_CONFIG"), "pipeline config file (env ONEWAY_CONFIG)")
 	cmd.Flags().StringVar(&f.LogFormat, "log-format", envOr("ONEWAY_LOG_FORMAT", "auto"), "log format: auto, text or json (env ONEWAY_LOG_FORMAT)")
 	cmd.Flags().StringVar(&f.LogLevel, "log-level", envOr("ONEWAY_LOG_LEVEL", "info"), "log level: debug, info, warn, error (env ONEWAY_LOG_LEVEL)")
+	cmd.Flags().StringVar(&f.Pipeline, "pipeline", os.Getenv("ONEWAY_PIPELINE"), "with a config of several tables (source.tables): only this table's pipeline, <pipeline>_<table> (env ONEWAY_PIPELINE)")
 }
 
-// Load reads the pipeline config; every problem is an exit-2 error naming
-// the file, line and field.
+// Load reads the config of one pipeline: a file of one table, or the
+// pipeline --pipeline names in a file of several. Every problem is an
+// exit-2 error naming the file, line and field.
 func (f *Flags) Load() (*config.Pipeline, error) {
+	ps, err := f.LoadAll()
+	if err != nil {
+		return nil, err
+	}
+	if len(ps) != 1 {
+		return nil, Exit(ExitUsage, fmt.Errorf("%s lists %d tables, so it describes %d pipelines (%s), and this command acts on one: pass --pipeline NAME",
+			f.ConfigPath, len(ps), len(ps), strings.Join(config.Names(ps), ", ")))
+	}
+	return ps[0], nil
+}
+
+// LoadAll reads the config's pipelines: one for a file of one table, one
+// per table for a file listing several (source.tables), or only the one
+// --pipeline names. Every problem is an exit-2 error naming the file, line
+// and field.
+func (f *Flags) LoadAll() ([]*config.Pipeline, error) {
 	if f.ConfigPath == "" {
 		return nil, Exit(ExitUsage, errors.New("no config file: pass --config FILE or set ONEWAY_CONFIG"))
 	}
-	cfg, err := config.Load(f.ConfigPath)
+	ps, err := config.LoadAll(f.ConfigPath)
 	if err != nil {
 		return nil, Exit(ExitUsage, fmt.Errorf("invalid config:\n%w", err))
 	}
-	return cfg, nil
+	if f.Pipeline == "" {
+		return ps, nil
+	}
+	for _, p := range ps {
+		if p.Pipeline == f.Pipeline {
+			return []*config.Pipeline{p}, nil
+		}
+	}
+	return nil, Exit(ExitUsage, fmt.Errorf("%s has no pipeline %q (it has %s)", f.ConfigPath, f.Pipeline, strings.Join(config.Names(ps), ", ")))
 }
 
 // Logger builds the service's logger from the flags.
@@ -139,11 +169,13 @@ func ConfigCommand() *cobra.Command {
 		Short: "Check a pipeline config; exit 2 naming file, line and field when it is wrong",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := vf.Load()
+			ps, err := vf.LoadAll()
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s: pipeline %q is valid (%d target(s))\n", cfg.File, cfg.Pipeline, len(cfg.Targets))
+			for _, cfg := range ps {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: pipeline %q is valid (%d target(s))\n", cfg.File, cfg.Pipeline, len(cfg.Targets))
+			}
 			return nil
 		},
 	}
@@ -154,11 +186,19 @@ func ConfigCommand() *cobra.Command {
 		Short: "Print the effective config (defaults applied, secrets redacted)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := pf.Load()
+			ps, err := pf.LoadAll()
 			if err != nil {
 				return err
 			}
-			return cfg.Print(cmd.OutOrStdout())
+			for i, cfg := range ps {
+				if i > 0 {
+					fmt.Fprintln(cmd.OutOrStdout(), "---")
+				}
+				if err := cfg.Print(cmd.OutOrStdout()); err != nil {
+					return err
+				}
+			}
+			return nil
 		},
 	}
 	pf.Bind(print)

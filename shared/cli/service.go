@@ -25,6 +25,8 @@ type Deps struct {
 // ServiceCommand builds the command tree of a standalone service binary:
 // `run` (connects to the config's NATS URL, serves admin endpoints, runs
 // the components build returns until SIGINT/SIGTERM), `config` and `version`.
+// A config of several tables (source.tables) calls build once per table's
+// pipeline, with one bus, metrics and health shared by all.
 func ServiceCommand(name, short string, build func(d Deps) ([]runner.Component, error)) *cobra.Command {
 	root := &cobra.Command{Use: name, Short: short}
 	var f Flags
@@ -35,35 +37,45 @@ func ServiceCommand(name, short string, build func(d Deps) ([]runner.Component, 
 		Short: "Run the " + name + " against the NATS server in the config",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := f.Load()
+			ps, err := f.LoadAll()
 			if err != nil {
 				return err
 			}
-			if cfg.NATS.URL.Value() == "" {
-				return Exit(ExitUsage, errors.New(cfg.File+": nats.url: "+name+" run needs a NATS server (only `oneway up` embeds one)"))
+			// The pipelines of one file share its NATS settings.
+			first := ps[0]
+			if first.NATS.URL.Value() == "" {
+				return Exit(ExitUsage, errors.New(first.File+": nats.url: "+name+" run needs a NATS server (only `oneway up` embeds one)"))
 			}
-			log, err := f.Logger(name)
+			base, err := f.Logger(name)
 			if err != nil {
 				return err
 			}
-			log = log.With("pipeline", cfg.Pipeline)
+			log := base.With("pipeline", first.Pipeline)
+			if first.Group != "" {
+				log = base.With("pipeline", first.Group)
+			}
 			ctx, stop := runner.SignalContext(cmd.Context())
 			defer stop()
-			b, err := natsbus.Connect(ctx, cfg.NATS.URL.Value(), "oneway-"+name, log, natsbus.AuthOptions(cfg.NATS)...)
+			b, err := natsbus.Connect(ctx, first.NATS.URL.Value(), "oneway-"+name, log, natsbus.AuthOptions(first.NATS)...)
 			if err != nil {
 				return err
 			}
 			defer b.Close()
-			d := Deps{Config: cfg, Bus: b, Log: log, Metrics: telemetry.NewMetrics(Version, Commit()), Health: telemetry.NewHealth()}
-			comps, err := build(d)
-			if err != nil {
-				return err
+			metrics, health := telemetry.NewMetrics(Version, Commit()), telemetry.NewHealth()
+			var comps []runner.Component
+			for _, cfg := range ps {
+				d := Deps{Config: cfg, Bus: b, Log: base.With("pipeline", cfg.Pipeline), Metrics: metrics, Health: health}
+				c, err := build(d)
+				if err != nil {
+					return err
+				}
+				comps = append(comps, c...)
 			}
 			if adminAddr == "" {
-				adminAddr = cfg.Admin.Addr
+				adminAddr = first.Admin.Addr
 			}
 			if adminAddr != "" {
-				srv := telemetry.NewServer(adminAddr, d.Metrics, d.Health, log)
+				srv := telemetry.NewServer(adminAddr, metrics, health, log)
 				if err := srv.Start(); err != nil {
 					return Exit(ExitUsage, err)
 				}

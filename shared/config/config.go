@@ -26,6 +26,7 @@ import (
 	"os"
 	"regexp"
 	"strconv"
+	"strings"
 
 	"gopkg.in/yaml.v3"
 )
@@ -55,6 +56,10 @@ type Pipeline struct {
 	Production bool `yaml:"production,omitempty"`
 	// File is the path the pipeline was loaded from (the name given to Parse).
 	File string `yaml:"-"`
+	// Group is the name written in a multi-table file (source.tables), of
+	// which this pipeline is the one for a single table; "" for a file of
+	// one table. See ParseAll.
+	Group string `yaml:"-"`
 }
 
 // NATS configures the connection to NATS and the JetStream stream.
@@ -156,6 +161,29 @@ type Source struct {
 	Types map[string]string `yaml:"types,omitempty"`
 	// Kafka configures a source of kind "kafka".
 	Kafka KafkaSource `yaml:"kafka,omitempty"`
+	// Tables lists several tables of this source instead of Table, Key and
+	// Columns: loading expands the file into one pipeline per table (see
+	// ParseAll). Not for kafka.
+	Tables []SourceTable `yaml:"tables,omitempty"`
+}
+
+// SourceTable is one table of a multi-table pipeline file.
+type SourceTable struct {
+	// Name is the suffix of the table's pipeline, <pipeline>_<name>.
+	// Default: the table's name (without schema or database) in lower
+	// case, characters other than a-z, 0-9 and _ turned into _.
+	Name string `yaml:"name,omitempty"`
+	// Table, Key and Columns are source.table, source.key and
+	// source.columns of this table's pipeline.
+	Table   string   `yaml:"table"`
+	Key     []string `yaml:"key"`
+	Columns []string `yaml:"columns,omitempty"`
+	// Capture overrides fields of source.capture for this table (only
+	// those given here; for example column, or poll_interval).
+	Capture Capture `yaml:"capture,omitempty"`
+	// TargetTable is every target's table for this table. Default: the
+	// source table (targets[].table is not allowed with source.tables).
+	TargetTable string `yaml:"target_table,omitempty"`
 }
 
 // KafkaSource is a Kafka topic of Debezium-format change events, read in a
@@ -455,10 +483,40 @@ func Load(path string) (*Pipeline, error) {
 	return Parse(path, data, os.LookupEnv)
 }
 
+// LoadAll reads, expands and validates a pipeline file that may list
+// several tables (source.tables): see ParseAll.
+func LoadAll(path string) ([]*Pipeline, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load pipeline: %w", err)
+	}
+	return ParseAll(path, data, os.LookupEnv)
+}
+
 // Parse is Load on bytes. name is used as the file name in error messages
 // and stored in Pipeline.File. env looks up environment variables; nil
-// means os.LookupEnv.
+// means os.LookupEnv. A file listing several tables (source.tables) is an
+// error naming its pipelines: use ParseAll.
 func Parse(name string, data []byte, env func(string) (string, bool)) (*Pipeline, error) {
+	ps, err := ParseAll(name, data, env)
+	if err != nil {
+		return nil, err
+	}
+	if len(ps) != 1 {
+		return nil, &FieldError{File: name, Field: "source.tables", Msg: fmt.Sprintf(
+			"the file describes %d pipelines (%s); this needs one: choose it by name (--pipeline)", len(ps), strings.Join(Names(ps), ", "))}
+	}
+	return ps[0], nil
+}
+
+// ParseAll is Parse for files that may list several tables. A file with
+// source.table describes one pipeline, returned alone. A file with
+// source.tables describes one pipeline per table, returned in the file's
+// order: each is the file with the table's table, key, columns, capture
+// overrides and target table filled in, named <pipeline>_<name> (see
+// SourceTable), with Group set to the file's name. They share NATS,
+// targets and every other setting, and are validated each on its own.
+func ParseAll(name string, data []byte, env func(string) (string, bool)) ([]*Pipeline, error) {
 	if env == nil {
 		env = os.LookupEnv
 	}
@@ -477,12 +535,23 @@ func Parse(name string, data []byte, env func(string) (string, bool)) (*Pipeline
 		return nil, errors.Join(errs...)
 	}
 	p.File = name
-
-	p.applyDefaults(pos)
-	if err := p.validate(pos); err != nil {
-		return nil, err
+	if !pos.isSet("source.tables") {
+		p.applyDefaults(pos)
+		if err := p.validate(pos); err != nil {
+			return nil, err
+		}
+		return []*Pipeline{p}, nil
 	}
-	return p, nil
+	return p.expandTables(pos)
+}
+
+// Names returns the pipelines' names.
+func Names(ps []*Pipeline) []string {
+	names := make([]string, len(ps))
+	for i, p := range ps {
+		names[i] = p.Pipeline
+	}
+	return names
 }
 
 // yamlLineRe matches the position prefix of yaml.v3 syntax errors.

@@ -1101,7 +1101,10 @@ func TestPatternExampleFiles(t *testing.T) {
 		"ONEWAY_SOURCE_URL": "postgres://oneway:srcsecret@source:5432/erp",
 		"ONEWAY_TARGET_URL": "postgres://oneway:tgtsecret@target:5432/reporting",
 		"ONEWAY_LEDGER_URL": "postgres://oneway:ledgersecret@stage:5432/oneway",
+		"ONEWAY_MYSQL_URL":  "oneway:mysqlsecret@tcp(mysql:3306)/Chinook",
 	})
+	// Files of several tables: how many pipelines they describe.
+	tables := map[string]int{"chinook.yaml": 11, "chinook-synthetic.yaml": 11, "chinook-mysql.yaml": 11}
 	want := map[string]Capture{
 		"invoices-synthetic.yaml": {Pattern: PatternSynthetic, BatchSize: 1000, PollInterval: Duration{30 * time.Second}},
 		"invoices-window.yaml": {Pattern: PatternWindow, Column: "updated_at", BatchSize: 1000, PollInterval: Duration{time.Minute},
@@ -1118,14 +1121,23 @@ func TestPatternExampleFiles(t *testing.T) {
 		t.Run(filepath.Base(path), func(t *testing.T) {
 			data, err := os.ReadFile(path)
 			require.NoError(t, err)
-			p, err := Parse(path, data, env)
+			ps, err := ParseAll(path, data, env)
 			require.NoError(t, err)
+			n, ok := tables[filepath.Base(path)]
+			if !ok {
+				n = 1
+			}
+			require.Len(t, ps, n)
+			p := ps[0]
 			if w, ok := want[filepath.Base(path)]; ok {
 				require.Equal(t, w, p.Source.Capture)
 			}
 		})
 	}
 	for name := range want {
+		require.FileExists(t, filepath.Join("../../deploy/examples", name))
+	}
+	for name := range tables {
 		require.FileExists(t, filepath.Join("../../deploy/examples", name))
 	}
 	// The delete feed commented out in invoices.yaml is valid once enabled.

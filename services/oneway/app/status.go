@@ -40,28 +40,46 @@ nats.url): for services run as separate processes or containers, where no
 			if serve != "" {
 				return serveStatus(cmd, configPath, serve, store)
 			}
-			if url == "" {
-				addr := defaultAdminAddr
-				if configPath != "" {
-					cfg, err := config.Load(configPath)
-					if err != nil {
-						return cli.Exit(cli.ExitUsage, fmt.Errorf("invalid config:\n%w", err))
-					}
-					if cfg.Admin.Addr != "" {
-						addr = cfg.Admin.Addr
+			var paths []string // one pipeline per path under url
+			if configPath != "" {
+				cfgs, err := config.LoadAll(configPath)
+				if err != nil {
+					return cli.Exit(cli.ExitUsage, fmt.Errorf("invalid config:\n%w", err))
+				}
+				if url == "" {
+					url = "http://" + defaultAdminAddr
+					if a := cfgs[0].Admin.Addr; a != "" {
+						url = "http://" + a
 					}
 				}
-				url = "http://" + addr
+				if len(cfgs) > 1 {
+					for _, cfg := range cfgs {
+						paths = append(paths, status.PipelinePath(cfg.Pipeline))
+					}
+				}
 			}
-			s, raw, err := fetchStatus(cmd.Context(), url)
-			if err != nil {
-				return err
+			if url == "" {
+				url = "http://" + defaultAdminAddr
 			}
-			if asJSON {
-				_, err := cmd.OutOrStdout().Write(raw)
-				return err
+			if paths == nil {
+				paths = []string{"/"}
 			}
-			printStatus(cmd.OutOrStdout(), s)
+			for i, path := range paths {
+				s, raw, err := fetchStatus(cmd.Context(), strings.TrimSuffix(url, "/")+path)
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					if _, err := cmd.OutOrStdout().Write(raw); err != nil {
+						return err
+					}
+					continue
+				}
+				if i > 0 {
+					fmt.Fprintln(cmd.OutOrStdout())
+				}
+				printStatus(cmd.OutOrStdout(), s)
+			}
 			return nil
 		},
 	}
@@ -79,10 +97,11 @@ func serveStatus(cmd *cobra.Command, configPath, addr string, store storeFlags) 
 	if configPath == "" {
 		return cli.Exit(cli.ExitUsage, fmt.Errorf("--serve needs --config"))
 	}
-	cfg, err := config.Load(configPath)
+	cfgs, err := config.LoadAll(configPath)
 	if err != nil {
 		return cli.Exit(cli.ExitUsage, fmt.Errorf("invalid config:\n%w", err))
 	}
+	cfg := cfgs[0]
 	f := cli.Flags{LogFormat: "auto", LogLevel: "info"}
 	log, err := f.Logger("oneway")
 	if err != nil {
@@ -97,13 +116,22 @@ func serveStatus(cmd *cobra.Command, configPath, addr string, store storeFlags) 
 	}
 	defer closeBus()
 	srv := telemetry.NewServer(addr, nil, nil, log)
-	collector := status.NewCollector(b, cfg, nil, nil)
-	status.Mount(srv, collector, log)
+	comps := []runner.Component{srv}
+	for i, cfg := range cfgs {
+		collector := status.NewCollector(b, cfg, nil, nil)
+		if i == 0 {
+			status.Mount(srv, collector, log)
+		}
+		if len(cfgs) > 1 {
+			status.MountPipeline(srv, cfg.Pipeline, collector, log)
+		}
+		comps = append(comps, collector)
+	}
 	if err := srv.Start(); err != nil {
 		return cli.Exit(cli.ExitUsage, err)
 	}
 	log.Info("status page serving", "url", "http://"+srv.Addr()+"/")
-	return runner.Run(ctx, log, 10*time.Second, srv, collector)
+	return runner.Run(ctx, log, 10*time.Second, comps...)
 }
 
 func fetchStatus(ctx context.Context, base string) (status.Snapshot, []byte, error) {

@@ -74,7 +74,7 @@ with a SQLite target there that you may edit to watch it repaired.`,
 				}
 				return runDemo(cmd.Context(), o, log, cmd.OutOrStdout())
 			}
-			cfg, err := o.Load()
+			cfgs, err := o.LoadAll()
 			if err != nil {
 				return err
 			}
@@ -82,7 +82,7 @@ with a SQLite target there that you may edit to watch it repaired.`,
 			if err != nil {
 				return err
 			}
-			return runUp(cmd.Context(), cfg, o, log)
+			return runUpAll(cmd.Context(), cfgs, o, log)
 		},
 	}
 	o.Bind(cmd)
@@ -101,6 +101,14 @@ with a SQLite target there that you may edit to watch it repaired.`,
 }
 
 func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.Logger) error {
+	return runUpAll(parent, []*config.Pipeline{cfg}, o, log)
+}
+
+// runUpAll runs the pipelines of one config (one, or one per table of a
+// config listing several) in this process, over one NATS connection and
+// one admin server. With --exit-when-synced it exits once every pipeline
+// is in sync.
+func runUpAll(parent context.Context, cfgs []*config.Pipeline, o upOptions, log *slog.Logger) error {
 	ctx, stop := runner.SignalContext(parent)
 	defer stop()
 	if o.cpuProfile != "" {
@@ -114,11 +122,19 @@ func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.
 		}
 		defer pprof.StopCPUProfile()
 	}
+	// The pipelines of one file share its NATS and admin settings.
+	first := cfgs[0]
+	name := first.Pipeline
+	if first.Group != "" {
+		name = first.Group
+	}
 	// The status page shows each target's last warning or error.
 	errLog := status.NewErrorLog()
-	log = slog.New(errLog.Wrap(log.Handler())).With("pipeline", cfg.Pipeline)
+	plain := log.Handler()
+	base := slog.New(errLog.Wrap(plain))
+	log = base.With("pipeline", name)
 
-	natsURL, auth := cfg.NATS.URL.Value(), natsbus.AuthOptions(cfg.NATS)
+	natsURL, auth := first.NATS.URL.Value(), natsbus.AuthOptions(first.NATS)
 	if natsURL == "" {
 		dir := filepath.Join(o.dataDir, "nats")
 		url, stop, err := startEmbedded(dir, o.natsPort)
@@ -134,41 +150,125 @@ func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.
 		return err
 	}
 	defer b.Close()
-	// The stream and the state bucket once, before the components ensure
+	// The streams and the state bucket once, before the components ensure
 	// them again (a no-op then): several creating them at once is the
 	// server's least-trodden path.
-	if _, err := b.EnsureStream(ctx, natsbus.PipelineStream(cfg)); err != nil {
-		return err
+	for _, cfg := range cfgs {
+		if _, err := b.EnsureStream(ctx, natsbus.PipelineStream(cfg)); err != nil {
+			return err
+		}
 	}
-	if _, err := b.StateKV(ctx, cfg.NATS.Replicas); err != nil {
+	if _, err := b.StateKV(ctx, first.NATS.Replicas); err != nil {
 		return err
 	}
 
 	metrics := telemetry.NewMetrics(cli.Version, cli.Commit())
 	health := telemetry.NewHealth()
 	var components []runner.Component
-	collector := status.NewCollector(b, cfg, metrics, errLog)
-	srv, err := startAdmin(o.adminAddr, cfg.Admin.Addr, metrics, health, log)
+	srv, err := startAdmin(o.adminAddr, first.Admin.Addr, metrics, health, log)
 	if err != nil {
 		return err
 	}
-	collector.Compare = o.compare
 	statusURL := ""
 	if srv != nil {
-		status.Mount(srv, collector, log)
 		statusURL = "http://" + srv.Addr() + "/"
-		log.Info("status page serving", "url", statusURL)
-		components = append(components, srv, collector)
-	}
-	if o.started != nil {
-		o.started(statusURL)
+		components = append(components, srv)
 	}
 
 	runCtx, cancelRun := context.WithCancel(ctx)
 	defer cancelRun()
 
+	// With --exit-when-synced, the run ends once every pipeline is synced.
+	var syncedMu sync.Mutex
+	synced := 0
+	onSynced := func() {
+		syncedMu.Lock()
+		defer syncedMu.Unlock()
+		if synced++; synced == len(cfgs) {
+			writeHeapProfile(o.memProfile, log)
+			cancelRun()
+		}
+	}
+	for i, cfg := range cfgs {
+		// Each pipeline's status shows its own targets' last errors (the
+		// pipelines of one file share target names).
+		perr, plog := errLog, base.With("pipeline", cfg.Pipeline)
+		if len(cfgs) > 1 {
+			perr = status.NewErrorLog()
+			plog = slog.New(perr.Wrap(plain)).With("pipeline", cfg.Pipeline)
+		}
+		collector := status.NewCollector(b, cfg, metrics, perr)
+		if srv != nil {
+			switch {
+			case len(cfgs) == 1:
+				collector.Compare = o.compare
+				status.Mount(srv, collector, plog)
+			case i == 0:
+				status.Mount(srv, collector, plog)
+				fallthrough
+			default:
+				status.MountPipeline(srv, cfg.Pipeline, collector, plog)
+				plog.Info("status page serving", "url", "http://"+srv.Addr()+status.PipelinePath(cfg.Pipeline))
+			}
+			components = append(components, collector)
+		}
+		comps, closeStage, err := pipelineComponents(ctx, cfg, b, o, plog, metrics, health, len(cfgs) > 1, onSynced)
+		if closeStage != nil {
+			defer closeStage()
+		}
+		if err != nil {
+			return err
+		}
+		components = append(components, comps...)
+	}
+	if srv != nil {
+		log.Info("status page serving", "url", statusURL)
+	}
+	if o.started != nil {
+		o.started(statusURL)
+	}
+	components = append(components, o.extra...)
+
+	err = runner.Run(runCtx, log, o.stopTimeout, components...)
+	if !o.exitWhenSynced {
+		writeHeapProfile(o.memProfile, log)
+	}
+	if err != nil {
+		return err
+	}
+	if o.exitWhenSynced {
+		syncedMu.Lock()
+		all := synced == len(cfgs)
+		syncedMu.Unlock()
+		if !all {
+			return cli.Exit(cli.ExitFailure, errors.New("stopped before every target was in sync"))
+		}
+		var errs []error
+		for _, cfg := range cfgs {
+			errs = append(errs, checkDeadLetters(parent, b, cfg, base.With("pipeline", cfg.Pipeline)))
+		}
+		return errors.Join(errs...)
+	}
+	return nil
+}
+
+// pipelineComponents builds what runs one pipeline in `oneway up`: the
+// reader, the writers, in staged mode the stager, the differ and the
+// read-backs, the progress log and, with --exit-when-synced, a watcher that
+// calls onSynced once the pipeline is in sync. closeStage, when not nil,
+// closes the stage store after the run (also when err is not nil). With
+// prefixed, health entries carry the pipeline's name (one process runs
+// several).
+func pipelineComponents(ctx context.Context, cfg *config.Pipeline, b *natsbus.Bus, o upOptions, log *slog.Logger,
+	metrics *telemetry.Metrics, health *telemetry.Health, prefixed bool, onSynced func()) (components []runner.Component, closeStage func(), err error) {
+	register := func(component string) (func(), func()) {
+		if prefixed {
+			component = cfg.Pipeline + "/" + component
+		}
+		return health.Register(component)
+	}
 	rd := readerapp.New(cfg, b, log, metrics)
-	readerReady, _ := health.Register("reader")
+	readerReady, _ := register("reader")
 	var caught caughtUp
 	rd.OnCaughtUp = func(seq uint64) {
 		readerReady()
@@ -180,19 +280,19 @@ func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.
 	if cfg.Staged() {
 		var err error
 		if store, err = stagedb.Open(ctx, cfg, o.dataDir, 8); err != nil {
-			return fmt.Errorf("open the stage: %w", err)
+			return nil, nil, fmt.Errorf("open the stage of %s: %w", cfg.Pipeline, err)
 		}
-		defer store.Close()
+		closeStage = func() { _ = store.Close() }
 		st, err := stagerapp.New(cfg, b, store, log, metrics)
 		if err != nil {
-			return err
+			return nil, closeStage, err
 		}
-		st.OnReady, _ = health.Register("stager")
+		st.OnReady, _ = register("stager")
 		df, err := differapp.New(cfg, b, store, log, metrics)
 		if err != nil {
-			return err
+			return nil, closeStage, err
 		}
-		df.OnReady, _ = health.Register("differ")
+		df.OnReady, _ = register("differ")
 		df.OnScanned = scans.add
 		components = append(components, st, df)
 		for _, t := range cfg.Targets {
@@ -201,9 +301,9 @@ func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.
 			}
 			rb, err := readerapp.NewReadback(cfg, t.Name, b, log, metrics)
 			if err != nil {
-				return err
+				return nil, closeStage, err
 			}
-			ready, _ := health.Register(rb.Name())
+			ready, _ := register(rb.Name())
 			name := t.Name
 			readbacks.watch(name)
 			rb.OnCaughtUp = func(uint64) {
@@ -216,18 +316,16 @@ func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.
 	for _, t := range cfg.Targets {
 		w, err := writerapp.New(cfg, t.Name, b, log, metrics)
 		if err != nil {
-			return err
+			return nil, closeStage, err
 		}
-		ready, _ := health.Register("writer-" + t.Name)
+		ready, _ := register("writer-" + t.Name)
 		w.OnReady = ready
 		components = append(components, w)
 	}
 	components = append(components, rd)
-	components = append(components, o.extra...)
 	components = append(components, runner.Func("progress", func(ctx context.Context) error {
 		return reportProgress(ctx, b, cfg, log)
 	}))
-	var synced bool
 	if o.exitWhenSynced {
 		components = append(components, runner.Func("sync-watch", func(ctx context.Context) error {
 			wait := waitSynced
@@ -240,29 +338,14 @@ func runUp(parent context.Context, cfg *config.Pipeline, o upOptions, log *slog.
 			if err != nil {
 				return err
 			}
-			synced = ok
 			if ok {
-				writeHeapProfile(o.memProfile, log)
-				cancelRun()
+				onSynced()
 			}
 			<-ctx.Done()
 			return nil
 		}))
 	}
-	err = runner.Run(runCtx, log, o.stopTimeout, components...)
-	if !o.exitWhenSynced {
-		writeHeapProfile(o.memProfile, log)
-	}
-	if err != nil {
-		return err
-	}
-	if o.exitWhenSynced {
-		if !synced {
-			return cli.Exit(cli.ExitFailure, errors.New("stopped before every target was in sync"))
-		}
-		return checkDeadLetters(parent, b, cfg, log)
-	}
-	return nil
+	return components, closeStage, nil
 }
 
 // caughtUp records the reader's latest caught-up point.

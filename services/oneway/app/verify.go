@@ -36,7 +36,7 @@ with samples) otherwise. Extra target keys (orphans) count as a difference
 only when the target's orphan policy is "delete".`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := f.Load()
+			cfgs, err := f.LoadAll()
 			if err != nil {
 				return err
 			}
@@ -44,12 +44,39 @@ only when the target's orphan policy is "delete".`,
 			if err != nil {
 				return err
 			}
-			return runVerify(cmd.Context(), cfg, target, cmd.OutOrStdout(), cmd.ErrOrStderr(), log)
+			if len(cfgs) == 1 {
+				return runVerify(cmd.Context(), cfgs[0], target, cmd.OutOrStdout(), cmd.ErrOrStderr(), log)
+			}
+			return verifyAll(cmd.Context(), cfgs, target, cmd.OutOrStdout(), cmd.ErrOrStderr(), log)
 		},
 	}
 	f.Bind(cmd)
 	cmd.Flags().StringVar(&target, "target", "", "verify only this target (default: all)")
 	return cmd
+}
+
+// verifyAll verifies each pipeline of a config listing several tables,
+// one after the other, and fails (exit 1) when any differs; a pipeline
+// that cannot be verified stops it.
+func verifyAll(ctx context.Context, cfgs []*config.Pipeline, only string, out, term io.Writer, log *slog.Logger) error {
+	var differ []string
+	for _, cfg := range cfgs {
+		fmt.Fprintf(out, "pipeline %s (table %s):\n", cfg.Pipeline, cfg.Source.Table)
+		err := runVerify(ctx, cfg, only, out, term, log.With("pipeline", cfg.Pipeline))
+		var ee *cli.ExitError
+		if errors.As(err, &ee) && ee.Code == cli.ExitFailure {
+			differ = append(differ, cfg.Pipeline)
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("verify pipeline %s: %w", cfg.Pipeline, err)
+		}
+	}
+	if len(differ) > 0 {
+		return cli.Exit(cli.ExitFailure, fmt.Errorf("targets differ from the source in %d of %d pipelines: %s", len(differ), len(cfgs), strings.Join(differ, ", ")))
+	}
+	fmt.Fprintf(out, "all %d pipelines match\n", len(cfgs))
+	return nil
 }
 
 // runVerify compares the source with each target (or only one), printing

@@ -23,6 +23,24 @@ func Mount(mux interface {
 	}))
 }
 
+// PipelinePath is where MountPipeline serves the page of one pipeline of
+// several (a config listing several tables): its data is at
+// PipelinePath(name)+"status.json".
+func PipelinePath(name string) string { return "/pipelines/" + name + "/" }
+
+// MountPipeline serves the status page of pipeline name, one of several
+// that one process runs, at PipelinePath(name) and its data beside it.
+func MountPipeline(mux interface {
+	Handle(pattern string, h http.Handler)
+}, name string, c *Collector, log *slog.Logger) {
+	mux.Handle(PipelinePath(name)+"status.json", JSONHandler(c, log))
+	mux.Handle(PipelinePath(name)+"{$}", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		_, _ = w.Write(page)
+	}))
+}
+
 // JSONHandler serves a fresh Snapshot as JSON; 503 with the error when
 // JetStream cannot be read.
 func JSONHandler(c *Collector, log *slog.Logger) http.Handler {
