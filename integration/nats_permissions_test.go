@@ -28,6 +28,9 @@ func natsPassword(user string) string { return "pw-" + user + "-7c1d" }
 type violationLog struct {
 	mu    sync.Mutex
 	lines []string
+	// warnings are the server's last warnings and errors, printed when the
+	// test fails.
+	warnings []string
 }
 
 func (l *violationLog) record(format string, v ...any) {
@@ -37,6 +40,16 @@ func (l *violationLog) record(format string, v ...any) {
 		l.lines = append(l.lines, line)
 		l.mu.Unlock()
 	}
+}
+
+func (l *violationLog) warn(format string, v ...any) {
+	l.record(format, v...)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.warnings) == 50 {
+		l.warnings = l.warnings[1:]
+	}
+	l.warnings = append(l.warnings, time.Now().UTC().Format("15:04:05.000 ")+fmt.Sprintf(format, v...))
 }
 
 func (l *violationLog) String() string {
@@ -54,9 +67,9 @@ func (l *violationLog) check(t *testing.T) {
 }
 
 func (l *violationLog) Noticef(format string, v ...any) { l.record(format, v...) }
-func (l *violationLog) Warnf(format string, v ...any)   { l.record(format, v...) }
-func (l *violationLog) Fatalf(format string, v ...any)  { l.record(format, v...) }
-func (l *violationLog) Errorf(format string, v ...any)  { l.record(format, v...) }
+func (l *violationLog) Warnf(format string, v ...any)   { l.warn(format, v...) }
+func (l *violationLog) Fatalf(format string, v ...any)  { l.warn(format, v...) }
+func (l *violationLog) Errorf(format string, v ...any)  { l.warn(format, v...) }
 func (l *violationLog) Debugf(format string, v ...any)  { l.record(format, v...) }
 func (l *violationLog) Tracef(format string, v ...any)  { l.record(format, v...) }
 
@@ -95,6 +108,13 @@ func startPermissionedNATS(t *testing.T) (string, *violationLog) {
 	t.Cleanup(func() {
 		s.Shutdown()
 		s.WaitForShutdown()
+	})
+	t.Cleanup(func() {
+		if t.Failed() {
+			log.mu.Lock()
+			defer log.mu.Unlock()
+			t.Logf("the NATS server's last warnings and errors:\n%s", strings.Join(log.warnings, "\n"))
+		}
 	})
 	return s.ClientURL(), log
 }
