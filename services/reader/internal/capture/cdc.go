@@ -164,12 +164,19 @@ func (c *CDC) term(ctx context.Context, pos *Position, emit func(Page) error) er
 	if err != nil {
 		return err
 	}
+	// Caught up means: every transaction committed before this term
+	// started was published (the changes that waited in the slot while no
+	// reader ran take a while to decode), and the stream was then quiet.
+	want, err := c.Source.CurrentLSN(ctx)
+	if err != nil {
+		return err
+	}
 	s, err := c.Source.Stream(ctx, from)
 	if err != nil {
 		return err
 	}
 	defer func() { _ = s.Close() }()
-	return c.drain(ctx, s, pos, emit, true)
+	return c.drain(ctx, s, pos, emit, want)
 }
 
 // snapshot reads the initial copy: the bridge (a resumed snapshot), the
@@ -188,7 +195,7 @@ func (c *CDC) snapshot(ctx context.Context, pos *Position, emit func(Page) error
 	if err != nil {
 		return err
 	}
-	err = c.drain(ctx, bridge, pos, emit, false)
+	err = c.drain(ctx, bridge, pos, emit, 0)
 	_ = bridge.Close()
 	if err != nil {
 		return err
@@ -246,17 +253,21 @@ func (c *CDC) layout(t *pgcdc.Table) Layout {
 }
 
 // drain sends the chunks of s until it ends (a bridge: io.EOF, then nil),
-// fails or ctx ends. With idle set, a quiet stream reports being caught up
-// every c.Idle.
-func (c *CDC) drain(ctx context.Context, s *pgcdc.Stream, pos *Position, emit func(Page) error, idle bool) error {
+// fails or ctx ends. With want set (an open stream), a stream quiet for
+// c.Idle reports being caught up, every c.Idle, once it has handed over
+// every transaction committed below want.
+func (c *CDC) drain(ctx context.Context, s *pgcdc.Stream, pos *Position, emit func(Page) error, want pgcdc.LSN) error {
 	for {
 		var ch *pgcdc.Chunk
 		var err error
-		if idle {
+		if want != 0 {
 			nctx, cancel := context.WithTimeout(ctx, c.Idle)
 			ch, err = s.Next(nctx)
 			cancel()
 			if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+				if !s.HandedOver(want) {
+					continue // the slot's backlog is still being decoded
+				}
 				if err := emit(Page{Next: *pos, CaughtUp: true}); err != nil {
 					return err
 				}

@@ -314,6 +314,59 @@ func TestCDCSnapshotThenStream(t *testing.T) {
 	}
 }
 
+// Caught up means the slot's backlog was published: after a restart, the
+// transactions that committed while no reader ran take a while to decode
+// (here behind 200,000 rows of another table's WAL), and a quiet moment
+// before they arrive is not "caught up" (`oneway up --exit-when-synced`
+// would exit without them).
+func TestCDCCaughtUpOnlyAfterTheBacklog(t *testing.T) {
+	e := newCDCEnv(t)
+	e.exec(t, "INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 30) g", "CREATE TABLE other (id int, pad text)")
+	c := e.open(t, 0)
+	tg := newTarget()
+	r := start(t, c, firstCDC(t, e.slot), tg)
+	pos := converged(t, e, tg)
+	if err := r.stop(t); err != nil {
+		t.Fatal(err)
+	}
+	e.exec(t, "INSERT INTO other SELECT g, repeat('x', 100) FROM generate_series(1, 200000) g",
+		"UPDATE t SET v = 'last' WHERE id = 1")
+
+	c.Idle = time.Millisecond
+	var mu sync.Mutex
+	sawLast, caught, early := false, false, false
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Run(ctx, pos, nil, func(p Page) error {
+			mu.Lock()
+			defer mu.Unlock()
+			for _, ch := range p.Batch.GetChanges() {
+				if vals, err := event.Row(ch.GetRow(), nil); err == nil && len(vals) > 1 && string(vals[1]) == "last" {
+					sawLast = true
+				}
+			}
+			if p.CaughtUp && !caught {
+				caught, early = true, !sawLast
+			}
+			return nil
+		})
+	}()
+	eventually(t, "caught up", func() (bool, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		return caught, "no caught-up page yet"
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if early {
+		t.Fatal("caught up before the backlog's last transaction was published")
+	}
+}
+
 // Writes while the snapshot runs are neither lost nor applied out of
 // order at the hand-off to the stream.
 func TestCDCConcurrentWritesDuringSnapshot(t *testing.T) {

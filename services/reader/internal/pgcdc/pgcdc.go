@@ -577,6 +577,17 @@ FROM pg_replication_slots WHERE slot_name = $1`, c.cfg.Slot).Scan(&plugin, &db, 
 	return true, confirmed, nil
 }
 
+// CurrentLSN is the server's current WAL insert position: every transaction
+// committed before the call ends below it (Stream.Idle tells when a stream
+// has handed over all of them).
+func (c *Capture) CurrentLSN(ctx context.Context) (LSN, error) {
+	var text string
+	if err := c.pool.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&text); err != nil {
+		return 0, pgconn.Classify(fmt.Errorf("read the current WAL position: %w", err))
+	}
+	return ParseLSN(text)
+}
+
 // Drop drops the slot (for a resync; the next StartSnapshot creates it
 // again). It is a no-op when the slot does not exist, and fails while a
 // connection streams from it. The publication stays.

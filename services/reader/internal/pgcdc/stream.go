@@ -87,6 +87,9 @@ type Stream struct {
 	cancel context.CancelFunc
 
 	confirmed atomic.Uint64
+	// idle: every transaction committing below it was handed over (see
+	// Idle).
+	idle      atomic.Uint64
 	closeErr  error
 	closeOnce sync.Once
 }
@@ -126,6 +129,7 @@ func (c *Capture) stream(ctx context.Context, from, until LSN) (*Stream, error) 
 	s := &Stream{c: c, conn: conn, until: until, out: make(chan *Chunk, 1), done: make(chan struct{}), cancel: cancel}
 	base := max(from, confirmed)
 	s.confirmed.Store(uint64(base))
+	s.idle.Store(uint64(base))
 	p := &pump{s: s, c: c, conn: conn, base: base, rels: map[uint32]*relation{},
 		nextStatus: time.Now().Add(c.cfg.StatusInterval)}
 	if err := c.track(s); err != nil {
@@ -152,6 +156,22 @@ func (s *Stream) Next(ctx context.Context) (*Chunk, error) {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// Idle returns a position below which every transaction the slot will
+// hand over was already handed over (put where Next returns it): the
+// stream's start, then the server's WAL position of the last keepalive it
+// sent between transactions (the walsender sends one as soon as its
+// decoding has caught up with the WAL, and the stream asks for one with
+// each status update). A transaction committed before a CurrentLSN call
+// that returned L was handed over once Idle() >= L.
+func (s *Stream) Idle() LSN { return LSN(s.idle.Load()) }
+
+// HandedOver reports whether every transaction committed below want was
+// handed over and taken by Next: Idle() >= want and nothing waits for Next
+// (the stream hands a chunk over before it moves Idle past it).
+func (s *Stream) HandedOver(want LSN) bool {
+	return s.Idle() >= want && len(s.out) == 0
 }
 
 // Confirm records that every transaction up to the one ending at lsn (a
@@ -289,7 +309,10 @@ func (p *pump) sendStatus() error {
 	pos := p.flushPos()
 	p.nextStatus = time.Now().Add(p.c.cfg.StatusInterval)
 	return pglogrepl.SendStandbyStatusUpdate(context.Background(), p.conn, pglogrepl.StandbyStatusUpdate{
-		WALWritePosition: pos, WALFlushPosition: pos, WALApplyPosition: pos})
+		WALWritePosition: pos, WALFlushPosition: pos, WALApplyPosition: pos,
+		// A keepalive in reply moves Idle even when the walsender sent
+		// none of its own.
+		ReplyRequested: true})
 }
 
 // setIdle records that nothing is pending below pos.
@@ -298,6 +321,9 @@ func (p *pump) setIdle(pos LSN) {
 		pos = min(pos, p.s.until)
 	}
 	p.idle = max(p.idle, pos)
+	if uint64(p.idle) > p.s.idle.Load() {
+		p.s.idle.Store(uint64(p.idle))
+	}
 }
 
 func (p *pump) copyData(ctx context.Context, data []byte) error {
