@@ -71,10 +71,10 @@ func TestFileScan(t *testing.T) {
 	}{
 		{name: "csv in no order", format: FormatCSV,
 			content: "customer,id,amount,paid,modified_at\n\"b, inc\",10,1.5,true,2026-01-02T03:04:05.5Z\nc,-3,7,0,\na,2,,f,2026-01-02 03:04:05\n",
-			want: []string{"-3|c|7.00|f|NULL", "2|a|NULL|f|2026-01-02 03:04:05+00", "10|b, inc|1.50|t|2026-01-02 03:04:05.5+00"}},
+			want:    []string{"-3|c|7.00|f|NULL", "2|a|NULL|f|2026-01-02 03:04:05+00", "10|b, inc|1.50|t|2026-01-02 03:04:05.5+00"}},
 		{name: "jsonl in no order", format: FormatJSONL,
 			content: "{\"id\": 5, \"customer\": \"x\", \"amount\": 12.345, \"paid\": false, \"modified_at\": \"2026-01-02T03:04:05+02:00\"}\n\n{\"id\": 1, \"customer\": null, \"amount\": \"3\"}\n",
-			want: []string{"1|NULL|3.00|NULL|NULL", "5|x|12.35|f|2026-01-02 01:04:05+00"}},
+			want:    []string{"1|NULL|3.00|NULL|NULL", "5|x|12.35|f|2026-01-02 01:04:05+00"}},
 		{name: "csv bad integer", format: FormatCSV, content: "id,customer,amount,paid,modified_at\n1,a,1,t,\nx,b,1,t,\n",
 			wantErr: `line 3: field "id": "x" is not an integer`},
 		{name: "csv missing column", format: FormatCSV, content: "id,customer\n1,a\n", wantErr: `line 1: the header has no column "amount"`},
