@@ -34,8 +34,8 @@ import (
 	"github.com/oneway-sync/oneway/shared/natsbus"
 	"github.com/oneway-sync/oneway/shared/pgconn"
 	"github.com/oneway-sync/oneway/shared/progress"
-	"github.com/oneway-sync/oneway/shared/retry"
 	"github.com/oneway-sync/oneway/shared/recordsource"
+	"github.com/oneway-sync/oneway/shared/retry"
 	"github.com/oneway-sync/oneway/shared/sqlsource"
 	"github.com/oneway-sync/oneway/shared/telemetry"
 )
