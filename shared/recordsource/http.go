@@ -159,11 +159,16 @@ func (h *HTTP) page(ctx context.Context, u string, page int) ([]json.RawMessage,
 		if err == nil {
 			return records, next, nil
 		}
-		if errs.IsPermanent(err) || ctx.Err() != nil || attempt >= h.o.MaxAttempts {
+		if errs.IsPermanent(err) || ctx.Err() != nil {
 			if ctx.Err() != nil {
 				return nil, "", errors.Join(err, ctx.Err())
 			}
 			return nil, "", err
+		}
+		if attempt >= h.o.MaxAttempts {
+			// The API is down or throttling: the pattern waits it out
+			// (with its own backoff) rather than giving up.
+			return nil, "", errs.Unavailable(fmt.Errorf("%w (after %d attempts)", err, attempt))
 		}
 		wait := b.NextBackOff()
 		if retryAfter > 0 {
@@ -214,10 +219,13 @@ func (h *HTTP) get(ctx context.Context, u string, page int) (records []json.RawM
 	var body map[string]json.RawMessage
 	dec := json.NewDecoder(io.LimitReader(resp.Body, maxPageBytes))
 	if err := dec.Decode(&body); err != nil {
-		if ctx.Err() != nil {
-			return nil, "", 0, fmt.Errorf("http source GET %s page %d: read the body: %w", h.what, page, err)
+		var syntax *json.SyntaxError
+		var typ *json.UnmarshalTypeError
+		if errors.As(err, &syntax) || errors.As(err, &typ) {
+			return nil, "", 0, errs.Permanent(fmt.Errorf("http source GET %s page %d: the body is not a JSON object: %w", h.what, page, err))
 		}
-		return nil, "", 0, errs.Permanent(fmt.Errorf("http source GET %s page %d: the body is not a JSON object: %w", h.what, page, err))
+		// Cut short (a reset connection, the timeout): try again.
+		return nil, "", 0, fmt.Errorf("http source GET %s page %d: read the body: %w", h.what, page, err)
 	}
 	raw, ok := body[h.o.RecordsField]
 	if !ok {

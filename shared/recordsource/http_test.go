@@ -109,6 +109,8 @@ func TestHTTPListing(t *testing.T) {
 	_, err = s.Scan(context.Background(), source.ScanOptions{})
 	require.Error(t, err)
 	require.False(t, errs.IsPermanent(err))
+	require.True(t, errs.IsUnavailable(err), "an API that keeps failing is waited out: %v", err)
+	require.ErrorContains(t, err, "after 4 attempts")
 }
 
 func TestHTTPWatermarkRows(t *testing.T) {
