@@ -980,3 +980,56 @@ func TestRecordSourcePatterns(t *testing.T) {
 		})
 	}
 }
+
+// `oneway up` runs a CSV, JSONL or HTTP API source with the embedded NATS
+// server and `oneway verify` reads the source through the reader's code:
+// equal after a sync, different (exit 1) after a change the target has
+// not seen. A file row that does not parse stops the reader with an error
+// naming the file, line and field.
+func TestRecordSourceUpAndVerify(t *testing.T) {
+	for _, kind := range []string{"csv", "jsonl", "http"} {
+		t.Run(kind, func(t *testing.T) {
+			sor := openRecordSoR(t, kind, false)
+			sor.insert(t, 1, 300)
+			dst := testenv.Connect(t, pgtest.NewDatabase(t))
+			cfg := filepath.Join(t.TempDir(), "pipeline.yaml")
+			writeSourceConfig(t, cfg, "", kind, sor.url, "invoices", dst.URL, "invoices", recordColumns, sor.extra(),
+				"    pattern: synthetic\n    poll_interval: 100ms")
+			data := t.TempDir()
+			upSynced(t, cfg, data, 0)
+			mustVerify(t, cfg, 0)
+			if n := dst.Int(t, "SELECT count(*) FROM public.invoices WHERE amount > 0 AND modified_at > '2000-01-01' AND customer LIKE 'c%, \"é\"'"); n != 300 {
+				t.Fatalf("%d rows with typed values in the target, want 300", n)
+			}
+			sor.update(t, 5, 5)
+			out := mustVerify(t, cfg, 1)
+			if !strings.Contains(out.Stdout, "different=1") {
+				t.Fatalf("verify did not see the change:\n%s", out.Stdout)
+			}
+			if sor.api != nil {
+				return
+			}
+			bad := `{"id": "x7", "customer": "bad"}`
+			if kind == "csv" {
+				bad = "x7,bad,1.00,open,"
+			}
+			f, err := os.OpenFile(sor.path, os.O_APPEND|os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.WriteString(bad + "\n"); err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+			line := 301 // 300 records, then the bad one
+			if kind == "csv" {
+				line++ // the header
+			}
+			r := testenv.Run(t, syncTimeout, "oneway", upArgs(cfg, data, "--exit-when-synced")...)
+			want := fmt.Sprintf(`%s line %d: field \"id\": \"x7\" is not an integer`, sor.path, line)
+			if r.Code == 0 || !strings.Contains(r.Stderr, want) {
+				t.Fatalf("oneway up over a bad row: exit %d, want an error containing %s\n%s", r.Code, want, r.Stderr)
+			}
+		})
+	}
+}
