@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -165,4 +166,55 @@ func TestConvert(t *testing.T) {
 	}
 	_, err := converter("bytea")
 	require.ErrorContains(t, err, "not supported")
+}
+
+// A Scan's memory does not grow with the listing: the rows wait in the
+// spill file, not in the heap.
+func TestScanMemoryIsBounded(t *testing.T) {
+	defer func(n int) { defaultChunkBytes = n }(defaultChunkBytes)
+	defaultChunkBytes = 1 << 20
+	const n = 60_000
+	path := filepath.Join(t.TempDir(), "big.jsonl")
+	f, err := os.Create(path)
+	require.NoError(t, err)
+	pad := strings.Repeat("x", 300)
+	for i := range n {
+		id := (i * 7919) % n
+		_, err := fmt.Fprintf(f, "{\"id\": %d, \"customer\": \"%s%d\", \"amount\": \"1.5\"}\n", id, pad, id)
+		require.NoError(t, err)
+	}
+	require.NoError(t, f.Close())
+	dec, err := NewDecoder(invoiceCols, []string{"id"})
+	require.NoError(t, err)
+	l, err := NewFile(path, FormatJSONL, dec)
+	require.NoError(t, err)
+	s, err := New(Options{What: "big", Columns: invoiceCols, Key: []string{"id"}, TempDir: t.TempDir()}, l, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	require.NoError(t, err)
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	base := heap()
+	sc, err := s.Scan(context.Background(), source.ScanOptions{})
+	require.NoError(t, err)
+	defer sc.Close()
+	var peak uint64
+	count := 0
+	for {
+		r, ok := sc.Next()
+		if !ok {
+			break
+		}
+		require.Equal(t, fmt.Sprint(count), string(r[0]))
+		count++
+		if count%10_000 == 0 {
+			peak = max(peak, heap())
+		}
+	}
+	require.NoError(t, sc.Err())
+	require.Equal(t, n, count)
+	const limit = 8 << 20 // the listing is over 18 MB; a chunk 1 MB
+	require.Less(t, int64(peak)-int64(base), int64(limit), "heap grew by %d MB while scanning", (int64(peak)-int64(base))>>20)
 }

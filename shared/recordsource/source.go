@@ -6,9 +6,10 @@
 // same code, so both agree.
 //
 // Such sources list records in no order; the patterns need them in key
-// order. Source spills each listing to a temporary SQLite file sorted by
-// order key (spill.go), so that a Scan yields order-key order with memory
-// that does not grow with the number of records.
+// order. Source sorts each listing with an external merge sort (spill.go:
+// sorted runs in temporary files, merged), so that a Scan yields
+// order-key order with memory that does not grow with the number of
+// records.
 //
 // Values are declared, not read from a catalog: every column has a
 // PostgreSQL type (Column.Type) and every value becomes the text
@@ -16,6 +17,7 @@
 package recordsource
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -218,8 +220,8 @@ func (s *Source) SafeBound(_ context.Context, lookbackSeconds float64) (string, 
 
 func seconds(f float64) time.Duration { return time.Duration(f * float64(time.Second)) }
 
-// Scan lists the records into a spill file and streams them in order-key
-// order. A window scan is not supported.
+// Scan lists the records into a spill (an external sort) and streams
+// them in order-key order. A window scan is not supported.
 func (s *Source) Scan(ctx context.Context, o source.ScanOptions) (source.Scan, error) {
 	if o.WindowFrom != "" {
 		return nil, errs.Permanentf("source %s: the window pattern is not supported", s.what)
@@ -228,89 +230,106 @@ func (s *Source) Scan(ctx context.Context, o source.ScanOptions) (source.Scan, e
 	if err != nil {
 		return nil, err
 	}
-	rs, err := p.sp.rows(ctx, nil, false, 0)
-	if err != nil {
-		p.close()
-		return nil, err
-	}
-	return &scan{p: p, rs: rs}, nil
+	return &scan{p: p}, nil
 }
 
-// listAll spills a full listing sorted by order key.
+// listAll sorts a full listing by order key.
 func (s *Source) listAll(ctx context.Context) (*pages, error) {
-	sp, err := newSpill(ctx, s.tmp, s.replace)
-	if err != nil {
-		return nil, err
-	}
+	sp := newSpill(s.tmp, s.replace)
 	var k []byte
-	err = s.lister.List(ctx, func(row source.Row, where string) error {
+	err := s.lister.List(ctx, func(row source.Row, where string) error {
+		var err error
 		if k, err = s.OrdKey(k[:0], row); err != nil {
 			return err
 		}
-		return sp.add(ctx, k, row, func() string { return fmt.Sprintf("source %s: %s", s.what, where) })
+		return sp.add(k, row, "source "+s.what+": "+where)
 	})
 	if err != nil {
 		sp.close()
 		return nil, err
 	}
-	return &pages{sp: sp}, nil
+	return openPages(sp)
 }
 
-// scan is an open Scan over a spill file.
+func openPages(sp *spill) (*pages, error) {
+	rs, err := sp.sorted()
+	if err != nil {
+		sp.close()
+		return nil, err
+	}
+	return &pages{sp: sp, rs: rs}, nil
+}
+
+// scan is an open Scan over a sorted listing.
 type scan struct {
-	p  *pages
-	rs *spillRows
+	p *pages
 }
 
 func (sc *scan) Next() (source.Row, bool) {
-	_, r, ok := sc.rs.next()
+	_, r, ok := sc.p.rs.nextRow()
 	return r, ok
 }
-func (sc *scan) Err() error               { return sc.rs.err }
+func (sc *scan) Err() error               { return sc.p.rs.err }
 func (sc *scan) InWindow(source.Row) bool { return true }
-func (sc *scan) Close() {
-	sc.rs.close()
-	sc.p.close()
-}
+func (sc *scan) Close()                   { sc.p.close() }
 
-// pages is a listing kept between the calls that page through it.
+// pages is a sorted listing read in pages by successive calls, each
+// continuing where the last one stopped (last).
 type pages struct {
 	sp    *spill
+	rs    *spillRows
+	last  []byte
 	bound source.Bound
 	from  time.Time
 }
 
 func (p *pages) close() {
 	if p != nil {
+		p.rs.close()
 		p.sp.close()
 	}
 }
 
-// page reads up to limit rows after from (at or after, inclusive).
-func (p *pages) page(ctx context.Context, from []byte, inclusive bool, limit int) ([]source.Row, error) {
-	rs, err := p.sp.rows(ctx, from, inclusive, limit)
-	if err != nil {
-		return nil, err
-	}
-	defer rs.close()
+// page returns up to limit rows whose keys are after from (at or after,
+// when inclusive; nil = from the start).
+func (p *pages) page(from []byte, inclusive bool, limit int) ([]source.Row, error) {
 	var out []source.Row
-	for {
-		_, r, ok := rs.next()
+	for len(out) < limit {
+		k, r, ok := p.rs.nextRow()
 		if !ok {
-			return out, rs.err
+			return out, p.rs.err
+		}
+		if c := bytes.Compare(k, from); from != nil && (c < 0 || c == 0 && !inclusive) {
+			continue
 		}
 		out = append(out, r)
+		p.last = k
 	}
+	return out, nil
+}
+
+// continues reports whether a call reading after from continues the last
+// page.
+func (p *pages) continues(from []byte) bool {
+	return p != nil && p.last != nil && bytes.Equal(p.last, from)
 }
 
 // SnapshotPage returns up to limit rows with key greater than after, in
-// key order. The first call lists every record into a spill file that the
-// next calls page through; it is dropped after the last page (and listed
-// again when a call follows a restart).
+// key order. The first call lists and sorts every record; the next calls
+// continue that read, and a call that does not continue it (after a
+// restart) lists again and skips to after. The listing is dropped after
+// the last page.
 func (s *Source) SnapshotPage(ctx context.Context, after []string, limit int) ([]source.Row, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if after == nil || s.snap == nil {
+	var from []byte
+	if after != nil {
+		var err error
+		if from, err = s.ordOfKey(nil, after); err != nil {
+			return nil, err
+		}
+	}
+	if !s.snap.continues(from) {
 		s.snap.close()
 		s.snap = nil
 		p, err := s.listAll(ctx)
@@ -319,14 +338,7 @@ func (s *Source) SnapshotPage(ctx context.Context, after []string, limit int) ([
 		}
 		s.snap = p
 	}
-	var from []byte
-	if after != nil {
-		var err error
-		if from, err = s.ordOfKey(nil, after); err != nil {
-			return nil, err
-		}
-	}
-	rows, err := s.snap.page(ctx, from, false, limit)
+	rows, err := s.snap.page(from, false, limit)
 	if err != nil || len(rows) < limit {
 		s.snap.close()
 		s.snap = nil
@@ -334,7 +346,7 @@ func (s *Source) SnapshotPage(ctx context.Context, after []string, limit int) ([
 	return rows, err
 }
 
-// markKey is the spill key of a watermark read: the mark's microseconds
+// markKey is the sort key of a watermark read: the mark's microseconds
 // (sign bit flipped) then the order key.
 func markKey(dst []byte, t time.Time) []byte {
 	return binary.BigEndian.AppendUint64(dst, uint64(t.UnixMicro())^(1<<63))
@@ -350,9 +362,9 @@ func (s *Source) Bound(_ context.Context, lookbackSeconds float64) (source.Bound
 }
 
 // WatermarkRows returns up to limit rows after c and below bound, in
-// (watermark, key) order. The first call of a poll lists the records
-// modified since c.Mark into a spill file sorted that way; the next calls
-// with the same bound page through it.
+// (watermark, key) order. A call lists the records modified since c.Mark
+// and sorts them that way; the next calls with the same bound continue
+// that read.
 func (s *Source) WatermarkRows(ctx context.Context, c source.Cursor, bound source.Bound, limit int) ([]source.Row, error) {
 	if s.wmIdx < 0 {
 		return nil, errs.Permanentf("source %s: no watermark column", s.what)
@@ -365,15 +377,18 @@ func (s *Source) WatermarkRows(ctx context.Context, c source.Cursor, bound sourc
 	if err != nil {
 		return nil, errs.Permanent(fmt.Errorf("source %s: bound: %w", s.what, err))
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.wm == nil || s.wm.bound != bound || from.Before(s.wm.from) {
-		s.wm.close()
-		s.wm = nil
-		sp, err := newSpill(ctx, s.tmp, true)
-		if err != nil {
+	start := markKey(nil, from)
+	if c.Key != nil {
+		if start, err = s.ordOfKey(start, c.Key); err != nil {
 			return nil, err
 		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.wm == nil || s.wm.bound != bound || !s.wm.continues(start) {
+		s.wm.close()
+		s.wm = nil
+		sp := newSpill(s.tmp, true)
 		var k []byte
 		err = s.since.ListSince(ctx, c.Mark, func(row source.Row, where string) error {
 			v := row[s.wmIdx]
@@ -390,21 +405,20 @@ func (s *Source) WatermarkRows(ctx context.Context, c source.Cursor, bound sourc
 			if k, err = s.OrdKey(markKey(k[:0], t), row); err != nil {
 				return err
 			}
-			return sp.add(ctx, k, row, func() string { return fmt.Sprintf("source %s: %s", s.what, where) })
+			return sp.add(k, row, "source "+s.what+": "+where)
 		})
 		if err != nil {
 			sp.close()
 			return nil, err
 		}
-		s.wm = &pages{sp: sp, bound: bound, from: from}
-	}
-	start := markKey(nil, from)
-	if c.Key != nil {
-		if start, err = s.ordOfKey(start, c.Key); err != nil {
+		p, err := openPages(sp)
+		if err != nil {
 			return nil, err
 		}
+		p.bound, p.from = bound, from
+		s.wm = p
 	}
-	rows, err := s.wm.page(ctx, start, c.Key == nil, limit)
+	rows, err := s.wm.page(start, c.Key == nil, limit)
 	if err != nil || len(rows) < limit {
 		s.wm.close()
 		s.wm = nil
