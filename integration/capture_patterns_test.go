@@ -3,8 +3,13 @@ package integration
 import (
 	"context"
 	"database/sql"
+	"encoding/csv"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,6 +22,7 @@ import (
 	"github.com/oneway-sync/oneway/shared/bus"
 	"github.com/oneway-sync/oneway/shared/event"
 	"github.com/oneway-sync/oneway/shared/natsbus/bustest"
+	"github.com/oneway-sync/oneway/shared/testkit/fakesaas"
 	"github.com/oneway-sync/oneway/shared/testkit/mysqltest"
 	"github.com/oneway-sync/oneway/shared/testkit/pgtest"
 )
@@ -36,13 +42,14 @@ func patternConfig(t *testing.T, natsURL, srcURL, dstURL, table, columns, captur
 
 func writePatternConfig(t *testing.T, path, natsURL, srcURL, dstURL, table, columns, capture string) {
 	t.Helper()
-	writeSourceConfig(t, path, natsURL, "postgres", srcURL, "public."+table, dstURL, table, columns, capture)
+	writeSourceConfig(t, path, natsURL, "postgres", srcURL, "public."+table, dstURL, table, columns, "", capture)
 }
 
 // writeSourceConfig writes a pipeline file reading srcTable from a source
-// of the given kind (postgres, sqlite, mysql) into public.<table> of the
-// PostgreSQL target dstURL.
-func writeSourceConfig(t *testing.T, path, natsURL, kind, srcURL, srcTable, dstURL, table, columns, capture string) {
+// of the given kind (postgres, sqlite, mysql, csv, jsonl, http) into
+// public.<table> of the PostgreSQL target dstURL. extra holds more source
+// lines (types, http), indented two spaces.
+func writeSourceConfig(t *testing.T, path, natsURL, kind, srcURL, srcTable, dstURL, table, columns, extra, capture string) {
 	t.Helper()
 	cols := ""
 	if columns != "" {
@@ -56,7 +63,7 @@ source:
   url: %[3]q
   table: %[8]s
   key: [id]%[5]s
-  capture:
+%[9]s  capture:
 %[6]s
 targets:
   - name: pg
@@ -65,7 +72,7 @@ targets:
     table: public.%[1]s
     writer:
       ack_wait: 5s
-`, table, natsURL, srcURL, dstURL, cols, capture, kind, srcTable)
+`, table, natsURL, srcURL, dstURL, cols, capture, kind, srcTable, extra)
 	writeFile(t, path, body)
 }
 
@@ -659,7 +666,7 @@ func TestSQLSourcePatterns(t *testing.T) {
 				dst := testenv.Connect(t, pgtest.NewDatabase(t))
 				_, natsURL := bustest.StartJetStream(t)
 				cfg := filepath.Join(t.TempDir(), "pipeline.yaml")
-				writeSourceConfig(t, cfg, natsURL, sor.kind, sor.url, sor.table, dst.URL, "items", "",
+				writeSourceConfig(t, cfg, natsURL, sor.kind, sor.url, sor.table, dst.URL, "items", "", "",
 					p.capture+"\n    poll_interval: 100ms\n    batch_size: 100")
 				log := openSourceLog(t, natsURL, "items")
 
@@ -736,7 +743,7 @@ func TestSQLSourceUpAndVerify(t *testing.T) {
 			sor.insert(t, 1, 300)
 			dst := testenv.Connect(t, pgtest.NewDatabase(t))
 			cfg := filepath.Join(t.TempDir(), "pipeline.yaml")
-			writeSourceConfig(t, cfg, "", sor.kind, sor.url, sor.table, dst.URL, "items", "",
+			writeSourceConfig(t, cfg, "", sor.kind, sor.url, sor.table, dst.URL, "items", "", "",
 				"    pattern: watermark\n    column: updated_at\n    poll_interval: 100ms")
 			data := t.TempDir()
 			upSynced(t, cfg, data, 0)
@@ -748,6 +755,280 @@ func TestSQLSourceUpAndVerify(t *testing.T) {
 			out := mustVerify(t, cfg, 1)
 			if !strings.Contains(out.Stdout, "different=1") {
 				t.Fatalf("verify did not see the change:\n%s", out.Stdout)
+			}
+		})
+	}
+}
+
+// ---- the file and HTTP API sources ------------------------------------------------
+
+// recordSoR is a System of Record that lists its records rather than
+// answering queries: a CSV or JSONL file (rewritten whole, atomically, by
+// each change) or the fake SaaS API. Its records are invoices (id,
+// customer, amount, status, modified_at).
+type recordSoR struct {
+	kind, url string
+	api       *fakesaas.Server // http
+	path      string           // csv, jsonl
+	records   map[int64]fakesaas.Invoice
+}
+
+const recordColumns = "id, customer, amount, status, modified_at"
+
+// recordExtra is the source section's types (and the API's bearer token).
+func (s *recordSoR) extra() string {
+	x := "  types: {id: bigint, amount: 'numeric(12,2)', modified_at: timestamptz}\n"
+	if s.kind == "http" {
+		x += "  http:\n    page_size: 70\n    headers: [{name: Authorization, value: 'Bearer " + recordToken + "'}]\n"
+	}
+	return x
+}
+
+const recordToken = "fake-saas-token"
+
+func (s *recordSoR) insert(t *testing.T, first, last int) {
+	t.Helper()
+	for i := first; i <= last; i++ {
+		inv := fakesaas.Invoice{ID: int64(i), Customer: fmt.Sprintf("c%d, \"é\"", i), Amount: fmt.Sprintf("%d.%02d", i/4, i%100), Status: "open"}
+		if s.api != nil {
+			s.api.Create(inv)
+			continue
+		}
+		inv.ModifiedAt = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC).Add(time.Duration(i) * time.Second)
+		s.records[inv.ID] = inv
+	}
+	s.save(t)
+}
+
+// update sets customer to 'changed' and adds 1 to the amount.
+func (s *recordSoR) update(t *testing.T, first, last int) {
+	t.Helper()
+	for i := first; i <= last; i++ {
+		change := func(inv *fakesaas.Invoice) {
+			var a float64
+			fmt.Sscan(inv.Amount, &a)
+			inv.Customer, inv.Amount = "changed", fmt.Sprintf("%.2f", a+1)
+		}
+		if s.api != nil {
+			s.api.Update(int64(i), change)
+			continue
+		}
+		inv := s.records[int64(i)]
+		change(&inv)
+		s.records[int64(i)] = inv
+	}
+	s.save(t)
+}
+
+func (s *recordSoR) remove(t *testing.T, first, last int) {
+	t.Helper()
+	for i := first; i <= last; i++ {
+		if s.api != nil {
+			s.api.Delete(int64(i))
+			continue
+		}
+		delete(s.records, int64(i))
+	}
+	s.save(t)
+}
+
+// save rewrites the file (in map order: no order) and renames it into
+// place, as a producer should.
+func (s *recordSoR) save(t *testing.T) {
+	t.Helper()
+	if s.api != nil {
+		return
+	}
+	var b strings.Builder
+	if s.kind == "csv" {
+		w := csv.NewWriter(&b)
+		_ = w.Write(strings.Split(strings.ReplaceAll(recordColumns, " ", ""), ","))
+		for _, r := range s.records {
+			_ = w.Write([]string{fmt.Sprint(r.ID), r.Customer, r.Amount, r.Status, r.ModifiedAt.Format(time.RFC3339)})
+		}
+		w.Flush()
+	} else {
+		enc := json.NewEncoder(&b)
+		for _, r := range s.records {
+			_ = enc.Encode(r)
+		}
+	}
+	tmp := s.path + ".tmp"
+	writeFile(t, tmp, b.String())
+	if err := os.Rename(tmp, s.path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func openRecordSoR(t *testing.T, kind string, coarse bool) *recordSoR {
+	t.Helper()
+	s := &recordSoR{kind: kind, records: map[int64]fakesaas.Invoice{}}
+	if kind == "http" {
+		s.api = fakesaas.New(recordToken, coarse)
+		srv := httptest.NewServer(s.api)
+		t.Cleanup(srv.Close)
+		s.url = srv.URL + "/invoices"
+		return s
+	}
+	s.path = filepath.Join(t.TempDir(), "invoices."+kind)
+	s.url = s.path
+	return s
+}
+
+// Every pattern on the CSV, JSONL and HTTP API sources: a load, then two
+// rounds of inserts and updates (and, for synthetic, which finds them,
+// deletes), each made while the reader is dead (SIGKILL mid-run);
+// `oneway verify` then exits 0. The API answers 429 (Retry-After) and 503
+// along the way, which the reader retries. watermark_cdc reads an API
+// stamping whole seconds with an overlap and publishes exactly the real
+// changes of the second round: no no-op update.
+func TestRecordSourcePatterns(t *testing.T) {
+	const rows = 1000
+	cases := []struct {
+		kind, pattern, capture string
+		coarse                 bool
+	}{
+		{"csv", "synthetic", "    pattern: synthetic", false},
+		{"jsonl", "synthetic", "    pattern: synthetic", false},
+		{"http", "synthetic", "    pattern: synthetic", false},
+		{"http", "watermark", "    pattern: watermark\n    column: modified_at\n    lookback: 500ms", false},
+		{"http", "watermark_cdc", "    pattern: watermark_cdc\n    column: modified_at\n    overlap: 2s", true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.kind+"/"+tc.pattern, func(t *testing.T) {
+			sor := openRecordSoR(t, tc.kind, tc.coarse)
+			sor.insert(t, 1, rows)
+			dst := testenv.Connect(t, pgtest.NewDatabase(t))
+			_, natsURL := bustest.StartJetStream(t)
+			cfg := filepath.Join(t.TempDir(), "pipeline.yaml")
+			writeSourceConfig(t, cfg, natsURL, tc.kind, sor.url, "invoices", dst.URL, "invoices", recordColumns, sor.extra(),
+				tc.capture+"\n    poll_interval: 100ms\n    batch_size: 100")
+			log := openSourceLog(t, natsURL, "invoices")
+			faults := func() {
+				if sor.api != nil {
+					sor.api.InjectFaults(http.StatusTooManyRequests, 1, time.Second)
+					sor.api.InjectFaults(http.StatusServiceUnavailable, 2, 0)
+				}
+			}
+			faults()
+
+			writer := testenv.Start(t, "writer", "run", "--config", cfg)
+			reader := testenv.Start(t, "reader", "run", "--config", cfg, "--log-format", "json", "--log-level", "debug")
+			cycle := tc.pattern == "synthetic"
+			if cycle {
+				// As on the SQL sources: the kill lands after the first
+				// cycle stored its hash list.
+				waitLogCount(t, reader, "cycle done", 0, 2)
+			} else {
+				// The first kill lands in the snapshot.
+				testenv.WaitFor(t, time.Minute, func() error {
+					if n := log.last(t); n < 3 {
+						return fmt.Errorf("%d messages published", n)
+					}
+					return nil
+				})
+			}
+			live := rows
+			round := func(first int) {
+				reader.Kill()
+				faults()
+				sor.update(t, first, first+49)
+				if cycle {
+					sor.remove(t, first+100, first+114)
+					live -= 15
+				}
+				sor.insert(t, 10000+first, 10000+first+24)
+				live += 25
+				reader = testenv.Start(t, "reader", "run", "--config", cfg, "--log-format", "json", "--log-level", "debug")
+				testenv.WaitFor(t, syncTimeout, func() error {
+					if err := countRows(dst, "invoices", int64(live)); err != nil {
+						return err
+					}
+					if n := dst.Int(t, "SELECT count(*) FROM public.invoices WHERE customer = 'changed'"); n != int64(first+49) {
+						return fmt.Errorf("%d changed rows in the target, want %d", n, first+49)
+					}
+					return nil
+				})
+			}
+			round(1)
+			if tc.pattern == "watermark_cdc" {
+				waitLogCount(t, reader, "watermark poll", 0, 5)
+			}
+			base := log.last(t)
+			round(51)
+			if tc.pattern == "watermark_cdc" {
+				// Many polls, each reading the overlap again.
+				waitLogCount(t, reader, "watermark poll", 0, 40)
+				if got := log.changesAfter(t, base); len(got) != 75 {
+					t.Fatalf("published %d changes for 75 real ones (no-op updates must not be published): %v", len(got), got)
+				}
+			}
+			if sor.api != nil {
+				if n429, n503 := sor.api.FaultsServed(http.StatusTooManyRequests), sor.api.FaultsServed(http.StatusServiceUnavailable); n429 < 2 || n503 < 4 {
+					t.Fatalf("the API answered 429 %d times and 503 %d times, want at least 2 and 4 (each retried)", n429, n503)
+				}
+				if !strings.Contains(reader.Output(), "http source request failed; retrying") {
+					t.Fatalf("the reader did not log its retries:\n%s", reader.Output())
+				}
+				if strings.Contains(reader.Output(), recordToken) {
+					t.Fatal("the reader logged the API's bearer token")
+				}
+			}
+			reader.Stop(t, 30*time.Second)
+			writer.Stop(t, 30*time.Second)
+			mustVerify(t, cfg, 0)
+		})
+	}
+}
+
+// `oneway up` runs a CSV, JSONL or HTTP API source with the embedded NATS
+// server and `oneway verify` reads the source through the reader's code:
+// equal after a sync, different (exit 1) after a change the target has
+// not seen. A file row that does not parse stops the reader with an error
+// naming the file, line and field.
+func TestRecordSourceUpAndVerify(t *testing.T) {
+	for _, kind := range []string{"csv", "jsonl", "http"} {
+		t.Run(kind, func(t *testing.T) {
+			sor := openRecordSoR(t, kind, false)
+			sor.insert(t, 1, 300)
+			dst := testenv.Connect(t, pgtest.NewDatabase(t))
+			cfg := filepath.Join(t.TempDir(), "pipeline.yaml")
+			writeSourceConfig(t, cfg, "", kind, sor.url, "invoices", dst.URL, "invoices", recordColumns, sor.extra(),
+				"    pattern: synthetic\n    poll_interval: 100ms")
+			data := t.TempDir()
+			upSynced(t, cfg, data, 0)
+			mustVerify(t, cfg, 0)
+			if n := dst.Int(t, "SELECT count(*) FROM public.invoices WHERE amount > 0 AND modified_at > '2000-01-01' AND customer LIKE 'c%, \"é\"'"); n != 300 {
+				t.Fatalf("%d rows with typed values in the target, want 300", n)
+			}
+			sor.update(t, 5, 5)
+			out := mustVerify(t, cfg, 1)
+			if !strings.Contains(out.Stdout, "different=1") {
+				t.Fatalf("verify did not see the change:\n%s", out.Stdout)
+			}
+			if sor.api != nil {
+				return
+			}
+			bad := `{"id": "x7", "customer": "bad"}`
+			if kind == "csv" {
+				bad = "x7,bad,1.00,open,"
+			}
+			f, err := os.OpenFile(sor.path, os.O_APPEND|os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.WriteString(bad + "\n"); err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+			line := 301 // 300 records, then the bad one
+			if kind == "csv" {
+				line++ // the header
+			}
+			r := testenv.Run(t, syncTimeout, "oneway", upArgs(cfg, data, "--exit-when-synced")...)
+			want := fmt.Sprintf(`%s line %d: field \"id\": \"x7\" is not an integer`, sor.path, line)
+			if r.Code == 0 || !strings.Contains(r.Stderr, want) {
+				t.Fatalf("oneway up over a bad row: exit %d, want an error containing %s\n%s", r.Code, want, r.Stderr)
 			}
 		})
 	}

@@ -131,8 +131,10 @@ type Admin struct {
 type Source struct {
 	// Kind of the source: "postgres", "sqlite" (a SQLite database file),
 	// "mysql" (MySQL or MariaDB), or "kafka" (a topic of Debezium change
-	// events, capture pattern cdc). sqlite and mysql support the
-	// watermark, watermark_cdc, synthetic and window patterns.
+	// events, capture pattern cdc), "csv" or "jsonl" (a file, synthetic
+	// pattern), or "http" (a JSON API: synthetic, watermark,
+	// watermark_cdc). sqlite and mysql support the watermark,
+	// watermark_cdc, synthetic and window patterns.
 	Kind string `yaml:"kind"`
 	// URL is the connection string of the source database (postgres: a
 	// PostgreSQL URL; mysql: a go-sql-driver DSN,
@@ -155,7 +157,8 @@ type Source struct {
 	Capture Capture `yaml:"capture"`
 	// Types maps each owned column to its PostgreSQL type ("bigint",
 	// "numeric(12,2)", "timestamptz", …), for sources without a catalog
-	// (kafka, where it and Columns are required). Aliases are rewritten to
+	// (kafka, where it and Columns are required; csv, jsonl and http, where
+	// Columns is required and a column without a type is text). Aliases are rewritten to
 	// the catalog's spelling on load ("timestamptz" → "timestamp with time
 	// zone"); see CanonicalType. Not allowed for postgres.
 	Types map[string]string `yaml:"types,omitempty"`
@@ -165,6 +168,8 @@ type Source struct {
 	// Columns: loading expands the file into one pipeline per table (see
 	// ParseAll). Not for kafka.
 	Tables []SourceTable `yaml:"tables,omitempty"`
+	// HTTP configures a source of kind "http".
+	HTTP HTTPSource `yaml:"http,omitempty"`
 }
 
 // SourceTable is one table of a multi-table pipeline file.
@@ -184,6 +189,38 @@ type SourceTable struct {
 	// TargetTable is every target's table for this table. Default: the
 	// source table (targets[].table is not allowed with source.tables).
 	TargetTable string `yaml:"target_table,omitempty"`
+}
+
+// HTTPSource is an HTTP JSON API listing a collection: GET URL returns a
+// page of records (a JSON object whose RecordsField is an array of
+// objects, one field per column) and the token of the next page.
+type HTTPSource struct {
+	// Headers are sent with every request (an Authorization header, an
+	// API key); values are secrets, never printed or logged.
+	Headers []Header `yaml:"headers"`
+	// Timeout bounds one request. Default 30s.
+	Timeout Duration `yaml:"timeout"`
+	// MaxAttempts bounds the tries of one request on 429, 5xx and
+	// network errors (honouring Retry-After). Default 8.
+	MaxAttempts int `yaml:"max_attempts"`
+	// PageSize is the limit asked for per page. Default 500.
+	PageSize int `yaml:"page_size"`
+	// RecordsField is the response field holding the records. Default
+	// "data".
+	RecordsField string `yaml:"records_field"`
+	// NextTokenField is the response field holding the next page's token
+	// (absent, null or "" on the last page). Default "next_page_token".
+	NextTokenField string `yaml:"next_token_field"`
+	// PageTokenParam is the query parameter carrying that token. Default
+	// "page_token".
+	PageTokenParam string `yaml:"page_token_param"`
+	// LimitParam is the query parameter carrying PageSize. Default
+	// "limit".
+	LimitParam string `yaml:"limit_param"`
+	// ModifiedSinceParam is the query parameter of the watermark
+	// patterns: the API lists the records whose capture.column is at or
+	// after it (RFC 3339). Default "modified_since".
+	ModifiedSinceParam string `yaml:"modified_since_param"`
 }
 
 // KafkaSource is a Kafka topic of Debezium-format change events, read in a

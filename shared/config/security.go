@@ -103,6 +103,11 @@ func (p *Pipeline) validateProduction(c *checker) {
 	if p.Source.Kind == KindPostgres {
 		checkPG("source.url", p.Source.URL)
 	}
+	if p.Source.Kind == KindHTTP {
+		if u, err := url.Parse(p.Source.URL.Value()); err == nil && u.Scheme == "http" && !loopback(u.Hostname()) {
+			c.add("source.url", "http:// sends the API's headers (its credentials) in clear; production mode needs https://")
+		}
+	}
 	if p.Source.Kind == KindKafka {
 		c.add("source.kafka.brokers", "the kafka source has no TLS support yet; production mode refuses it")
 	}

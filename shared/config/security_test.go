@@ -49,6 +49,8 @@ func TestProductionMode(t *testing.T) {
 		{"no nats credentials", "  user: oneway\n  password: hunter2\n", "", "nats", "needs NATS credentials"},
 		{"embedded nats", "  url: tls://nats-1:4222,tls://nats-2:4222\n", "", "nats.url", "external NATS cluster"},
 		{"http target", "https://api.example.com", "http://api.example.com", "targets[1].url", "production mode needs https://"},
+		{"http source", "  kind: postgres\n  url: postgres://u:srcpass@h/db?sslmode=verify-full&sslrootcert=/etc/ca.pem\n  table: invoices\n  key: [id]\n  capture:\n    column: updated_at\n",
+			"  kind: http\n  url: http://api.example.com/invoices\n  table: invoices\n  key: [id]\n  columns: [id]\n", "source.url", "production mode needs https://"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -76,6 +76,7 @@ const (
 	KindKafka    = "kafka"
 	KindJSONL    = "jsonl"
 	KindMySQL    = "mysql"
+	KindCSV      = "csv"
 )
 
 // targetKinds lists the target kinds; sideLedgerKinds those that need a
@@ -156,9 +157,15 @@ func (p *Pipeline) applyDefaults(pos *positions) {
 		if p.Source.Kind == KindKafka {
 			c.Pattern = PatternCDC
 		}
+		if IsRecordSource(p.Source.Kind) {
+			c.Pattern = PatternSynthetic
+		}
 	}
 	if p.Source.Kind == KindKafka && unset("source.kafka.group") {
 		p.Source.Kafka.Group = "oneway-" + p.Pipeline
+	}
+	if p.Source.Kind == KindHTTP {
+		p.Source.HTTP.defaults(unset)
 	}
 	for col, typ := range p.Source.Types {
 		if canon, err := CanonicalType(typ); err == nil {
@@ -404,9 +411,10 @@ func (s *Source) validate(c *checker) {
 	switch s.Kind {
 	case "":
 		c.add("source.kind", "required")
-	case KindPostgres, KindKafka, KindSQLite, KindMySQL:
+	case KindPostgres, KindKafka, KindSQLite, KindMySQL, KindCSV, KindJSONL, KindHTTP:
 	default:
-		c.add("source.kind", "unsupported kind %q (supported: %s, %s, %s, %s)", s.Kind, KindPostgres, KindSQLite, KindMySQL, KindKafka)
+		c.add("source.kind", "unsupported kind %q (supported: %s, %s, %s, %s, %s, %s, %s)", s.Kind,
+			KindPostgres, KindSQLite, KindMySQL, KindKafka, KindCSV, KindJSONL, KindHTTP)
 	}
 	switch {
 	case s.Kind == KindKafka && s.URL != "":
@@ -416,12 +424,17 @@ func (s *Source) validate(c *checker) {
 	}
 	if s.Kind == KindKafka {
 		s.validateKafka(c)
+	} else if IsRecordSource(s.Kind) {
+		s.validateRecord(c)
 	} else {
 		if len(s.Types) > 0 {
 			c.add("source.types", "only for kind %q: a %s source reads its column types from its catalog", KindKafka, s.Kind)
 		}
 		if !reflect.DeepEqual(s.Kafka, KafkaSource{}) {
 			c.add("source.kafka", "only allowed when kind is %q", KindKafka)
+		}
+		if !reflect.DeepEqual(s.HTTP, HTTPSource{}) {
+			c.add("source.http", "only allowed when kind is %q", KindHTTP)
 		}
 	}
 	if s.Table == "" {

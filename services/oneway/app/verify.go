@@ -10,11 +10,13 @@ import (
 
 	"github.com/spf13/cobra"
 
+	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
 	"github.com/oneway-sync/oneway/services/oneway/internal/verify"
 	"github.com/oneway-sync/oneway/shared/cli"
 	"github.com/oneway-sync/oneway/shared/config"
 	"github.com/oneway-sync/oneway/shared/pgconn"
 	"github.com/oneway-sync/oneway/shared/progress"
+	"github.com/oneway-sync/oneway/shared/recordsource"
 	"github.com/oneway-sync/oneway/shared/source"
 	"github.com/oneway-sync/oneway/shared/sqlsource"
 )
@@ -83,16 +85,28 @@ func verifyAll(ctx context.Context, cfgs []*config.Pipeline, only string, out, t
 // the results to out and the progress to term (a bar when it is a
 // terminal, else log lines).
 func runVerify(ctx context.Context, cfg *config.Pipeline, only string, out, term io.Writer, log *slog.Logger) error {
-	if cfg.Source.Kind == config.KindSQLite || cfg.Source.Kind == config.KindMySQL {
-		spec, err := sqlSourceSpec(cfg)
-		if err != nil {
-			return cli.Exit(cli.ExitUsage, err)
+	if cfg.Source.Kind == config.KindSQLite || cfg.Source.Kind == config.KindMySQL || config.IsRecordSource(cfg.Source.Kind) {
+		var src scannedSource
+		if config.IsRecordSource(cfg.Source.Kind) {
+			// The reader's own code: the same listing, types and values.
+			rs, err := recordsource.Open(cfg.Source, log)
+			if err != nil {
+				return err
+			}
+			defer rs.Close()
+			src = rs
+		} else {
+			spec, err := sqlSourceSpec(cfg)
+			if err != nil {
+				return cli.Exit(cli.ExitUsage, err)
+			}
+			ss, err := sqlsource.Open(ctx, spec, log)
+			if err != nil {
+				return err
+			}
+			defer ss.Close()
+			src = ss
 		}
-		src, err := sqlsource.Open(ctx, spec, log)
-		if err != nil {
-			return err
-		}
-		defer src.Close()
 		cols := make([]verify.Column, 0, len(src.Columns()))
 		for _, c := range src.Columns() {
 			cols = append(cols, verify.Column{Name: c.GetName(), Type: c.GetType()})
@@ -107,7 +121,7 @@ func runVerify(ctx context.Context, cfg *config.Pipeline, only string, out, term
 		return verifyTargets(ctx, cfg, only, out, term, log, layout, openSource, nil)
 	}
 	if cfg.Source.Kind != config.KindPostgres {
-		return cli.Exit(cli.ExitUsage, fmt.Errorf("verify reads the source table back and needs a postgres, sqlite or mysql source; a %s source has no read-back (query the targets, or verify against the database the events come from)", cfg.Source.Kind))
+		return cli.Exit(cli.ExitUsage, fmt.Errorf("verify reads the source table back and needs a postgres, sqlite, mysql, csv, jsonl or http source; a %s source has no read-back (query the targets, or verify against the database the events come from)", cfg.Source.Kind))
 	}
 	schema, table, err := config.SplitTable(cfg.Source.Table)
 	if err != nil {
@@ -256,9 +270,18 @@ func sqlSourceSpec(cfg *config.Pipeline) (sqlsource.Spec, error) {
 	return spec, err
 }
 
-// scanSQLSource reads every live row of a sqlite or mysql source, in the
-// text the reader publishes.
-func scanSQLSource(src *sqlsource.Source) verify.Scan {
+// scannedSource is a source verify reads with the reader's own Scan:
+// sqlsource (sqlite, mysql) and recordsource (csv, jsonl, http).
+type scannedSource interface {
+	Columns() []*onewayv1.Column
+	Scan(ctx context.Context, o source.ScanOptions) (source.Scan, error)
+	IsDeleted(r source.Row) bool
+	Owned(r source.Row) source.Row
+}
+
+// scanSQLSource reads every live row of a sqlite, mysql, csv, jsonl or
+// http source, in the text the reader publishes.
+func scanSQLSource(src scannedSource) verify.Scan {
 	return func(ctx context.Context, emit func(verify.Change) error) error {
 		sc, err := src.Scan(ctx, source.ScanOptions{})
 		if err != nil {

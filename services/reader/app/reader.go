@@ -34,6 +34,7 @@ import (
 	"github.com/oneway-sync/oneway/shared/natsbus"
 	"github.com/oneway-sync/oneway/shared/pgconn"
 	"github.com/oneway-sync/oneway/shared/progress"
+	"github.com/oneway-sync/oneway/shared/recordsource"
 	"github.com/oneway-sync/oneway/shared/retry"
 	"github.com/oneway-sync/oneway/shared/sqlsource"
 	"github.com/oneway-sync/oneway/shared/telemetry"
@@ -264,10 +265,22 @@ func jsUnavailable(err error) error {
 	return errs.Unavailable(err)
 }
 
-// openSource opens the configured SQL source (postgres, sqlite, mysql),
+var _ capture.Source = (*recordsource.Source)(nil)
+
+// openSource opens the configured source (postgres, sqlite, mysql; csv,
+// jsonl and http through recordsource),
 // retrying while it is unreachable, and returns it with its close.
 func (r *Reader) openSource(ctx context.Context) (capture.Source, func(), error) {
 	src := r.side.src
+	if config.IsRecordSource(src.Kind) {
+		// Opening reads nothing yet: the listings' errors come from the
+		// pattern's reads, which retry the transient ones.
+		source, err := recordsource.Open(src, r.log)
+		if err != nil {
+			return nil, nil, fmt.Errorf("open source: %w", err)
+		}
+		return source, func() { source.Close() }, nil
+	}
 	if src.Kind == config.KindSQLite || src.Kind == config.KindMySQL {
 		spec, err := sqlSourceSpec(src)
 		if err != nil {
