@@ -85,6 +85,10 @@ type chaosCase struct {
 // run, each in its own databases and NATS, one after the other, and writes
 // the summary table.
 func TestChaos(t *testing.T) {
+	// Runs beside the other long tests marked parallel (after every
+	// sequential test, so none that stops or uses the outage cluster runs
+	// meanwhile: keep those sequential).
+	t.Parallel()
 	report := &testenv.ChaosReport{}
 	path := os.Getenv("ONEWAY_CHAOS_REPORT")
 	if path == "" {
