@@ -323,19 +323,22 @@ func connectWhenReady(ctx context.Context, u string, exited <-chan error) *pgx.C
 	}
 }
 
-// libpqConnString is a key=value connection string for u (CREATE
+// libpqConnString is a key='value' connection string for u (CREATE
 // SUBSCRIPTION takes one).
 func libpqConnString(u string) string {
 	p, err := url.Parse(u)
 	must(err)
-	kv := []string{"host=" + p.Hostname(), "dbname=" + strings.TrimPrefix(p.Path, "/")}
+	q := func(k, v string) string {
+		return k + "='" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
+	}
+	kv := []string{q("host", p.Hostname()), q("dbname", strings.TrimPrefix(p.Path, "/"))}
 	if port := p.Port(); port != "" {
-		kv = append(kv, "port="+port)
+		kv = append(kv, q("port", port))
 	}
 	if p.User != nil {
-		kv = append(kv, "user="+p.User.Username())
+		kv = append(kv, q("user", p.User.Username()))
 		if pw, ok := p.User.Password(); ok {
-			kv = append(kv, "password="+pw)
+			kv = append(kv, q("password", pw))
 		}
 	}
 	return strings.Join(kv, " ")
