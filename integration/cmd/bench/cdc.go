@@ -226,6 +226,8 @@ targets:
 // round commits b.txns transactions of b.perTxn row updates, then returns
 // the seconds from the last commit until the target matches the source.
 func (b *cdcSteady) round(ctx context.Context, src, dst *pgx.Conn, marker string) float64 {
+	var walStart string
+	must(src.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&walStart))
 	t0 := time.Now()
 	for i := 0; i < b.txns; i++ {
 		lo := (i * b.perTxn) % b.rows
@@ -255,6 +257,11 @@ WHERE id > $3 AND id <= $4`, marker, fmt.Sprintf("%s txn %d", marker, i), lo, lo
 				srcDigest = <-want
 			}
 			if got == srcDigest {
+				// The server's whole WAL meanwhile (every database's): what
+				// the walsender decoded to find these changes.
+				var walMB float64
+				must(src.QueryRow(ctx, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn) / 1048576", walStart).Scan(&walMB))
+				log.Printf("cdc_steady: %s: the server wrote %.0f MB of WAL from the first update to the match", marker, walMB)
 				return at.Sub(last).Seconds()
 			}
 		}
