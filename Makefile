@@ -43,7 +43,7 @@ chaos: build ## fault-injection suite: every TestChaos row, 30 s outages (~10 mi
 	@cd integration && ONEWAY_CHAOS_LONG=1 ONEWAY_CHAOS_REPORT=$(CHAOS_REPORT) go test -run 'TestChaos$$' -v -count=1 -timeout 30m . ; \
 	status=$$?; echo; cat $(CHAOS_REPORT) 2>/dev/null; exit $$status
 
-bench: build ## initial-load benchmark against a COPY pipe (needs ONEWAY_BENCH_POSTGRES_URL or a local PostgreSQL)
+bench: build ## benchmarks against references in the same run: initial loads, incremental, writer scaling, cdc_steady, synthetic_cycle (needs ONEWAY_BENCH_POSTGRES_URL or a local PostgreSQL with wal_level=logical)
 	cd integration && go run ./cmd/bench -oneway $(BIN)/oneway -out $(CURDIR)/bench/results.jsonl
 
 $(BIN)/protoc-gen-go:

@@ -108,7 +108,7 @@ func (r *Reader) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		capt = r.newCapture(source, capture.NewStore(obj))
+		capt = r.newCapture(source, capture.NewStore(r.bus.JS, obj))
 		_, setup.NumericWatermark = source.HasWatermark()
 		if !config.IsCyclePattern(src.Capture.Pattern) {
 			setup.Column = src.Capture.Column

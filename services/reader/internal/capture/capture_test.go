@@ -54,7 +54,7 @@ func newEnv(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{pool: pool, store: NewStore(obj)}
+	return &env{pool: pool, store: NewStore(b.JS, obj)}
 }
 
 func (e *env) exec(t *testing.T, sql ...string) {

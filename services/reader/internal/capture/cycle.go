@@ -104,6 +104,7 @@ func (c *Cycle) Run(ctx context.Context, pos Position, last *onewayv1.Batch, emi
 	dirty := maxOrd(pos.Dirty, lastTag(last, pos.Lineage, pos.Cycle))
 	for n := 0; ; n++ {
 		next := filepath.Join(dir, "next-"+strconv.Itoa(n))
+		started := time.Now()
 		var lastSent []byte
 		err := retry.Do(ctx, c.Retry, func(ctx context.Context) error {
 			dirty = maxOrd(dirty, lastSent)
@@ -143,16 +144,19 @@ func (c *Cycle) Run(ctx context.Context, pos Position, last *onewayv1.Batch, emi
 		if err := emit(Page{Next: nextPos, Commit: commit, Save: true, CaughtUp: true}); err != nil {
 			return err
 		}
-		if c.lastChanges > 0 {
-			c.Log.Info("cycle done", "cycle", cycle, "rows", c.lastRows, "changes", c.lastChanges)
-		} else {
-			c.Log.Debug("cycle done", "cycle", cycle, "rows", c.lastRows, "changes", c.lastChanges)
-		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-done:
 		}
+		// From the start of the read until every change is acknowledged
+		// and the list stored. Quiet cycles log at debug.
+		level := slog.LevelDebug
+		if c.lastChanges > 0 {
+			level = slog.LevelInfo
+		}
+		c.Log.Log(ctx, level, "cycle done", "cycle", cycle, "rows", c.lastRows, "changes", c.lastChanges,
+			"seconds", time.Since(started).Seconds())
 		if hasPrev {
 			os.Remove(prev)
 		}

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -21,11 +23,14 @@ import (
 // Each object records the lineage of the position it belongs to: an object
 // of another lineage is a leftover and reads as missing.
 type Store struct {
+	js  jetstream.JetStream
 	obj jetstream.ObjectStore
 }
 
-// NewStore wraps the capture state bucket.
-func NewStore(obj jetstream.ObjectStore) *Store { return &Store{obj: obj} }
+// NewStore wraps the capture state bucket obj of js.
+func NewStore(js jetstream.JetStream, obj jetstream.ObjectStore) *Store {
+	return &Store{js: js, obj: obj}
+}
 
 const (
 	metaLineage = "lineage"
@@ -89,21 +94,72 @@ func (s *Store) get(ctx context.Context, name, lineage string) (jetstream.Object
 // GetFile downloads the named object into path. It returns errNoList when
 // the object is missing or of another lineage.
 func (s *Store) GetFile(ctx context.Context, name, lineage, path string) error {
-	res, err := s.get(ctx, name, lineage)
-	if err != nil {
-		return err
+	info, err := s.obj.GetInfo(ctx, name)
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		return errNoList
 	}
-	defer res.Close()
+	if err != nil {
+		return errs.Unavailable(fmt.Errorf("read capture state %s: %w", name, err))
+	}
+	if info.Metadata[metaLineage] != lineage {
+		return errNoList
+	}
 	f, err := os.Create(path)
 	if err != nil {
 		return fmt.Errorf("read capture state %s: %w", name, err)
 	}
-	if _, err := io.Copy(f, res); err != nil {
+	if err := s.download(ctx, info, f); err != nil {
 		f.Close()
-		return errs.Unavailable(fmt.Errorf("read capture state %s: %w", name, err))
+		return err
 	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("read capture state %s: %w", name, err)
+	}
+	return nil
+}
+
+// download writes an object's chunks to w, pulling a few at a time, and
+// checks its size and digest. (The Object Store's Get lets the server push
+// chunks ahead of a slower writer, up to the client's pending limit of 64
+// MiB: a reader's peak memory.)
+func (s *Store) download(ctx context.Context, info *jetstream.ObjectInfo, w io.Writer) error {
+	fail := func(err error) error {
+		return errs.Unavailable(fmt.Errorf("read capture state %s: %w", info.Name, err))
+	}
+	h := sha256.New()
+	var size uint64
+	if info.Chunks > 0 {
+		cons, err := s.js.OrderedConsumer(ctx, "OBJ_"+info.Bucket, jetstream.OrderedConsumerConfig{
+			FilterSubjects: []string{"$O." + info.Bucket + ".C." + info.NUID}})
+		if err != nil {
+			return fail(err)
+		}
+		it, err := cons.Messages(jetstream.PullMaxMessages(4))
+		if err != nil {
+			return fail(err)
+		}
+		defer it.Stop()
+		for n := uint32(0); n < info.Chunks; n++ {
+			// A chunk that does not come (the object was replaced and its
+			// chunks purged meanwhile) fails the download; the caller
+			// retries with the current object.
+			cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			msg, err := it.Next(jetstream.NextContext(cctx))
+			cancel()
+			if err != nil {
+				return fail(fmt.Errorf("chunk %d of %d: %w", n+1, info.Chunks, err))
+			}
+			if _, err := w.Write(msg.Data()); err != nil {
+				return fmt.Errorf("read capture state %s: %w", info.Name, err)
+			}
+			h.Write(msg.Data())
+			size += uint64(len(msg.Data()))
+		}
+	}
+	want, err := jetstream.DecodeObjectDigest(info.Digest)
+	if err != nil || size != info.Size || !bytes.Equal(h.Sum(nil), want) {
+		return fail(fmt.Errorf("%d bytes with digest %x, the object says %d bytes, %s (replaced meanwhile?)",
+			size, h.Sum(nil), info.Size, info.Digest))
 	}
 	return nil
 }

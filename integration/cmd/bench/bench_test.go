@@ -1,0 +1,36 @@
+package main
+
+import "testing"
+
+func TestLibpqConnString(t *testing.T) {
+	for _, tc := range []struct{ url, want string }{
+		{"postgres://postgres:postgres@127.0.0.1:5432/src?sslmode=disable", "host='127.0.0.1' dbname='src' port='5432' user='postgres' password='postgres'"},
+		{"postgres://u@db.example/x", "host='db.example' dbname='x' user='u'"},
+		{"postgres://u:it%27s%5C%20x@h:6543/d", `host='h' dbname='d' port='6543' user='u' password='it\'s\\ x'`},
+	} {
+		if got := libpqConnString(tc.url); got != tc.want {
+			t.Errorf("libpqConnString(%q) = %q, want %q", tc.url, got, tc.want)
+		}
+	}
+}
+
+func TestMedian(t *testing.T) {
+	for _, tc := range []struct {
+		in   []float64
+		want float64
+	}{
+		{[]float64{3}, 3},
+		{[]float64{5, 1, 3}, 3},
+		{[]float64{0.9, 0.1}, 0.9},
+	} {
+		in := append([]float64(nil), tc.in...)
+		if got := median(tc.in); got != tc.want {
+			t.Errorf("median(%v) = %v, want %v", in, got, tc.want)
+		}
+		for i := range in {
+			if in[i] != tc.in[i] {
+				t.Errorf("median reordered its input: %v", tc.in)
+			}
+		}
+	}
+}
