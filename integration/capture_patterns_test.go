@@ -181,7 +181,7 @@ func waitLogCount(t *testing.T, p *testenv.Proc, msg string, before, n int) int 
 // deletes converge; each key is written once per real change; cycles with
 // no change publish nothing.
 func TestSyntheticPattern(t *testing.T) {
-	t.Parallel() // a long test sharing no port, environment or cluster: beside the others (see TestChaos)
+	t.Parallel() // a long test sharing no port, environment or cluster: runs beside the others
 	const rows = 3000
 	src := testenv.Connect(t, pgtest.NewDatabase(t))
 	dst := testenv.Connect(t, pgtest.NewDatabase(t))
@@ -649,7 +649,7 @@ var sqlSoRs = []struct {
 // watermark_cdc publishes exactly the real changes of the second round,
 // over many polls that read the overlap again: no no-op update.
 func TestSQLSourcePatterns(t *testing.T) {
-	t.Parallel() // a long test sharing no port, environment or cluster: beside the others (see TestChaos)
+	t.Parallel() // a long test sharing no port, environment or cluster: runs beside the others
 	const rows = 1000
 	patterns := []struct {
 		name, capture string
@@ -885,7 +885,7 @@ func openRecordSoR(t *testing.T, kind string, coarse bool) *recordSoR {
 // stamping whole seconds with an overlap and publishes exactly the real
 // changes of the second round: no no-op update.
 func TestRecordSourcePatterns(t *testing.T) {
-	t.Parallel() // a long test sharing no port, environment or cluster: beside the others (see TestChaos)
+	t.Parallel() // a long test sharing no port, environment or cluster: runs beside the others
 	const rows = 1000
 	cases := []struct {
 		kind, pattern, capture string

@@ -85,10 +85,8 @@ type chaosCase struct {
 // run, each in its own databases and NATS, one after the other, and writes
 // the summary table.
 func TestChaos(t *testing.T) {
-	// Runs beside the other long tests marked parallel (after every
-	// sequential test, so none that stops or uses the outage cluster runs
-	// meanwhile: keep those sequential).
-	t.Parallel()
+	// Not parallel: its rows time faults against a quiet machine (row 3
+	// saw no republished page while other tests loaded both cores).
 	report := &testenv.ChaosReport{}
 	path := os.Getenv("ONEWAY_CHAOS_REPORT")
 	if path == "" {

@@ -23,7 +23,7 @@ import (
 // SIGKILL mid-run and restarted later. Every change still arrives exactly
 // as in the source (`verify` 0) and nothing is dead-lettered.
 func TestClusterLeaderKilled(t *testing.T) {
-	t.Parallel() // a long test sharing no port, environment or cluster: beside the others (see TestChaos)
+	t.Parallel() // a long test sharing no port, environment or cluster: runs beside the others
 	cluster := testenv.StartNATSCluster(t)
 	src := testenv.Connect(t, pgtest.NewDatabase(t))
 	dstURL := pgtest.NewDatabase(t)

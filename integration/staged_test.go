@@ -370,7 +370,7 @@ func TestStagedBreakerHoldsMassDelete(t *testing.T) {
 // is read back. The run converges (verify 0), and no key was written more
 // than it changed.
 func TestStagedServicesKilled(t *testing.T) {
-	t.Parallel() // a long test sharing no port, environment or cluster: beside the others (see TestChaos)
+	t.Parallel() // a long test sharing no port, environment or cluster: runs beside the others
 	const rows = 20000
 	src := testenv.Connect(t, pgtest.NewDatabase(t))
 	dst := testenv.Connect(t, pgtest.NewDatabase(t))

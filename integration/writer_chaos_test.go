@@ -33,7 +33,7 @@ import (
 // and applied out of order. Every key must end at the state of its last
 // change in stream order, and the ledger must hold that change's version.
 func TestWritersUnderChaosEndAtLastVersion(t *testing.T) {
-	t.Parallel() // a long test sharing no port, environment or cluster: beside the others (see TestChaos)
+	t.Parallel() // a long test sharing no port, environment or cluster: runs beside the others
 	for _, kind := range []string{"postgres", "http"} {
 		for _, writers := range []int{1, 2, 4} {
 			t.Run(fmt.Sprintf("%s, %d writers", kind, writers), func(t *testing.T) {
