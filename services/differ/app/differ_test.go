@@ -531,3 +531,30 @@ func TestLostPushIsSentAgainAfterTimeout(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, m.Header.Get(bus.HeaderError), "pushed 2 times and target pg still differs in amount")
 }
+
+// A group of staged keys larger than one join chunk is joined chunk by
+// chunk, several chunks ahead, and still pushed once per key and in key
+// order: chunks are acted on in turn.
+func TestManyKeysArePushedOnceInKeyOrder(t *testing.T) {
+	h := start(t, target("pg", ""))
+	h.run()
+	h.waitScans(1) // of an empty stage
+	const n = 3*chunk + 500
+	recs := make([]stage.Record, n)
+	for i := range recs {
+		recs[i] = h.rec(i+1, "1.00")
+	}
+	keys := h.stage(stage.SourceSide, recs...)
+	h.staged(stage.SourceSide, keys, false)
+	h.waitPushes("pg", n)
+	h.settle()
+	got := h.pushes("pg")
+	require.Len(t, got, n, "one push per key")
+	pushed := make([]string, len(got))
+	for i, p := range got {
+		pushed[i] = p.key
+	}
+	want := slices.Clone(keys)
+	slices.Sort(want)
+	require.Equal(t, want, pushed, "pushed in key order")
+}

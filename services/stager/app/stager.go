@@ -149,9 +149,9 @@ type incoming struct {
 // records; then, per message, its touched keys on the staged subject.
 func (s *Stager) handle(ctx context.Context, msgs []jetstream.Msg) error {
 	start := time.Now()
-	bySide := map[stage.Side][]stage.Record{}
-	var sides []stage.Side
 	ins := make([]incoming, 0, len(msgs))
+	decoded := make([][]stage.Record, 0, len(msgs))
+	sizes := map[stage.Side]int{}
 	var vals [][]byte
 	for _, msg := range msgs {
 		in, recs, err := s.decode(ctx, msg, &vals)
@@ -161,11 +161,22 @@ func (s *Stager) handle(ctx context.Context, msgs []jetstream.Msg) error {
 		if in.side == "" {
 			continue // not for this pipeline's targets: acked, ignored
 		}
+		ins = append(ins, in)
+		decoded = append(decoded, recs)
+		sizes[in.side] += len(recs)
+	}
+	// One slice per side, allocated once: a group holds tens of thousands
+	// of records, and growing the slice message by message copies them
+	// over and over.
+	bySide := make(map[stage.Side][]stage.Record, len(sizes))
+	var sides []stage.Side
+	for i, in := range ins {
 		if _, ok := bySide[in.side]; !ok {
 			sides = append(sides, in.side)
+			bySide[in.side] = make([]stage.Record, 0, sizes[in.side])
 		}
-		bySide[in.side] = append(bySide[in.side], recs...)
-		ins = append(ins, in)
+		bySide[in.side] = append(bySide[in.side], decoded[i]...)
+		decoded[i] = nil
 	}
 	touched := map[stage.Side]map[string]bool{}
 	for _, side := range sides {

@@ -185,3 +185,5 @@ func TestHeldWriteLockTimesOut(t *testing.T) {
 	_, err = s.Apply(ctxOf(t), stage.SourceSide, []stage.Record{stagetest.Live("a", 1, "x")})
 	require.NoError(t, err, "works once the lock is released")
 }
+
+func BenchmarkInitialLoad(b *testing.B) { stagetest.BenchmarkInitialLoad(b, storage) }
