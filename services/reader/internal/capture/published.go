@@ -427,7 +427,8 @@ func (c *Cycle) readPublished(ctx context.Context, lineage string, cycle uint64,
 		return err
 	}
 	// The first message of the cycle: every message on the subject from it
-	// on belongs to the cycle, none before.
+	// on belongs to the cycle, none before. Search the smallest sequence
+	// whose next message (At) belongs to it.
 	lo, hi := uint64(1), last
 	for lo < hi {
 		mid := lo + (hi-lo)/2
@@ -436,12 +437,10 @@ func (c *Cycle) readPublished(ctx context.Context, lineage string, cycle uint64,
 			return err
 		}
 		switch {
-		case !ok || seq >= hi:
-			lo = hi
-		case ofCycle(b):
-			hi = seq
+		case !ok || ofCycle(b):
+			hi = mid
 		default:
-			lo = seq + 1
+			lo = seq + 1 // no message of the cycle up to seq
 		}
 	}
 	var msgs int
