@@ -269,7 +269,7 @@ func (c *Cycle) cycle(ctx context.Context, pos Position, hasPrev bool, prev stri
 			return nil
 		}
 		c.lastChanges += len(changes)
-		keys, err := pubKeys(&c.Layout, changes)
+		keys, err := pubKeys(c.Layout.KeyIdx, changes)
 		if err != nil {
 			return err
 		}

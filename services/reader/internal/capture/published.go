@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
@@ -68,11 +69,13 @@ type pubBatch struct {
 	idx  map[string]int
 }
 
-// pubKeys returns the packed key values of the inserts and upserts among
-// changes.
-func pubKeys(layout *Layout, changes []*onewayv1.Change) ([][]byte, error) {
+// pubKeys returns the packed key values (in key order, as Layout.packKey)
+// of the inserts and upserts among changes, whose rows hold the key
+// columns at keyIdx (in key order).
+func pubKeys(keyIdx []int, changes []*onewayv1.Change) ([][]byte, error) {
 	var keys [][]byte
 	var vals [][]byte
+	key := make([][]byte, len(keyIdx))
 	for _, ch := range changes {
 		if op := ch.GetOp(); op != onewayv1.Op_OP_INSERT && op != onewayv1.Op_OP_UPSERT {
 			continue
@@ -81,12 +84,30 @@ func pubKeys(layout *Layout, changes []*onewayv1.Change) ([][]byte, error) {
 		if vals, err = event.Row(ch.GetRow(), vals[:0]); err != nil {
 			return nil, errs.Permanent(fmt.Errorf("published change: %w", err))
 		}
-		if len(vals) != len(layout.Columns) {
-			return nil, errs.Permanentf("published change has %d values, the source %d columns", len(vals), len(layout.Columns))
+		for i, j := range keyIdx {
+			if j >= len(vals) {
+				return nil, errs.Permanentf("published change has %d values, its key column is at %d", len(vals), j)
+			}
+			key[i] = vals[j]
 		}
-		keys = append(keys, layout.packKey(vals))
+		keys = append(keys, event.PackRow(key))
 	}
 	return keys, nil
+}
+
+// batchKeyIdx returns where a published batch holds the layout's key
+// columns, in key order (the batch's columns may differ from the
+// layout's: source.columns changed since).
+func batchKeyIdx(layout *Layout, b *onewayv1.Batch) ([]int, error) {
+	idx := make([]int, len(layout.KeyIdx))
+	for i, j := range layout.KeyIdx {
+		name := layout.Columns[j].GetName()
+		idx[i] = slices.IndexFunc(b.GetColumns(), func(c *onewayv1.Column) bool { return c.GetName() == name })
+		if idx[i] < 0 {
+			return nil, errs.Permanentf("a published batch of the current cycle lacks key column %q", name)
+		}
+	}
+	return idx, nil
 }
 
 // runWriter writes a run: batches in increasing, non-overlapping ranges.
@@ -394,9 +415,9 @@ func (rs *runs) reset() {
 }
 
 // batchSpan returns the order keys of the first and last change of a batch
-// of the given cycle; ok is false for a batch of another cycle or lineage
-// (or without tags). A batch written before first changes were tagged
-// spans from the start.
+// of the given cycle; ok is false for a batch of another cycle or lineage,
+// and for one whose first change has no tag (written by a version that did
+// not tag it).
 func batchSpan(b *onewayv1.Batch, lineage string, cycle uint64) (lo, hi []byte, ok bool) {
 	hi = lastTag(b, lineage, cycle)
 	if hi == nil {
@@ -408,7 +429,7 @@ func batchSpan(b *onewayv1.Batch, lineage string, cycle uint64) (lo, hi []byte, 
 	}
 	lo, ok = parseTag(ch[0].GetPosition(), lineage, cycle)
 	if !ok || bytes.Compare(lo, hi) > 0 {
-		lo = []byte{}
+		return nil, nil, false
 	}
 	return lo, hi, true
 }
@@ -443,7 +464,7 @@ func (c *Cycle) readPublished(ctx context.Context, lineage string, cycle uint64,
 			lo = seq + 1 // no message of the cycle up to seq
 		}
 	}
-	var msgs int
+	var msgs, untagged int
 	for seq := lo; seq <= last; seq++ {
 		b, at, ok, err := c.Published.At(ctx, seq)
 		if err != nil {
@@ -455,9 +476,16 @@ func (c *Cycle) readPublished(ctx context.Context, lineage string, cycle uint64,
 		seq = at
 		lo, hi, ok := batchSpan(b, lineage, cycle)
 		if !ok {
+			if b != nil && lastTag(b, lineage, cycle) != nil {
+				untagged++
+			}
 			continue
 		}
-		keys, err := pubKeys(&c.Layout, b.GetChanges())
+		keyIdx, err := batchKeyIdx(&c.Layout, b)
+		if err != nil {
+			return err
+		}
+		keys, err := pubKeys(keyIdx, b.GetChanges())
 		if err != nil {
 			return err
 		}
@@ -467,5 +495,9 @@ func (c *Cycle) readPublished(ctx context.Context, lineage string, cycle uint64,
 		}
 	}
 	c.Log.Info("cycle interrupted: read back what it published", "cycle", cycle, "messages", msgs, "inserted_keys", rs.n)
+	if untagged > 0 {
+		c.Log.Warn("batches of the interrupted cycle published by an older reader lack their first order key: a key they inserted and that was deleted meanwhile is not deleted",
+			"cycle", cycle, "messages", untagged)
+	}
 	return rs.end()
 }

@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
+	"github.com/oneway-sync/oneway/shared/event"
 	"github.com/oneway-sync/oneway/shared/pgconn"
 )
 
@@ -198,5 +200,62 @@ func TestCycleRetryFindsPublishedDeletes(t *testing.T) {
 	}
 	if n := strings.Count(got, "delete"); n != 2 {
 		t.Errorf("%d deletes, want 2: %s", n, fmt.Sprint(got))
+	}
+}
+
+// A published batch's inserted keys are packed as the read packs them (in
+// key order), whatever the batch's column order; deletes and updates are
+// not inserted keys. Its span comes from the tags of its first and last
+// change.
+func TestPublishedBatchKeysAndSpan(t *testing.T) {
+	layout := &Layout{Columns: []*onewayv1.Column{{Name: "a"}, {Name: "b", Key: true}, {Name: "c", Key: true}}, KeyIdx: []int{2, 1}}
+	row := func(vals ...string) []byte {
+		var out [][]byte
+		for _, v := range vals {
+			out = append(out, []byte(v))
+		}
+		return event.PackRow(out)
+	}
+	b := &onewayv1.Batch{
+		Columns: []*onewayv1.Column{{Name: "b", Key: true}, {Name: "c", Key: true}, {Name: "a"}},
+		Changes: []*onewayv1.Change{
+			{Op: onewayv1.Op_OP_UPSERT, Row: row("b1", "c1", "a1"), Position: cycleTag("L", 1, ordOf(1))},
+			{Op: onewayv1.Op_OP_DELETE, Row: row("b2", "c2", "")},
+			{Op: onewayv1.Op_OP_UPDATE, Row: row("b3", "c3", "a3")},
+			{Op: onewayv1.Op_OP_INSERT, Row: row("b4", "c4", "a4"), Position: cycleTag("L", 1, ordOf(4))},
+		},
+	}
+	idx, err := batchKeyIdx(layout, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := pubKeys(idx, b.GetChanges())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := [][]byte{
+		layout.packKey([][]byte{[]byte("a1"), []byte("b1"), []byte("c1")}),
+		layout.packKey([][]byte{[]byte("a4"), []byte("b4"), []byte("c4")}),
+	}
+	if len(keys) != 2 || !bytes.Equal(keys[0], want[0]) || !bytes.Equal(keys[1], want[1]) {
+		t.Fatalf("keys %q, want %q", keys, want)
+	}
+	if lo, hi, ok := batchSpan(b, "L", 1); !ok || !bytes.Equal(lo, ordOf(1)) || !bytes.Equal(hi, ordOf(4)) {
+		t.Fatalf("span %x..%x ok=%v", lo, hi, ok)
+	}
+	if _, _, ok := batchSpan(b, "L", 2); ok {
+		t.Fatal("a batch of cycle 1 spans cycle 2")
+	}
+	b.Changes[0].Position = ""
+	if _, _, ok := batchSpan(b, "L", 1); ok {
+		t.Fatal("a batch whose first change has no tag has a span")
+	}
+	one := &onewayv1.Batch{Changes: b.Changes[3:]}
+	if lo, hi, ok := batchSpan(one, "L", 1); !ok || !bytes.Equal(lo, hi) {
+		t.Fatalf("one change: span %x..%x ok=%v", lo, hi, ok)
+	}
+	b.Columns[1].Name = "z"
+	if _, err := batchKeyIdx(layout, b); err == nil {
+		t.Fatal("a batch without key column c was accepted")
 	}
 }
