@@ -264,15 +264,18 @@ func (c *Cycle) cycle(ctx context.Context, pos Position, hasPrev bool, prev stri
 		if err != nil {
 			return err
 		}
+		// The keys this page inserts (sent as insert or upsert).
+		var keys [][]byte
+		for _, ev := range page {
+			if ev.kind == evInsert {
+				keys = append(keys, c.Layout.packKey(ev.owned))
+			}
+		}
 		page = page[:0]
 		if len(changes) == 0 {
 			return nil
 		}
 		c.lastChanges += len(changes)
-		keys, err := pubKeys(c.Layout.KeyIdx, changes)
-		if err != nil {
-			return err
-		}
 		// Recorded before it is emitted: a later attempt of the cycle
 		// merges with it whether or not it was published.
 		if err := pub.add(ords[0], ords[len(ords)-1], keys); err != nil {

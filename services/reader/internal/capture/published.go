@@ -41,9 +41,22 @@ import (
 // non-overlapping ranges (one per attempt, roughly), merged as the read
 // goes.
 //
-// A message of the cycle that left the stream before the restart (aged
-// out under nats.max_age, or the stream lost) cannot be read back: its
-// inserted keys, if deleted meanwhile, stay at the targets.
+// Published keys are inserts only: an update or a delete is of a key of
+// the stored list, which the merge already walks. A key the read does
+// return is sent again like every key up to the dirty bound (published
+// keys all lie below it), and enters the new list; one it does not return
+// is reported once the read passed its batch's range, with the range's end
+// as its order key, so the order keys of what a cycle emits never
+// decrease and a batch's tags still bound what was published (the dirty
+// bound of the next restart).
+//
+// Why read back rather than store the partial list as the cycle goes: the
+// stream already holds exactly what was published, durably, before any
+// position names it, and reading it costs nothing until a restart, where
+// storing the list would cost an object store write before every batch.
+// The price: a message of the cycle that left the stream before the
+// restart (aged out under nats.max_age, or the stream lost) cannot be read
+// back, and its inserted keys, if deleted meanwhile, stay at the targets.
 
 // Published reads back what the reader published on the pipeline's source
 // subject. The cycle capture calls it from one goroutine, only before it
@@ -246,8 +259,11 @@ type pubSet struct {
 	runs []*pubRun
 }
 
-// openPubSet opens the runs at paths.
+// openPubSet opens the runs at paths; nil when there are none.
 func openPubSet(paths []string) (*pubSet, error) {
+	if len(paths) == 0 {
+		return nil, nil
+	}
 	s := &pubSet{}
 	for _, p := range paths {
 		r, err := openRun(p)
