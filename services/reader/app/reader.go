@@ -432,7 +432,8 @@ func (r *Reader) newCapture(source capture.Source, store *capture.Store) capture
 		return &capture.Cycle{Source: source, Layout: layout, Store: store,
 			ObjectName: bus.CaptureObject(r.cfg.Pipeline, r.side.name, "hashes"),
 			Window:     c.Window.Duration, BatchSize: c.BatchSize, Interval: c.PollInterval.Duration,
-			Lookback: c.Lookback.Duration, Log: r.log, Retry: r.retryPolicy()}
+			Lookback: c.Lookback.Duration, Log: r.log, Retry: r.retryPolicy(),
+			Published: &publishedOn{js: r.bus.JS, stream: bus.StreamName(r.cfg.Pipeline), subject: r.side.subject}}
 	default:
 		return &capture.Watermark{Source: source, Layout: layout, BatchSize: c.BatchSize,
 			Interval: c.PollInterval.Duration, Lookback: c.Lookback.Duration,
@@ -675,6 +676,58 @@ func lastOn(ctx context.Context, st jetstream.Stream, subject string) (*jetstrea
 		return nil, fmt.Errorf("read last message of %s: %w", subject, jsUnavailable(err))
 	}
 	return m, nil
+}
+
+// publishedOn reads back the batches on the reader's subject
+// (capture.Published), by direct message gets.
+type publishedOn struct {
+	js      jetstream.JetStream
+	stream  string
+	subject string
+	st      jetstream.Stream
+}
+
+var _ capture.Published = (*publishedOn)(nil)
+
+func (p *publishedOn) open(ctx context.Context) (jetstream.Stream, error) {
+	if p.st == nil {
+		st, err := p.js.Stream(ctx, p.stream)
+		if err != nil {
+			return nil, fmt.Errorf("open stream %s: %w", p.stream, jsUnavailable(err))
+		}
+		p.st = st
+	}
+	return p.st, nil
+}
+
+// LastSeq implements capture.Published.
+func (p *publishedOn) LastSeq(ctx context.Context) (uint64, error) {
+	st, err := p.open(ctx)
+	if err != nil {
+		return 0, err
+	}
+	m, err := lastOn(ctx, st, p.subject)
+	if err != nil || m == nil {
+		return 0, err
+	}
+	return m.Sequence, nil
+}
+
+// At implements capture.Published.
+func (p *publishedOn) At(ctx context.Context, seq uint64) (*onewayv1.Batch, uint64, bool, error) {
+	st, err := p.open(ctx)
+	if err != nil {
+		return nil, 0, false, err
+	}
+	m, err := st.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(p.subject))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, 0, false, nil
+	}
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("read back %s from sequence %d: %w", p.subject, seq, jsUnavailable(err))
+	}
+	b, _ := event.Decode(m.Data) // unreadable: another version's batch
+	return b, m.Sequence, true, nil
 }
 
 func (r *Reader) retryPolicy() retry.Policy {

@@ -40,8 +40,13 @@ import (
 // tag of the last batch on the subject) it emits the current state
 // whatever the hashes say. Without that, a key changed (and published)
 // and then changed back before the restart would compare equal to the old
-// list and its last state would never be sent. Duplicates are absorbed by
-// the writers' ledger, which skips a change whose hash it already applied.
+// list and its last state would never be sent. It also merges with the
+// keys the interrupted attempts inserted (published.go: recorded by this
+// process, read back from the stream after a restart): the stored list
+// lacks them (in a first cycle there is no list at all), so one deleted
+// before the restart would otherwise never be deleted. Duplicates are
+// absorbed by the writers' ledger, which skips a change whose hash it
+// already applied.
 type Cycle struct {
 	Source     Source
 	Layout     Layout
@@ -57,6 +62,10 @@ type Cycle struct {
 	TempDir string
 	Log     *slog.Logger
 	Retry   retry.Policy
+	// Published reads back what the reader published, for a cycle that
+	// resumes after a restart (nil: not read back, and the keys inserted
+	// before the restart and deleted meanwhile are not deleted).
+	Published Published
 
 	// Of the last cycle attempt.
 	lastBound   string
@@ -102,12 +111,21 @@ func (c *Cycle) Run(ctx context.Context, pos Position, last *onewayv1.Batch, emi
 
 	// What may have been published past the saved position.
 	dirty := maxOrd(pos.Dirty, lastTag(last, pos.Lineage, pos.Cycle))
+	// What the attempts of the current cycle inserted.
+	pub := &runs{dir: dir}
+	defer pub.reset()
+	if dirty != nil && c.Published != nil {
+		if err := c.readPublished(ctx, pos.Lineage, pos.Cycle, pub); err != nil {
+			return fmt.Errorf("read back what cycle %d published: %w", pos.Cycle, err)
+		}
+		dirty = maxOrd(dirty, pub.hi)
+	}
 	for n := 0; ; n++ {
 		next := filepath.Join(dir, "next-"+strconv.Itoa(n))
 		started := time.Now()
 		var lastSent []byte
 		err := retry.Do(ctx, c.Retry, func(ctx context.Context) error {
-			dirty = maxOrd(dirty, lastSent)
+			dirty = maxOrd(dirty, maxOrd(lastSent, pub.hi))
 			if !bytes.Equal(dirty, pos.Dirty) {
 				// Save the dirty bound before publishing anything past it.
 				pos.Dirty = dirty
@@ -116,7 +134,7 @@ func (c *Cycle) Run(ctx context.Context, pos Position, last *onewayv1.Batch, emi
 				}
 			}
 			var err error
-			lastSent, err = c.cycle(ctx, pos, hasPrev, prev, next, emit)
+			lastSent, err = c.cycle(ctx, pos, hasPrev, prev, pub, next, emit)
 			return err
 		})
 		if err != nil {
@@ -164,6 +182,7 @@ func (c *Cycle) Run(ctx context.Context, pos Position, last *onewayv1.Batch, emi
 			return fmt.Errorf("keep hash list: %w", err)
 		}
 		hasPrev = true
+		pub.reset()
 		pos, dirty = nextPos, nil
 		select {
 		case <-ctx.Done():
@@ -174,9 +193,10 @@ func (c *Cycle) Run(ctx context.Context, pos Position, last *onewayv1.Batch, emi
 }
 
 // cycle runs one attempt of a cycle: it reads the source, merges it with
-// prev, writes next and emits the changes. It returns the largest order
-// key it sent (nil if none), also on error.
-func (c *Cycle) cycle(ctx context.Context, pos Position, hasPrev bool, prev, next string, emit func(Page) error) (lastSent []byte, err error) {
+// prev and with what the earlier attempts published (pub), writes next and
+// emits the changes, recording what it inserts in pub. It returns the
+// largest order key it sent (nil if none), also on error.
+func (c *Cycle) cycle(ctx context.Context, pos Position, hasPrev bool, prev string, pub *runs, next string, emit func(Page) error) (lastSent []byte, err error) {
 	c.lastRows, c.lastChanges = 0, 0
 	lookback := c.Lookback.Seconds()
 	// The time bound before the read: every change this cycle does not see
@@ -199,6 +219,20 @@ func (c *Cycle) cycle(ctx context.Context, pos Position, hasPrev bool, prev, nex
 		defer lr.Close()
 		old = lr
 	}
+	// This attempt's own batches go to a new run, after the ones it reads.
+	if err := pub.end(); err != nil {
+		return nil, err
+	}
+	published, err := openPubSet(pub.paths)
+	if err != nil {
+		return nil, err
+	}
+	defer published.Close()
+	defer func() {
+		if perr := pub.end(); err == nil {
+			err = perr
+		}
+	}()
 	out, err := createList(next)
 	if err != nil {
 		return nil, err
@@ -234,11 +268,23 @@ func (c *Cycle) cycle(ctx context.Context, pos Position, hasPrev bool, prev, nex
 		if err != nil {
 			return err
 		}
+		// The keys this page inserts (sent as insert or upsert).
+		var keys [][]byte
+		for _, ev := range page {
+			if ev.kind == evInsert {
+				keys = append(keys, c.Layout.packKey(ev.owned))
+			}
+		}
 		page = page[:0]
 		if len(changes) == 0 {
 			return nil
 		}
 		c.lastChanges += len(changes)
+		// Recorded before it is emitted: a later attempt of the cycle
+		// merges with it whether or not it was published.
+		if err := pub.add(ords[0], ords[len(ords)-1], keys); err != nil {
+			return err
+		}
 		err = c.Layout.send(pattern, changes, func(int) Position { return pos },
 			func(i int) string { return tag(ords[i]) }, emit)
 		if err != nil {
@@ -247,7 +293,7 @@ func (c *Cycle) cycle(ctx context.Context, pos Position, hasPrev bool, prev, nex
 		lastSent = ords[len(ords)-1]
 		return nil
 	}
-	err = merge(rows, old, pos.Dirty, out, &c.Layout, func(ev mergeEvent) error {
+	err = merge(rows, old, published, pos.Dirty, out, &c.Layout, func(ev mergeEvent) error {
 		page = append(page, ev)
 		if len(page) >= c.BatchSize {
 			return flush()
@@ -384,16 +430,22 @@ func lastTag(b *onewayv1.Batch, lineage string, cycle uint64) []byte {
 	if b == nil || len(b.GetChanges()) == 0 {
 		return nil
 	}
-	tag := b.GetChanges()[len(b.GetChanges())-1].GetPosition()
+	ord, _ := parseTag(b.GetChanges()[len(b.GetChanges())-1].GetPosition(), lineage, cycle)
+	return ord
+}
+
+// parseTag returns the order key of a cycleTag of the given cycle; ok is
+// false for a tag of another cycle or lineage, or no tag.
+func parseTag(tag, lineage string, cycle uint64) (ord []byte, ok bool) {
 	parts := strings.SplitN(tag, "/", 4)
 	if len(parts) != 4 || parts[0] != "cycle" || parts[1] != lineage || parts[2] != strconv.FormatUint(cycle, 10) {
-		return nil
+		return nil, false
 	}
 	ord, err := base64.RawURLEncoding.DecodeString(parts[3])
-	if err != nil {
-		return nil
+	if err != nil || len(ord) == 0 {
+		return nil, false
 	}
-	return ord
+	return ord, true
 }
 
 func maxOrd(a, b []byte) []byte {

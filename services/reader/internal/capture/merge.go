@@ -53,10 +53,14 @@ type mergeEvent struct {
 	force bool
 }
 
-// merge walks rows and old (nil: no list) in step. It adds every row that
-// is not marked deleted (nor outside) to out and calls fn for each finding. Rows whose
-// ord is at or below dirty are emitted whatever their hash.
-func merge(rows rowIter, old entryIter, dirty []byte, out *listWriter, layout *Layout, fn func(mergeEvent) error) error {
+// merge walks rows, old (nil: no list) and pub (nil: nothing published by
+// an earlier attempt, see published.go) in step. It adds every row that is
+// not marked deleted (nor outside) to out and calls fn for each finding.
+// Rows whose ord is at or below dirty are emitted whatever their hash. A
+// published key that no row within its batch's range matched is gone
+// (force set, no hash), found once the read passed that range and given
+// the range's end as ord, so that the findings' ords never decrease.
+func merge(rows rowIter, old entryIter, pub *pubSet, dirty []byte, out *listWriter, layout *Layout, fn func(mergeEvent) error) error {
 	var cur entry
 	have := false
 	advance := func() error {
@@ -72,6 +76,32 @@ func merge(rows rowIter, old entryIter, dirty []byte, out *listWriter, layout *L
 		return err
 	}
 	inDirty := func(ord []byte) bool { return dirty != nil && bytes.Compare(ord, dirty) <= 0 }
+	// gone reports, in ord order, the keys of the list below o and the
+	// published keys of the ranges that end below o (nil o: all).
+	gone := func(o []byte) error {
+		for {
+			run, hi := pub.nextDone(o)
+			inList := have && (o == nil || bytes.Compare(cur.ord, o) < 0)
+			switch {
+			case inList && (run == nil || bytes.Compare(cur.ord, hi) <= 0):
+				if err := fn(mergeEvent{kind: evGone, ord: cur.ord, key: cur.key, hash: cur.hash, force: inDirty(cur.ord)}); err != nil {
+					return err
+				}
+				if err := advance(); err != nil {
+					return err
+				}
+			case run != nil:
+				err := pub.finish(run, func(key []byte) error {
+					return fn(mergeEvent{kind: evGone, ord: hi, key: key, force: true})
+				})
+				if err != nil {
+					return err
+				}
+			default:
+				return nil
+			}
+		}
+	}
 	for {
 		r, ok, err := rows.next()
 		if err != nil {
@@ -80,12 +110,13 @@ func merge(rows rowIter, old entryIter, dirty []byte, out *listWriter, layout *L
 		if !ok {
 			break
 		}
-		// Keys of the list before this row were not read: gone.
-		for have && bytes.Compare(cur.ord, r.ord) < 0 {
-			if err := fn(mergeEvent{kind: evGone, ord: cur.ord, key: cur.key, hash: cur.hash, force: inDirty(cur.ord)}); err != nil {
-				return err
-			}
-			if err := advance(); err != nil {
+		// Keys of the list before this row were not read: gone; so are the
+		// published keys of the ranges that end before it.
+		if err := gone(r.ord); err != nil {
+			return err
+		}
+		if pub != nil {
+			if err := pub.seen(r.ord, layout.packKey(r.owned)); err != nil {
 				return err
 			}
 		}
@@ -122,13 +153,5 @@ func merge(rows rowIter, old entryIter, dirty []byte, out *listWriter, layout *L
 			}
 		}
 	}
-	for have {
-		if err := fn(mergeEvent{kind: evGone, ord: cur.ord, key: cur.key, hash: cur.hash, force: inDirty(cur.ord)}); err != nil {
-			return err
-		}
-		if err := advance(); err != nil {
-			return err
-		}
-	}
-	return nil
+	return gone(nil)
 }

@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"os"
@@ -140,8 +141,12 @@ func TestMerge(t *testing.T) {
 		old   []string // nil: no list
 		rows  []string
 		dirty int // 0: none
-		want  string
-		list  string // keys of the new list
+		// pub is what earlier attempts published: runs of batches
+		// "lo-hi:k,k" (the order keys of the batch's ends, its inserted
+		// keys).
+		pub  [][]string
+		want string
+		list string // keys of the new list
 	}{
 		{name: "no list: every row is new", old: nil, rows: []string{"1=a", "2=b"},
 			want: "insert 1, insert 2", list: "1 2"},
@@ -161,6 +166,26 @@ func TestMerge(t *testing.T) {
 			list: "1 2 4 7 8"},
 		{name: "rows outside the window are sent but not listed", old: nil, rows: []string{"1=a", "~2=b", "3=c"},
 			want: "insert 1, insert 2, insert 3", list: "1 3"},
+		{name: "no list, published keys not read are gone once the read passed their batch",
+			rows: []string{"1=a", "3=c", "5=e", "7=g", "8=h"}, dirty: 6,
+			pub:  [][]string{{"1-3:1,2,3", "4-6:4,5,6"}},
+			want: "insert! 1, insert! 3, gone! 2, insert! 5, gone! 4, gone! 6, insert 7, insert 8", list: "1 3 5 7 8"},
+		{name: "overlapping runs beside a list",
+			old: []string{"1=a", "2=b", "5=e"}, rows: []string{"1=a", "3=c", "5=e", "8=h"}, dirty: 7,
+			pub:  [][]string{{"3-4:3,4"}, {"3-3:3", "4-7:7"}},
+			want: "update! 1, gone! 2, insert! 3, gone! 4, update! 5, gone! 7, insert 8", list: "1 3 5 8"},
+		{name: "published keys past the last row", rows: []string{"1=a"}, dirty: 2,
+			pub:  [][]string{{"1-2:1,2"}},
+			want: "insert! 1, gone! 2", list: "1"},
+		{name: "batches of a run sharing an end", rows: []string{"1=a", "3=c", "4=d"}, dirty: 5,
+			pub:  [][]string{{"1-3:1,3", "3-5:5"}},
+			want: "insert! 1, insert! 3, insert! 4, gone! 5", list: "1 3 4"},
+		{name: "a published key marked deleted is a delete", rows: []string{"1=-", "2=b"}, dirty: 2,
+			pub:  [][]string{{"1-2:1,2"}},
+			want: "delete! 1, insert! 2", list: "2"},
+		{name: "a batch the read skipped entirely", old: []string{"9=z"}, rows: []string{"1=a", "9=z"}, dirty: 6,
+			pub:  [][]string{{"1-1:1", "2-3:2,3", "5-6:5"}},
+			want: "insert! 1, gone! 2, gone! 3, gone! 5", list: "1 9"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -177,8 +202,15 @@ func TestMerge(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			pub := pubRuns(t, layout, tt.pub)
+			defer pub.Close()
 			var got []string
-			err = merge(&fakeRows{rows: tt.rows}, old, dirty, out, layout, func(ev mergeEvent) error {
+			var lastOrd []byte
+			err = merge(&fakeRows{rows: tt.rows}, old, pub, dirty, out, layout, func(ev mergeEvent) error {
+				if bytes.Compare(ev.ord, lastOrd) < 0 {
+					t.Errorf("finding at ord %x after %x", ev.ord, lastOrd)
+				}
+				lastOrd = ev.ord
 				name := map[evKind]string{evInsert: "insert", evUpdate: "update", evDelete: "delete", evGone: "gone"}[ev.kind]
 				if ev.force {
 					name += "!"
@@ -224,6 +256,40 @@ func TestMerge(t *testing.T) {
 			}
 		})
 	}
+}
+
+// pubRuns writes runs of "lo-hi:k,k" batches and opens them (nil: none).
+func pubRuns(t *testing.T, layout *Layout, batches [][]string) *pubSet {
+	t.Helper()
+	if batches == nil {
+		return nil
+	}
+	rs := &runs{dir: t.TempDir()}
+	for _, run := range batches {
+		if err := rs.end(); err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range run {
+			var lo, hi int
+			span, ks, _ := strings.Cut(b, ":")
+			fmt.Sscanf(span, "%d-%d", &lo, &hi)
+			var keys [][]byte
+			for _, k := range strings.Split(ks, ",") {
+				keys = append(keys, layout.packKey([][]byte{[]byte(k), nil}))
+			}
+			if err := rs.add(ordOf(lo), ordOf(hi), keys); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := rs.end(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := openPubSet(rs.paths)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 // ---- overlap -------------------------------------------------------------------

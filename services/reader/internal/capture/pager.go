@@ -60,7 +60,7 @@ func (l *Layout) packKey(owned [][]byte) []byte {
 // send emits changes as one page, or as several when they would not fit
 // the budget: each page ends at a change i and carries next(i) as its
 // position (and, when tag is set, tag(i) as the Position of its last
-// change).
+// change, and of its first).
 func (l *Layout) send(pattern onewayv1.CapturePattern, changes []*onewayv1.Change, next func(i int) Position,
 	tag func(i int) string, emit func(Page) error) error {
 	start, size := 0, 0
@@ -68,6 +68,9 @@ func (l *Layout) send(pattern onewayv1.CapturePattern, changes []*onewayv1.Chang
 		last := end - 1
 		if tag != nil {
 			changes[last].Position = tag(last)
+			if start < last {
+				changes[start].Position = tag(start)
+			}
 		}
 		b := &onewayv1.Batch{
 			SchemaVersion: event.SchemaVersion, Pipeline: l.Pipeline, Origin: l.origin(),
