@@ -1,6 +1,11 @@
 package main
 
-import "testing"
+import (
+	"path/filepath"
+	"testing"
+
+	"github.com/oneway-sync/oneway/shared/config"
+)
 
 func TestLibpqConnString(t *testing.T) {
 	for _, tc := range []struct{ url, want string }{
@@ -32,5 +37,19 @@ func TestMedian(t *testing.T) {
 				t.Errorf("median reordered its input: %v", tc.in)
 			}
 		}
+	}
+}
+
+// The bench's pipeline files load as oneway loads them.
+func TestInvoicesConfigLoads(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "p.yaml")
+	writeInvoicesConfig(path, "bench_staged_pg", "mode: staged\nstage:\n  url: \"postgres://x/stage\"\n",
+		"postgres://x/src", "    pattern: watermark\n    column: updated_at\n", "postgres://x/dst", "    delete: hard\n")
+	p, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Pipeline != "bench_staged_pg" || !p.Staged() || p.Source.Capture.Pattern != "watermark" || p.Targets[0].Delete != "hard" {
+		t.Fatalf("loaded %+v", p)
 	}
 }

@@ -147,24 +147,8 @@ func (b *cdcSteady) run(ctx context.Context) result {
 
 	// oneway up, cdc pattern, direct into PostgreSQL.
 	cfg := filepath.Join(b.dir, "cdc.yaml")
-	must(os.WriteFile(cfg, []byte(fmt.Sprintf(`pipeline: bench_cdc
-source:
-  kind: postgres
-  url: %q
-  table: public.invoices
-  key: [id]
-  columns: [id, customer, amount, status, note, updated_at]
-  capture:
-    pattern: cdc
-    slot: %s
-    publication: %s
-nats:
-  max_bytes: 268435456
-targets:
-  - name: pg
-    kind: postgres
-    url: %q
-`, src, b.slot("oneway"), b.prefix+"_cdc_pub", dst)), 0o600))
+	writeInvoicesConfig(cfg, "bench_cdc", "nats:\n  max_bytes: 268435456\n", src,
+		fmt.Sprintf("    pattern: cdc\n    slot: %s\n    publication: %s\n", b.slot("oneway"), b.prefix+"_cdc_pub"), dst, "")
 	args := []string{"up", "--config", cfg, "--data-dir", filepath.Join(b.dir, "data-cdc"), "--log-level", b.logLevel, "--admin-addr", "off"}
 	if b.profileDir != "" {
 		args = append(args, "--cpu-profile", filepath.Join(b.profileDir, "cdc_steady.pprof"))

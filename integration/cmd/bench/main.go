@@ -155,58 +155,14 @@ func initialLoads(ctx context.Context, dir, base, bin, logLevel, prefix, cpuProf
 	log.Printf("reference runs: %.2f s, %.2f s, %.2f s", refRuns[0], refRuns[1], refRuns[2])
 
 	cfg := filepath.Join(dir, "bench.yaml")
-	must(os.WriteFile(cfg, []byte(fmt.Sprintf(`pipeline: bench
-source:
-  kind: postgres
-  url: %q
-  table: public.invoices
-  key: [id]
-  capture:
-    pattern: watermark
-    column: updated_at
-targets:
-  - name: pg
-    kind: postgres
-    url: %q
-`, src, dst)), 0o600))
+	watermark := "    pattern: watermark\n    column: updated_at\n"
+	writeInvoicesConfig(cfg, "bench", "", src, watermark, dst, "")
 	stagedCfg := filepath.Join(dir, "bench-staged.yaml")
-	must(os.WriteFile(stagedCfg, []byte(fmt.Sprintf(`pipeline: bench_staged
-mode: staged
-source:
-  kind: postgres
-  url: %q
-  table: public.invoices
-  key: [id]
-  columns: [id, customer, amount, status, note, updated_at]
-  capture:
-    pattern: watermark
-    column: updated_at
-targets:
-  - name: pg
-    kind: postgres
-    url: %q
-`, src, stagedDst)), 0o600))
+	writeInvoicesConfig(stagedCfg, "bench_staged", "mode: staged\n", src, watermark, stagedDst, "")
 	// The same with the stage in PostgreSQL (pgstage) rather than the
 	// embedded SQLite file.
 	stagedPGCfg := filepath.Join(dir, "bench-staged-pg.yaml")
-	must(os.WriteFile(stagedPGCfg, []byte(fmt.Sprintf(`pipeline: bench_staged_pg
-mode: staged
-source:
-  kind: postgres
-  url: %q
-  table: public.invoices
-  key: [id]
-  columns: [id, customer, amount, status, note, updated_at]
-  capture:
-    pattern: watermark
-    column: updated_at
-stage:
-  url: %q
-targets:
-  - name: pg
-    kind: postgres
-    url: %q
-`, src, stageDB, stagedPGDst)), 0o600))
+	writeInvoicesConfig(stagedPGCfg, "bench_staged_pg", fmt.Sprintf("mode: staged\nstage:\n  url: %q\n", stageDB), src, watermark, stagedPGDst, "")
 	must(exec1(ctx, base, "CHECKPOINT"))
 	// runPipeline runs `oneway up --exit-when-synced` on a config, then
 	// verify, and measures it against the reference.
@@ -348,4 +304,25 @@ func must(err error) {
 	if err != nil {
 		fatalf("%v", err)
 	}
+}
+
+// writeInvoicesConfig writes a pipeline file that syncs public.invoices
+// from the PostgreSQL database src into the PostgreSQL target dst. head
+// holds the top-level sections besides source and targets (mode, nats,
+// stage), capture the fields of source.capture and target the target's
+// fields after its url, each line indented as in the file.
+func writeInvoicesConfig(path, pipeline, head, src, capture, dst, target string) {
+	must(os.WriteFile(path, []byte(fmt.Sprintf(`pipeline: %s
+%ssource:
+  kind: postgres
+  url: %q
+  table: public.invoices
+  key: [id]
+  columns: [id, customer, amount, status, note, updated_at]
+  capture:
+%stargets:
+  - name: pg
+    kind: postgres
+    url: %q
+%s`, pipeline, head, src, capture, dst, target)), 0o600))
 }

@@ -83,25 +83,8 @@ func (b *syntheticCycle) run(ctx context.Context, n int) result {
 	must(err)
 	defer ns.Shutdown()
 	cfg := filepath.Join(dir, "synthetic.yaml")
-	must(os.WriteFile(cfg, []byte(fmt.Sprintf(`pipeline: bench_synthetic
-nats:
-  url: %q
-source:
-  kind: postgres
-  url: %q
-  table: public.invoices
-  key: [id]
-  columns: [id, customer, amount, status, note, updated_at]
-  capture:
-    pattern: synthetic
-    batch_size: 1000
-    poll_interval: 1h
-targets:
-  - name: pg
-    kind: postgres
-    url: %q
-    delete: hard
-`, ns.ClientURL(), src, dst)), 0o600))
+	writeInvoicesConfig(cfg, "bench_synthetic", fmt.Sprintf("nats:\n  url: %q\n", ns.ClientURL()), src,
+		"    pattern: synthetic\n    batch_size: 1000\n    poll_interval: 1h\n", dst, "    delete: hard\n")
 
 	writer := startProc(ctx, b.writerBin, "run", "--config", cfg, "--log-level", "warn", "--log-format", "json")
 	defer writer.stop()
