@@ -168,11 +168,7 @@ func (s *Source) HasWatermark() (has, numeric bool) { return s.wmIdx >= 0, false
 
 // KeyOf returns the key texts of a row.
 func (s *Source) KeyOf(r source.Row) []string {
-	k := make([]string, len(s.keyIdx))
-	for i, j := range s.keyIdx {
-		k[i] = string(r[j])
-	}
-	return k
+	return source.KeyTexts(r, s.keyIdx)
 }
 
 // Owned returns the row: these sources carry no extras.

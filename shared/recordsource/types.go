@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/oneway-sync/oneway/shared/source"
 )
 
 // Column is one declared column of a record source: its name (the CSV
@@ -119,7 +121,7 @@ func (c conv) fromString(s string) ([]byte, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%q is not a number", s)
 		}
-		return floatText(f, bits), nil
+		return source.FloatText(f, bits), nil
 	case kBool:
 		switch strings.ToLower(strings.TrimSpace(s)) {
 		case "t", "true", "1", "yes", "y", "on":
@@ -240,30 +242,6 @@ func numericText(s string, scale int) ([]byte, error) {
 		out = "-" + out
 	}
 	return []byte(out), nil
-}
-
-// floatText prints a float as PostgreSQL does (shortest round-trip digits;
-// an exponent below 1e-4 and from 1e15 for double precision, 1e6 for
-// real).
-func floatText(f float64, bits int) []byte {
-	big := 1e15
-	if bits == 32 {
-		big = 1e6
-	}
-	switch {
-	case math.IsNaN(f):
-		return []byte("NaN")
-	case math.IsInf(f, 1):
-		return []byte("Infinity")
-	case math.IsInf(f, -1):
-		return []byte("-Infinity")
-	case f == 0:
-		return []byte("0")
-	}
-	if a := math.Abs(f); a < 1e-4 || a >= big {
-		return []byte(strconv.FormatFloat(f, 'e', -1, bits))
-	}
-	return strconv.AppendFloat(nil, f, 'f', -1, bits)
 }
 
 // timeLayouts are the accepted forms of a date or time: RFC 3339 and ISO

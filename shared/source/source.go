@@ -5,6 +5,11 @@
 // the sources need not import the patterns.
 package source
 
+import (
+	"math"
+	"strconv"
+)
+
 // Row is one record's owned values in the text forms PostgreSQL prints
 // for them (the canonical forms of shared/event); nil is NULL. A source
 // may append extra values after the owned ones (its accessors read them);
@@ -59,4 +64,39 @@ type Scan interface {
 	// (true for every row of other scans).
 	InWindow(r Row) bool
 	Close()
+}
+
+// KeyTexts returns the key values of r (at keyIdx, in key order) as text:
+// the form SnapshotPage and Lookup take keys in.
+func KeyTexts(r Row, keyIdx []int) []string {
+	k := make([]string, len(keyIdx))
+	for i, j := range keyIdx {
+		k[i] = string(r[j])
+	}
+	return k
+}
+
+// FloatText prints f as PostgreSQL prints a double precision (bits 64)
+// or real (bits 32): the shortest text that reads back as the same value,
+// in exponent form below 1e-4 and from 1e15 (1e6 for real) up.
+func FloatText(f float64, bits int) []byte {
+	big := 1e15
+	if bits == 32 {
+		big = 1e6
+	}
+	switch {
+	case math.IsNaN(f):
+		return []byte("NaN")
+	case math.IsInf(f, 1):
+		return []byte("Infinity")
+	case math.IsInf(f, -1):
+		return []byte("-Infinity")
+	case f == 0:
+		return []byte("0")
+	}
+	if a := math.Abs(f); a < 1e-4 || a >= big {
+		// Go prints 1e+06 and 1e-05 as PostgreSQL does.
+		return []byte(strconv.FormatFloat(f, 'e', -1, bits))
+	}
+	return strconv.AppendFloat(nil, f, 'f', -1, bits)
 }

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/oneway-sync/oneway/shared/source"
 )
 
 // kind is how a column's driver values become the text PostgreSQL prints
@@ -204,30 +206,12 @@ func boolText(b bool) []byte {
 	return []byte("f")
 }
 
-// floatText prints a float as PostgreSQL does (shortest round-trip
-// digits; an exponent below 1e-4 and from 1e15 for double precision, 1e6
-// for real).
+// floatText prints a float as PostgreSQL prints a column of kind k.
 func floatText(f float64, k kind) []byte {
-	bits, big := 64, 1e15
 	if k == kFloat32 {
-		bits, big = 32, 1e6
+		return source.FloatText(f, 32)
 	}
-	switch {
-	case math.IsNaN(f):
-		return []byte("NaN")
-	case math.IsInf(f, 1):
-		return []byte("Infinity")
-	case math.IsInf(f, -1):
-		return []byte("-Infinity")
-	case f == 0:
-		return []byte("0")
-	}
-	if a := math.Abs(f); a < 1e-4 || a >= big {
-		s := strconv.FormatFloat(f, 'e', -1, bits)
-		// Go prints 1e+06 and 1e-05 as PostgreSQL does.
-		return []byte(s)
-	}
-	return strconv.AppendFloat(nil, f, 'f', -1, bits)
+	return source.FloatText(f, 64)
 }
 
 // timeLayouts are the forms of a stored date or time the source accepts:

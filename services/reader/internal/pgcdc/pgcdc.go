@@ -21,6 +21,7 @@ import (
 	"github.com/oneway-sync/oneway/services/reader/internal/pgsource"
 	"github.com/oneway-sync/oneway/shared/errs"
 	"github.com/oneway-sync/oneway/shared/pgconn"
+	"github.com/oneway-sync/oneway/shared/source"
 )
 
 // LSN is a PostgreSQL WAL position.
@@ -90,11 +91,7 @@ type Table struct {
 
 // KeyOf returns the key texts of a row of t.
 func (t *Table) KeyOf(r Row) []string {
-	k := make([]string, len(t.KeyIdx))
-	for i, j := range t.KeyIdx {
-		k[i] = string(r[j])
-	}
-	return k
+	return source.KeyTexts(r, t.KeyIdx)
 }
 
 // typeID identifies a column type as pgoutput's Relation message does.

@@ -345,11 +345,7 @@ func (s *Source) KeyIndexes() []int { return s.keyIdx }
 
 // KeyOf returns the key texts of a row.
 func (s *Source) KeyOf(r Row) []string {
-	k := make([]string, len(s.keyIdx))
-	for i, j := range s.keyIdx {
-		k[i] = string(r[j])
-	}
-	return k
+	return source.KeyTexts(r, s.keyIdx)
 }
 
 // WatermarkOf returns the watermark text of a row (for a delete-feed row,
