@@ -205,7 +205,18 @@ func (s *Stream) Close() error {
 }
 
 func (s *Stream) run(ctx context.Context, p *pump) {
+	stop := make(chan struct{})
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		p.watch(ctx, stop)
+	}()
 	err := p.loop(ctx)
+	close(stop)
+	<-watched
+	if p.stalled.Load() && ctx.Err() == nil {
+		err = errs.Unavailable(fmt.Errorf("replication from slot %s: no message for %s inside a transaction; connection closed (%w)", s.c.cfg.Slot, midTxStall, err))
+	}
 	if ctx.Err() != nil && !errors.Is(err, io.EOF) {
 		err = fmt.Errorf("cdc stream of slot %s closed: %w", s.c.cfg.Slot, context.Cause(ctx))
 	}
@@ -250,6 +261,12 @@ type pump struct {
 	tx       txState
 
 	nextStatus time.Time
+
+	// blockedSince is when a receive without a deadline began (UnixNano;
+	// 0: none is waiting); stalled is set when the watchdog closed the
+	// connection under one.
+	blockedSince atomic.Int64
+	stalled      atomic.Bool
 }
 
 type txState struct {
@@ -271,9 +288,7 @@ func (p *pump) loop(ctx context.Context) error {
 		if p.finished {
 			return io.EOF
 		}
-		rctx, cancel := context.WithDeadline(ctx, p.nextStatus)
-		msg, err := p.conn.ReceiveMessage(rctx)
-		cancel()
+		msg, err := p.receive(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -292,6 +307,58 @@ func (p *pump) loop(ctx context.Context) error {
 			return pgconn.Classify(fmt.Errorf("replication from slot %s: %w", p.c.cfg.Slot, pgxconn.ErrorResponseToPgError(m)))
 		case *pgproto3.CopyDone:
 			return errs.Unavailable(fmt.Errorf("replication from slot %s: the server ended the stream", p.c.cfg.Slot))
+		}
+	}
+}
+
+// midTxStall bounds a receive inside a transaction, which has no deadline
+// of its own (see receive): with no message for this long, the connection
+// is closed and the stream fails, to be restarted.
+var midTxStall = 30 * time.Second
+
+// receive returns the next message. Between transactions it waits until
+// the next status update is due (a timeout error then). Inside one, the
+// walsender sends the rest of the transaction without pause, so receive
+// waits without a context: a cancellable context costs a timer and a
+// watcher goroutine per message, a tenth of the reader's CPU under a
+// steady stream of small changes. The watchdog (see watch) ends such a
+// receive when ctx ends or the connection stalls.
+func (p *pump) receive(ctx context.Context) (pgproto3.BackendMessage, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if !p.inTx {
+		rctx, cancel := context.WithDeadline(ctx, p.nextStatus)
+		defer cancel()
+		return p.conn.ReceiveMessage(rctx)
+	}
+	p.blockedSince.Store(time.Now().UnixNano())
+	defer p.blockedSince.Store(0)
+	return p.conn.ReceiveMessage(context.Background())
+}
+
+// watch is the watchdog of receives without a context: it closes the
+// connection under a receive that outlived ctx (by a second: the next
+// message of the transaction usually ends it first) or that waited
+// midTxStall. It returns when stop closes.
+func (p *pump) watch(ctx context.Context, stop <-chan struct{}) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		since := p.blockedSince.Load()
+		if since == 0 {
+			continue
+		}
+		waited := time.Since(time.Unix(0, since))
+		if waited >= midTxStall || (ctx.Err() != nil && waited >= time.Second) {
+			p.stalled.Store(true)
+			_ = p.conn.Conn().Close()
+			return
 		}
 	}
 }

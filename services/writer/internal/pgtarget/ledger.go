@@ -22,6 +22,11 @@ import (
 // oneway_version is the stream version last applied, oneway_hash its content
 // hash (empty for a delete), oneway_applies how many times the row was
 // really written: 1 after an initial load, +1 per real change after.
+//
+// Its fillfactor is 60: every change of a key updates its ledger row, and
+// the free space lets PostgreSQL do that as a heap-only update (no new
+// index entry). The cdc_steady bench wrote 70 MB of WAL per round instead
+// of 80 MB with it.
 func (t *Target) ensureLedger(ctx context.Context, keyNames, keyTypes []string) error {
 	for _, k := range keyNames {
 		if strings.HasPrefix(k, "oneway_") {
@@ -53,7 +58,7 @@ func (t *Target) ensureLedger(ctx context.Context, keyNames, keyTypes []string) 
   oneway_version bigint NOT NULL, oneway_hash bytea NOT NULL,
   oneway_changed boolean NOT NULL DEFAULT true, oneway_applies int NOT NULL DEFAULT 1,
   oneway_applied_at timestamptz NOT NULL DEFAULT now(),
-  PRIMARY KEY (%s))`, t.ledger.Quoted(), strings.Join(defs, ", "), pgconn.QuoteList("", keyNames))
+  PRIMARY KEY (%s)) WITH (fillfactor = 60)`, t.ledger.Quoted(), strings.Join(defs, ", "), pgconn.QuoteList("", keyNames))
 	comment := fmt.Sprintf("COMMENT ON TABLE %s IS %s", t.ledger.Quoted(),
 		ledgerdb.QuoteLiteral(fmt.Sprintf("oneway effect-once ledger of pipeline %s, target %s, table %s", t.spec.Pipeline, t.spec.Target, t.spec.Table)))
 	err = ledgerdb.WithDDLLock(ctx, t.pool, func(tx pgx.Tx) error {
