@@ -174,14 +174,23 @@ func TestCDCPattern(t *testing.T) {
 		t.Fatalf("after the key update the target has %d of keys 42 and 300000, want 1", n)
 	}
 
-	// kill -9 mid-stream, a restart: nothing lost.
+	// kill -9 mid-stream, a restart: nothing lost, and nothing published
+	// twice (the restarted reader resumes after the last page the stream
+	// holds, even when that page merged several transactions).
 	writes := testenv.Connect(t, src.URL)
+	burstFrom := log.last(t)
 	done := make(chan error, 1)
+	burstKeys := map[string]bool{} // the rows the burst updated (some ids were deleted above)
 	go func() {
 		for i := 0; i < 600; i++ {
-			if _, err := writes.Conn.Exec(context.Background(), "UPDATE public.invoices SET note = $1 WHERE id = $2", fmt.Sprintf("burst %d", i), 1+(i*31)%rows); err != nil {
+			id := 1 + (i*31)%rows
+			tag, err := writes.Conn.Exec(context.Background(), "UPDATE public.invoices SET note = $1 WHERE id = $2", fmt.Sprintf("burst %d", i), id)
+			if err != nil {
 				done <- err
 				return
+			}
+			if tag.RowsAffected() == 1 {
+				burstKeys[fmt.Sprintf("upsert %d", id)] = true
 			}
 		}
 		done <- nil
@@ -199,6 +208,19 @@ func TestCDCPattern(t *testing.T) {
 	}
 	up = testenv.Start(t, "oneway", upArgs(cfg, data)...)
 	waitVerified(t, cfg)
+	burst := log.changesAfter(t, burstFrom)
+	seen := map[string]int{}
+	for _, c := range burst {
+		seen[c]++
+	}
+	for c, n := range seen {
+		if n != 1 || !burstKeys[c] {
+			t.Errorf("the burst published %q %d times", c, n)
+		}
+	}
+	if len(seen) != len(burstKeys) {
+		t.Fatalf("the burst updated %d rows and published %d changes of %d keys", len(burstKeys), len(burst), len(seen))
+	}
 
 	// Idle: writes elsewhere in the database move WAL, and the slot's
 	// confirmed position follows (the heartbeat), so it pins nothing.

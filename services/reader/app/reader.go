@@ -557,6 +557,15 @@ func (r *Reader) runActive(parent context.Context, capt capture.Capture, setup c
 		// its saved position alone.
 		lastBatch, _ = event.Decode(lastMsg.Data)
 	}
+	if rc, ok := capt.(capture.Recoverer); ok && lastBatch != nil && last > saved.StreamSeq {
+		// Pages published after the last save (a crash came between):
+		// resume after them rather than read their changes again.
+		if moved, ok := rc.Recover(pos, lastBatch); ok {
+			r.log.Info("resuming after the last page in the stream, which the saved position did not cover yet",
+				"saved_lsn", pos.LSN, "lsn", moved.LSN, "last_stream_seq", last, "saved_stream_seq", saved.StreamSeq)
+			pos = moved
+		}
+	}
 	r.log.Info("reader active", "side", r.side.name, "table", r.side.src.Table, "pattern", setup.Pattern, "phase", pos.Phase,
 		"watermark", pos.Watermark, "cycle", pos.Cycle, "last_stream_seq", last)
 

@@ -77,6 +77,16 @@ type Page struct {
 	ID string
 }
 
+// Recoverer is a Capture that can tell, from the last batch on its
+// subject, that pages were published after its position was saved (a
+// crash between a publish and the next save): Recover returns the
+// position after them, and true when it moved. The reader calls it before
+// Run, only when the stream holds messages above the saved position's
+// StreamSeq, so last is of the same lineage as pos.
+type Recoverer interface {
+	Recover(pos Position, last *onewayv1.Batch) (Position, bool)
+}
+
 // Position is where the reader is, stored as JSON in the state bucket. It
 // only ever names data that JetStream has acknowledged.
 type Position struct {

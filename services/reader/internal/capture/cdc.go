@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -257,10 +258,13 @@ func (c *CDC) layout(t *pgcdc.Table) Layout {
 // c.Idle reports being caught up, every c.Idle, once it has handed over
 // every transaction committed below want.
 func (c *CDC) drain(ctx context.Context, s *pgcdc.Stream, pos *Position, emit func(Page) error, want pgcdc.LSN) error {
+	var carry *pgcdc.Chunk // taken by TryNext, not merged: the next to send
 	for {
 		var ch *pgcdc.Chunk
 		var err error
-		if want != 0 {
+		if carry != nil {
+			ch, carry = carry, nil
+		} else if want != 0 {
 			nctx, cancel := context.WithTimeout(ctx, c.Idle)
 			ch, err = s.Next(nctx)
 			cancel()
@@ -282,15 +286,78 @@ func (c *CDC) drain(ctx context.Context, s *pgcdc.Stream, pos *Position, emit fu
 		if err != nil {
 			return err
 		}
-		if err := c.sendChunk(s, ch, pos, emit); err != nil {
+		id := "cdc:" + ch.CommitLSN.String()
+		if want != 0 {
+			ch, carry, id = c.merge(s, ch)
+		}
+		if err := c.sendChunk(s, ch, id, pos, emit); err != nil {
 			return err
 		}
 	}
 }
 
-// sendChunk emits one chunk as pages. The last page of a transaction's
-// last chunk moves the position to its EndLSN and confirms it.
-func (c *CDC) sendChunk(s *pgcdc.Stream, ch *pgcdc.Chunk, pos *Position, emit func(Page) error) error {
+// merge adds to ch, a chunk of an open stream, the whole transactions
+// (without a TRUNCATE) that wait behind it (while the total stays within BatchSize changes and half
+// the message budget, so that they go out as one page), and returns the
+// chunk to send, the one taken but left out (nil if none) and the base of
+// the pages' IDs. A reader that publishes slower than the source commits
+// small transactions so sends fewer, larger messages instead of falling
+// behind. A merged chunk stands for its transactions: its CommitLSN is
+// the first one's, its EndLSN the last one's, and its ID names both. A
+// restart does not merge the same transactions again: the reader resumes
+// after the last transaction the stream holds (see Recover).
+func (c *CDC) merge(s *pgcdc.Stream, ch *pgcdc.Chunk) (merged, carry *pgcdc.Chunk, id string) {
+	id = "cdc:" + ch.CommitLSN.String()
+	if !ch.Whole() || truncates(ch) {
+		return ch, nil, id
+	}
+	maxChanges, maxBytes := max(c.BatchSize, 1), c.Layout.Budget/2
+	group := []*pgcdc.Chunk{ch}
+	n, size := len(ch.Changes), ch.Size()
+	for {
+		next := s.TryNext()
+		if next == nil {
+			break
+		}
+		if !next.Whole() || truncates(next) || n+len(next.Changes) > maxChanges || (maxBytes > 0 && size+next.Size() > maxBytes) {
+			carry = next
+			break
+		}
+		group = append(group, next)
+		n += len(next.Changes)
+		size += next.Size()
+	}
+	if len(group) == 1 {
+		return ch, carry, id
+	}
+	last := group[len(group)-1]
+	changes := make([]pgcdc.Change, 0, n)
+	for _, g := range group {
+		changes = append(changes, g.Changes...)
+	}
+	merged = &pgcdc.Chunk{CommitLSN: ch.CommitLSN, Changes: changes, Last: true, EndLSN: last.EndLSN,
+		CommitTime: last.CommitTime, Xid: last.Xid}
+	return merged, carry, id + "-" + last.CommitLSN.String()
+}
+
+// truncates reports whether a chunk holds a TRUNCATE, which stops the
+// capture (see sendChunk): it is never merged with the transactions before
+// it, which go out first.
+func truncates(ch *pgcdc.Chunk) bool {
+	for _, x := range ch.Changes {
+		if x.Op == pgcdc.OpTruncate {
+			return true
+		}
+	}
+	return false
+}
+
+// sendChunk emits one chunk as pages, with IDs id:<chunk seq>:<part>. The
+// last page of a transaction's last chunk moves the position to its
+// EndLSN and confirms it. Each page's last change carries, as its
+// Position, the LSN the stream would resume from once the page is
+// acknowledged (endTag; see Recover).
+func (c *CDC) sendChunk(s *pgcdc.Stream, ch *pgcdc.Chunk, id string, pos *Position, emit func(Page) error) error {
 	for _, x := range ch.Changes {
 		if x.Op == pgcdc.OpTruncate {
 			return errs.Permanent(fmt.Errorf("cdc: table %s was truncated (transaction committed at %s, LSN %s): a TRUNCATE removes rows without a delete for each, which the targets cannot follow. The reader stops before it, so nothing after it is applied out of step. Run `oneway resync` (it drops replication slot %s; the next start snapshots the table again) and remove the truncated rows from the targets by hand if they must go there too",
@@ -300,7 +367,7 @@ func (c *CDC) sendChunk(s *pgcdc.Stream, ch *pgcdc.Chunk, pos *Position, emit fu
 	var held *Page
 	part := 0
 	collect := func(p Page) error {
-		p.ID = fmt.Sprintf("cdc:%s:%d:%d", ch.CommitLSN, ch.Seq, part)
+		p.ID = fmt.Sprintf("%s:%d:%d", id, ch.Seq, part)
 		part++
 		if held != nil {
 			if err := emit(*held); err != nil {
@@ -320,6 +387,7 @@ func (c *CDC) sendChunk(s *pgcdc.Stream, ch *pgcdc.Chunk, pos *Position, emit fu
 			end++
 		}
 		layout := c.layout(t)
+		final := end == len(ch.Changes)
 		changes := make([]*onewayv1.Change, 0, end-start)
 		for _, x := range ch.Changes[start:end] {
 			switch x.Op {
@@ -331,7 +399,13 @@ func (c *CDC) sendChunk(s *pgcdc.Stream, ch *pgcdc.Chunk, pos *Position, emit fu
 				return errs.Permanentf("cdc: change of %s with unknown operation %s", t.Name, x.Op)
 			}
 		}
-		if err := layout.send(onewayv1.CapturePattern_CAPTURE_PATTERN_CDC, changes, next, nil, collect); err != nil {
+		tag := func(i int) string {
+			if ch.Last && final && i == len(changes)-1 {
+				return endTag(ch.EndLSN.String())
+			}
+			return endTag(at.LSN)
+		}
+		if err := layout.send(onewayv1.CapturePattern_CAPTURE_PATTERN_CDC, changes, next, tag, collect); err != nil {
 			return err
 		}
 		start = end
@@ -349,6 +423,41 @@ func (c *CDC) sendChunk(s *pgcdc.Stream, ch *pgcdc.Chunk, pos *Position, emit fu
 		}
 	}
 	return emit(*held)
+}
+
+// endTagPrefix starts the Position of a cdc page's last change: the LSN
+// to resume streaming from once that page is in the stream.
+const endTagPrefix = "cdc-end:"
+
+func endTag(lsn string) string {
+	if lsn == "" {
+		return ""
+	}
+	return endTagPrefix + lsn
+}
+
+var _ Recoverer = (*CDC)(nil)
+
+// Recover implements Recoverer: a position saved in the stream phase moves
+// to the LSN the last page's end tag names when that is later, so that the
+// transactions published after the position was saved are not read again.
+func (c *CDC) Recover(pos Position, last *onewayv1.Batch) (Position, bool) {
+	if pos.Phase != PhaseStream || last.GetPattern() != onewayv1.CapturePattern_CAPTURE_PATTERN_CDC || len(last.GetChanges()) == 0 {
+		return pos, false
+	}
+	tag, ok := strings.CutPrefix(last.GetChanges()[len(last.GetChanges())-1].GetPosition(), endTagPrefix)
+	if !ok {
+		return pos, false
+	}
+	end, err := pgcdc.ParseLSN(tag)
+	if err != nil {
+		return pos, false
+	}
+	if saved, err := positionLSN(pos); err != nil || end <= saved {
+		return pos, false
+	}
+	pos.LSN = end.String()
+	return pos, true
 }
 
 // watchSlot reads the slot's state every SlotInterval until ctx ends.

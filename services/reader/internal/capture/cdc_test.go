@@ -577,3 +577,110 @@ func TestCDCSlotState(t *testing.T) {
 		return last.Exists && last.OverBudget && last.RetainedBytes > 1, fmt.Sprintf("%+v", last)
 	})
 }
+
+// Transactions that wait while the publisher is busy go out as one page:
+// its ID names the first and the last, each page's last change carries the
+// LSN to resume from, and Recover moves a position saved before such pages
+// to after them.
+func TestCDCMergesWaitingTransactions(t *testing.T) {
+	e := newCDCEnv(t)
+	c := e.open(t, 0)
+	c.BatchSize = 100
+	tg := newTarget()
+	gate := make(chan struct{}) // closed: the publisher is not busy
+	close(gate)
+	var gateMu sync.Mutex
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Run(ctx, firstCDC(t, e.slot), nil, func(p Page) error {
+			gateMu.Lock()
+			g := gate
+			gateMu.Unlock()
+			select {
+			case <-g:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			return tg.emit(ctx, p)
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	e.exec(t, "INSERT INTO t VALUES (0, 'snapshot')")
+	eventually(t, "the stream phase", func() (bool, string) {
+		_, p, _ := tg.snapshot()
+		return p.Phase == PhaseStream, "phase " + p.Phase
+	})
+	tg.mu.Lock()
+	first := len(tg.pages)
+	tg.mu.Unlock()
+
+	gateMu.Lock()
+	gate = make(chan struct{}) // busy
+	gateMu.Unlock()
+	var beforeLSN string
+	if err := e.pool.QueryRow(t.Context(), "SELECT pg_current_wal_lsn()::text").Scan(&beforeLSN); err != nil {
+		t.Fatal(err)
+	}
+	before := Position{Phase: PhaseStream, LSN: beforeLSN}
+	const txs = 30
+	for i := 1; i <= txs; i++ {
+		e.exec(t, fmt.Sprintf("INSERT INTO t VALUES (%d, 'v%d')", i, i))
+	}
+	// Every transaction sent by the server before the publisher frees up.
+	var after string
+	if err := e.pool.QueryRow(t.Context(), "SELECT pg_current_wal_lsn()::text").Scan(&after); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the walsender sent every transaction", func() (bool, string) {
+		var behind int64
+		err := e.pool.QueryRow(t.Context(), `SELECT coalesce(max(pg_wal_lsn_diff($2::pg_lsn, r.sent_lsn)), -1)::int8
+FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = $1`, e.slot, after).Scan(&behind)
+		return err == nil && behind <= 0, fmt.Sprintf("%d bytes behind (%v)", behind, err)
+	})
+	time.Sleep(200 * time.Millisecond) // the stream's goroutine queues what the socket holds
+	gateMu.Lock()
+	close(gate)
+	gateMu.Unlock()
+	end := converged(t, e, tg)
+
+	tg.mu.Lock()
+	pages := append([]Page(nil), tg.pages[first:]...)
+	tg.mu.Unlock()
+	merged := 0
+	for _, p := range pages {
+		if strings.Contains(p.ID, "-") {
+			merged++
+		}
+	}
+	if len(pages) >= txs || merged == 0 {
+		t.Fatalf("%d pages (%d merged) for %d waiting transactions; want them merged", len(pages), merged, txs)
+	}
+	last := pages[len(pages)-1]
+	lastChange := last.Batch.GetChanges()[len(last.Batch.GetChanges())-1]
+	if want := endTag(end.LSN); lastChange.GetPosition() != want {
+		t.Fatalf("last change tagged %q, want %q", lastChange.GetPosition(), want)
+	}
+
+	tests := []struct {
+		name  string
+		pos   Position
+		batch *onewayv1.Batch
+		want  string // the LSN after Recover; "" = not moved
+	}{
+		{"saved before the last page", before, last.Batch, end.LSN},
+		{"saved at the last page", end, last.Batch, ""},
+		{"snapshot phase", Position{Phase: PhaseSnapshot, LSN: before.LSN}, last.Batch, ""},
+		{"another pattern's batch", before, &onewayv1.Batch{Pattern: onewayv1.CapturePattern_CAPTURE_PATTERN_SYNTHETIC, Changes: last.Batch.GetChanges()}, ""},
+		{"untagged", before, &onewayv1.Batch{Pattern: onewayv1.CapturePattern_CAPTURE_PATTERN_CDC, Changes: []*onewayv1.Change{{}}}, ""},
+	}
+	for _, tt := range tests {
+		got, moved := c.Recover(tt.pos, tt.batch)
+		if moved != (tt.want != "") || (moved && got.LSN != tt.want) {
+			t.Errorf("%s: Recover = %q, %v; want %q", tt.name, got.LSN, moved, tt.want)
+		}
+	}
+}

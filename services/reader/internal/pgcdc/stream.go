@@ -73,7 +73,25 @@ type Chunk struct {
 	EndLSN     LSN
 	CommitTime time.Time
 	Xid        uint32
+
+	size int // the bytes it holds, roughly: what it counts in the stream's buffer
 }
+
+// Whole reports whether the chunk is a whole transaction.
+func (ch *Chunk) Whole() bool { return ch.Seq == 0 && ch.Last }
+
+// Size is roughly the bytes of the chunk's values.
+func (ch *Chunk) Size() int { return ch.size }
+
+// Buffering between the stream's goroutine and its caller: chunks are
+// handed over through a queue of up to outChunks chunks, which the stream
+// fills only while it holds less than outBytes (or nothing): a caller
+// that publishes slower than the server sends finds several small
+// transactions waiting, and may send them as one message (TryNext).
+const (
+	outChunks = 256
+	outBytes  = 4 << 20
+)
 
 // Stream hands over the slot's transactions. Next is called from one
 // goroutine; Confirm and Close may be called from any goroutine.
@@ -85,6 +103,11 @@ type Stream struct {
 	done   chan struct{}
 	err    error // set before done closes
 	cancel context.CancelFunc
+
+	// queued is the size of the chunks in out; room is signalled when a
+	// chunk is taken.
+	queued atomic.Int64
+	room   chan struct{}
 
 	confirmed atomic.Uint64
 	// idle: every transaction committing below it was handed over (see
@@ -126,7 +149,8 @@ func (c *Capture) stream(ctx context.Context, from, until LSN) (*Stream, error) 
 		return nil, pgconn.Classify(fmt.Errorf("start replication from slot %s at %s: %w", c.cfg.Slot, from, err))
 	}
 	pctx, cancel := context.WithCancel(ctx)
-	s := &Stream{c: c, conn: conn, until: until, out: make(chan *Chunk, 1), done: make(chan struct{}), cancel: cancel}
+	s := &Stream{c: c, conn: conn, until: until, out: make(chan *Chunk, outChunks), room: make(chan struct{}, 1),
+		done: make(chan struct{}), cancel: cancel}
 	base := max(from, confirmed)
 	s.confirmed.Store(uint64(base))
 	s.idle.Store(uint64(base))
@@ -149,12 +173,37 @@ func (s *Stream) Next(ctx context.Context) (*Chunk, error) {
 	select {
 	case ch, ok := <-s.out:
 		if ok {
+			s.taken(ch)
 			return ch, nil
 		}
 		<-s.done
 		return nil, s.err
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	}
+}
+
+// TryNext returns the next chunk if one is waiting, nil otherwise (also
+// when the stream ended: Next then reports how). Called from the goroutine
+// that calls Next.
+func (s *Stream) TryNext() *Chunk {
+	select {
+	case ch, ok := <-s.out:
+		if !ok {
+			return nil
+		}
+		s.taken(ch)
+		return ch
+	default:
+		return nil
+	}
+}
+
+func (s *Stream) taken(ch *Chunk) {
+	s.queued.Add(-int64(ch.size))
+	select {
+	case s.room <- struct{}{}:
+	default:
 	}
 }
 
@@ -506,12 +555,29 @@ func (p *pump) add(ctx context.Context, ch Change) error {
 }
 
 func (p *pump) chunk() *Chunk {
-	return &Chunk{CommitLSN: p.tx.commitLSN, Seq: p.tx.seq, Changes: p.tx.changes, Xid: p.tx.xid, CommitTime: p.tx.commitTime}
+	return &Chunk{CommitLSN: p.tx.commitLSN, Seq: p.tx.seq, Changes: p.tx.changes, Xid: p.tx.xid, CommitTime: p.tx.commitTime,
+		size: p.tx.bytes}
 }
 
 // emit hands a chunk over, sending status updates while the caller is
 // busy, so the server does not time the connection out.
 func (p *pump) emit(ctx context.Context, ch *Chunk) error {
+	// Wait for room: the queue holds less than outBytes, or nothing.
+	for len(p.s.out) > 0 && p.s.queued.Load()+int64(ch.size) > outBytes {
+		t := time.NewTimer(time.Until(p.nextStatus))
+		select {
+		case <-p.s.room:
+			t.Stop()
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+			if err := p.sendStatus(); err != nil {
+				return pgconn.Classify(fmt.Errorf("send status update of slot %s: %w", p.c.cfg.Slot, err))
+			}
+		}
+	}
+	p.s.queued.Add(int64(ch.size))
 	for {
 		t := time.NewTimer(time.Until(p.nextStatus))
 		select {
