@@ -29,23 +29,31 @@
 // Pushes in flight. A push is counted only when it goes out, and the log
 // keeps where it went out: its position in the stream, which is the
 // version the writer fences it with and reports it applied at. Until the
-// target side shows that report (a record at exactly that position), the
-// push is in flight, and the same source version is neither pushed nor
-// counted again, however often the key is looked at (a restart's scan, a
-// read-back's row): otherwise one slow push would be counted several times
-// and a key that converges would be reported stuck. A target record above
-// the position does not confirm the push either: it is a read-back
-// published after the push, but it may have read the row before the push
-// was applied (a read-back cannot be ordered against the writer's
-// transaction), and counting the difference it shows would count a push
-// that took. Its row still goes to the differ, so when the writer's report
-// is lost under it, the read-back's next cycle (which reads the pushed
-// row) settles the key. A push not confirmed within InFlightTimeout (the
-// writer's ack_wait times max_attempts+1) is taken as lost: the next look
-// at the key pushes it again and counts it, so a lost push ends in the
-// cap and a dead letter rather than waiting silently. The timeout is
-// measured from the log's time of the push (the stage database's clock
-// for pgstage).
+// target side shows that report, the push is in flight, and the same
+// source version is neither pushed nor counted again, however often the
+// key is looked at (a restart's scan, a read-back's row): otherwise one
+// slow push would be counted several times and a key that converges
+// would be reported stuck. The report shows in either of two ways: a
+// target record at exactly the push's position, or the push log's
+// Reported at or above it, which the stager raises whenever it stages a
+// writer's report (stage.Records.ApplyReports), also when the version
+// guard keeps a newer record: a read-back published after the push and
+// staged before the report replaces it in the stage. Once the push is
+// confirmed, the key is decided on the target record the stage holds
+// now, and the stager hands such a key on to the differ again. A target
+// record above the position alone does not confirm the push: it is a
+// read-back published after the push, but it may have read the row before
+// the push was applied (a read-back cannot be ordered against the
+// writer's transaction), and counting the difference it shows would count
+// a push that took. One edge remains: a read-back staged above the report
+// that read the row before the push was applied makes the differ push the
+// key once more (counted) once the report is staged; the read-back's next
+// cycle, which reads the pushed row, settles the key. A push not confirmed
+// within InFlightTimeout (the writer's ack_wait times max_attempts+1) is
+// taken as lost: the next look at the key pushes it again and counts it,
+// so a lost push ends in the cap and a dead letter rather than waiting
+// silently. The timeout is measured from the log's time of the push (the
+// stage database's clock for pgstage).
 //
 // Mass deletes. Deletes (source deletes and orphan deletes) count against
 // the target's breaker: more than breaker.max_delete_share of the target's
@@ -523,10 +531,12 @@ func InFlightTimeout(t config.Target) time.Duration {
 // before the push was applied; one above it is a read-back published
 // after the push, which may have read the row before the push was applied
 // (so it cannot tell whether the push took). Only the writer's own report
-// (a record at exactly the push's position) confirms the push: when it
-// still differs from the source, the push is sent again and counted.
+// confirms the push: a record at exactly the push's position, or the push
+// log's Reported at or above it (the report was staged, and a newer
+// read-back may have replaced it). When the target record then still
+// differs from the source, the push is sent again and counted.
 func inFlight(st stage.PushState, target *stage.Record, now time.Time, timeout time.Duration) bool {
-	if st.Position <= 0 || now.Sub(st.LastAt) >= timeout {
+	if st.Position <= 0 || st.Reported >= st.Position || now.Sub(st.LastAt) >= timeout {
 		return false
 	}
 	return target == nil || target.Version != st.Position
