@@ -53,7 +53,13 @@
 // taken as lost: the next look at the key pushes it again and counts it,
 // so a lost push ends in the cap and a dead letter rather than waiting
 // silently. The timeout is measured from the log's time of the push (the
-// stage database's clock for pgstage).
+// stage database's clock for pgstage). The differ remembers the keys it
+// set aside while their push was in flight and looks at them again every
+// second: a writer's report that left the target as pushed is not handed
+// on by the stager, and a push never confirmed times out with nothing
+// else to look at its key. InFlight counts them, so that `oneway up
+// --exit-when-synced` does not take a quiet pipeline for a synced one
+// while the differ still has a key to push or decide.
 //
 // Mass deletes. Deletes (source deletes and orphan deletes) count against
 // the target's breaker: more than breaker.max_delete_share of the target's
@@ -76,6 +82,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -112,6 +119,11 @@ const (
 	// colsTTL is how long the stage layout read from the state bucket is
 	// reused.
 	colsTTL = time.Second
+	// asideCap bounds the keys per target remembered as set aside while
+	// their push is in flight; asideRecheck is how often they are looked
+	// at again.
+	asideCap     = 10000
+	asideRecheck = time.Second
 )
 
 // Differ diffs one pipeline's targets against its source.
@@ -152,6 +164,48 @@ type targetState struct {
 	// tally, when set (by a scan, under mu), adds up what act decided and
 	// pushed, for the scan's log line.
 	tally map[string]int
+
+	// aside holds, under mu, the keys last set aside because their push
+	// was in flight: act forgets the keys it decides, recheckLoop looks at
+	// the rest again. asideOver, when not zero, is the latest timeout of
+	// the pushes of keys set aside beyond asideCap, which a scan of the
+	// target looks at once it has passed. asideN is len(aside), plus 1
+	// while asideOver is set, readable without mu (InFlight).
+	aside     map[string]bool
+	asideOver time.Time
+	asideN    atomic.Int64
+}
+
+// forget drops keys from the set-aside keys: they are being decided.
+// The caller holds mu.
+func (ts *targetState) forget(pairs []stage.Pair) {
+	if len(ts.aside) == 0 {
+		return
+	}
+	for _, p := range pairs {
+		delete(ts.aside, p.Key.Text)
+	}
+	ts.countAside()
+}
+
+// setAside remembers key as set aside while its push, which times out at
+// until, is in flight. The caller holds mu.
+func (ts *targetState) setAside(key string, until time.Time) {
+	switch {
+	case len(ts.aside) < asideCap:
+		ts.aside[key] = true
+	case until.After(ts.asideOver):
+		ts.asideOver = until
+	}
+	ts.countAside()
+}
+
+func (ts *targetState) countAside() {
+	n := int64(len(ts.aside))
+	if !ts.asideOver.IsZero() {
+		n++
+	}
+	ts.asideN.Store(n)
 }
 
 // New returns a differ for cfg (which must be in staged mode) on store.
@@ -163,7 +217,7 @@ func New(cfg *config.Pipeline, b *natsbus.Bus, store stage.Store, log *slog.Logg
 	d := &Differ{cfg: cfg, bus: b, store: store, metrics: metrics, layout: stage.LayoutOf(cfg),
 		log: log.With("component", "differ"), pending: map[string]bool{}, wake: make(chan struct{}, 1)}
 	for _, t := range cfg.Targets {
-		d.targets = append(d.targets, &targetState{cfg: t, pol: PolicyOf(t)})
+		d.targets = append(d.targets, &targetState{cfg: t, pol: PolicyOf(t), aside: map[string]bool{}})
 	}
 	return d, nil
 }
@@ -202,7 +256,7 @@ func (d *Differ) Run(ctx context.Context) error {
 	d.requestScan("")
 
 	var wg sync.WaitGroup
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	for _, run := range []func(context.Context) error{
 		func(ctx context.Context) error {
 			return d.bus.ConsumeBatches(ctx, cons, d.handle, natsbus.ConsumeOptions{
@@ -217,6 +271,7 @@ func (d *Differ) Run(ctx context.Context) error {
 		},
 		d.scanLoop,
 		d.holdLoop,
+		d.recheckLoop,
 	} {
 		wg.Add(1)
 		go func() {
@@ -355,6 +410,7 @@ func (d *Differ) act(ctx context.Context, ts *targetState, pairs []stage.Pair, m
 	counts := map[string]int{}
 	var pushes, deletes, deferred []decision
 	var reported []string
+	ts.forget(pairs)
 	for _, p := range pairs {
 		a := diff.Decide(p, ts.pol, equal)
 		counts[a.String()]++
@@ -486,6 +542,7 @@ func (d *Differ) capPushes(ctx context.Context, ts *targetState, pushes []decisi
 		if st, ok := byKey[p.pair.Key.Text]; ok && st.Version == v {
 			if inFlight(st, p.pair.Target, now, timeout) {
 				counts["in_flight"]++
+				ts.setAside(p.pair.Key.Text, st.LastAt.Add(timeout))
 				continue
 			}
 			n = st.Count + 1
@@ -969,6 +1026,72 @@ func (d *Differ) requestScan(t string) {
 	case d.wake <- struct{}{}:
 	default:
 	}
+}
+
+// InFlight counts the keys the differ last set aside because their push
+// was in flight and has not decided since (plus one per target with more
+// than it remembers): while it is not 0, the differ will still push or
+// decide something without any new input. Safe for concurrent use.
+func (d *Differ) InFlight() int {
+	n := 0
+	for _, ts := range d.targets {
+		n += int(ts.asideN.Load())
+	}
+	return n
+}
+
+// recheckLoop looks again, every asideRecheck, at the keys set aside
+// while their push was in flight: a writer's report that left the target
+// as pushed is not handed on to the differ (the stager keeps it quiet),
+// and a push that is never confirmed times out with nothing else to look
+// at the key. Keys beyond asideCap are left to a scan of their target
+// once the last of their pushes timed out.
+func (d *Differ) recheckLoop(ctx context.Context) error {
+	tick := time.NewTicker(asideRecheck)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		for _, ts := range d.targets {
+			if err := d.recheck(ctx, ts); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				d.log.Warn("recheck of pushes in flight failed; retried at the next one", "target", ts.cfg.Name, "error", err)
+			}
+		}
+	}
+}
+
+// recheck diffs the keys of ts set aside while their push was in flight.
+func (d *Differ) recheck(ctx context.Context, ts *targetState) error {
+	ts.mu.Lock()
+	keys := make([]string, 0, len(ts.aside))
+	for k := range ts.aside {
+		keys = append(keys, k)
+	}
+	if !ts.asideOver.IsZero() && !time.Now().Before(ts.asideOver) {
+		ts.asideOver = time.Time{}
+		ts.countAside()
+		d.requestScan(ts.cfg.Name)
+	}
+	ts.mu.Unlock()
+	slices.Sort(keys)
+	var acks []jetstream.PubAckFuture
+	for len(keys) > 0 {
+		n := min(len(keys), chunk)
+		if err := d.diffKeys(ctx, ts, keys[:n], &acks); err != nil {
+			return err
+		}
+		keys = keys[n:]
+	}
+	if err := natsbus.WaitAcks(ctx, acks); err != nil {
+		return fmt.Errorf("push to target %s: %w", ts.cfg.Name, err)
+	}
+	return nil
 }
 
 // scanLoop runs requested scans, and scans every target each

@@ -59,6 +59,7 @@ type harness struct {
 	done   chan error
 	scans  atomic.Int64
 	seq    int64
+	d      *Differ // the running differ
 }
 
 // start runs a differ over a fresh stage for targets (YAML list entries).
@@ -93,6 +94,7 @@ func (h *harness) run() {
 	d, err := New(h.cfg, h.bus, h.store, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	require.NoError(h.t, err)
 	d.OnScanned = func() { h.scans.Add(1) }
+	h.d = d
 	h.cancel, h.done = cancel, make(chan error, 1)
 	go func() { h.done <- d.Run(ctx) }()
 	h.t.Cleanup(h.stop)
@@ -550,6 +552,43 @@ func TestReportUnderANewerReadbackConfirmsPush(t *testing.T) {
 	}, 20*time.Second, 20*time.Millisecond)
 	require.Equal(t, "1", m.Header.Get(bus.HeaderKey))
 	require.Contains(t, m.Header.Get(bus.HeaderError), "pushed 2 times and target pg still differs in amount")
+}
+
+// A key set aside while its push is in flight is looked at again without
+// any new input: a writer's report that left the target as pushed (quiet:
+// the stager does not hand it on) settles it, and a push never confirmed
+// is pushed again once it timed out. Meanwhile InFlight counts the key.
+func TestKeysInFlightAreLookedAtAgain(t *testing.T) {
+	h := start(t, target("slow", "    writer: {ack_wait: 1h}\n")+target("fast", "    writer: {ack_wait: 1s, max_attempts: 1}\n"))
+	h.stage(stage.SourceSide, h.rec(1, "1.00"))
+	h.at(stage.TargetSide("slow"), h.rec(1, "0.50"), 1) // staged before any push
+	h.at(stage.TargetSide("fast"), h.rec(1, "0.50"), 1)
+	h.run()
+	h.waitScans(1)
+	h.settle()
+	require.Len(t, h.pushes("slow"), 1)
+	require.Len(t, h.pushes("fast"), 1)
+	require.Zero(t, h.d.InFlight(), "nothing looked at the key since")
+	// A restart's scan looks at the key while both pushes are in flight.
+	h.stop()
+	h.run()
+	h.waitScans(2)
+	h.settle()
+	require.Equal(t, 2, h.d.InFlight())
+
+	// The slow target's writer reports the push applied as pushed: a
+	// quiet report, no staged keys. The fast target's push is lost.
+	r := h.rec(1, "1.00")
+	r.Version = h.pushLog("slow", "1").Position
+	_, err := h.store.ApplyReports(context.Background(), "slow", []stage.Record{r})
+	require.NoError(t, err)
+	got := h.waitPushes("fast", 2) // once its push timed out (2 s)
+	require.Equal(t, "1.00", got[1].amount)
+	require.Eventually(t, func() bool { return h.pushLog("fast", "1").Count == 2 }, 20*time.Second, 20*time.Millisecond,
+		"the push sent again is counted")
+	require.Eventually(t, func() bool { return h.d.InFlight() == 0 }, 20*time.Second, 20*time.Millisecond)
+	require.Len(t, h.pushes("slow"), 1, "the slow target's key settled without another push")
+	require.Equal(t, 1, h.pushLog("slow", "1").Count)
 }
 
 // inFlight: a push is in flight until the writer's report shows (at the
