@@ -486,37 +486,52 @@ func readVersions(ctx context.Context, tx *sql.Tx, scope int64, recs []stage.Rec
 
 // markReported raises the push log's reported position of recs' keys to
 // their versions, and sets confirmed[key] for the keys whose last push
-// (position > 0) the version reaches. recs are in key order: the rows are
-// written in the order RecordPushes writes them.
+// (position > 0) the version reaches. It reads the keys' entries first:
+// most reports (first inserts) have none, and one read of a chunk costs
+// far less than a multi-row update. recs are in key order, as RecordPushes
+// writes.
 func markReported(ctx context.Context, tx *sql.Tx, scope int64, recs []stage.Record, confirmed map[string]bool) error {
-	args := make([]any, 0, 1+2*len(recs))
-	given := make(map[string]int64, len(recs))
-	for _, r := range recs {
-		args = append(args, r.Key.Text, r.Version)
-		given[r.Key.Text] = r.Version
-	}
-	args = append(args, scope)
-	rows, err := tx.QueryContext(context.WithoutCancel(ctx), `
-WITH v(key, version) AS (VALUES (?, ?)`+strings.Repeat(", (?, ?)", len(recs)-1)+`)
-UPDATE pushes SET reported = max(pushes.reported, v.version) FROM v
-WHERE pushes.scope = ? AND pushes.key = v.key
-RETURNING pushes.key, pushes.position`, args...)
-	if err != nil {
+	fail := func(err error) error {
 		return fmt.Errorf("mark reported pushes of %d keys from %s: %w", len(recs), recs[0].Key.Text, err)
 	}
-	defer rows.Close()
+	args := make([]any, 0, 1+len(recs))
+	args = append(args, scope)
+	given := make(map[string]int64, len(recs))
+	for _, r := range recs {
+		args = append(args, r.Key.Text)
+		given[r.Key.Text] = r.Version
+	}
+	rows, err := tx.QueryContext(context.WithoutCancel(ctx),
+		"SELECT key, position, reported FROM pushes WHERE scope = ? AND key IN (?"+strings.Repeat(", ?", len(recs)-1)+") ORDER BY key", args...)
+	if err != nil {
+		return fail(err)
+	}
+	var raise []string
 	for rows.Next() {
 		var key string
-		var position int64
-		if err := rows.Scan(&key, &position); err != nil {
-			return fmt.Errorf("mark reported pushes of %d keys from %s: %w", len(recs), recs[0].Key.Text, err)
+		var position, reported int64
+		if err := rows.Scan(&key, &position, &reported); err != nil {
+			rows.Close()
+			return fail(err)
 		}
-		if position > 0 && position <= given[key] {
+		v := given[key]
+		if position > 0 && position <= v {
 			confirmed[key] = true
+		}
+		if reported < v {
+			raise = append(raise, key)
 		}
 	}
 	if err := rows.Err(); err != nil {
-		return fmt.Errorf("mark reported pushes of %d keys from %s: %w", len(recs), recs[0].Key.Text, err)
+		rows.Close()
+		return fail(err)
+	}
+	rows.Close()
+	for _, key := range raise {
+		if _, err := tx.ExecContext(context.WithoutCancel(ctx), "UPDATE pushes SET reported = max(reported, ?) WHERE scope = ? AND key = ?",
+			given[key], scope, key); err != nil {
+			return fail(err)
+		}
 	}
 	return nil
 }
