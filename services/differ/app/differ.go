@@ -168,10 +168,12 @@ type targetState struct {
 	// aside holds, under mu, the keys last set aside because their push
 	// was in flight: act forgets the keys it decides, recheckLoop looks at
 	// the rest again. asideOver, when not zero, is the latest timeout of
-	// the pushes of keys set aside beyond asideCap, which a scan of the
-	// target looks at once it has passed. asideN is len(aside), plus 1
-	// while asideOver is set, readable without mu (InFlight).
+	// the pushes of keys set aside beyond asideMax, which a scan of the
+	// target that starts after it looks at (and then clears it). asideN
+	// is len(aside), plus 1 while asideOver is set, readable without mu
+	// (InFlight).
 	aside     map[string]bool
+	asideMax  int // asideCap; lower in tests
 	asideOver time.Time
 	asideN    atomic.Int64
 }
@@ -192,7 +194,7 @@ func (ts *targetState) forget(pairs []stage.Pair) {
 // until, is in flight. The caller holds mu.
 func (ts *targetState) setAside(key string, until time.Time) {
 	switch {
-	case len(ts.aside) < asideCap:
+	case len(ts.aside) < ts.asideMax:
 		ts.aside[key] = true
 	case until.After(ts.asideOver):
 		ts.asideOver = until
@@ -217,7 +219,7 @@ func New(cfg *config.Pipeline, b *natsbus.Bus, store stage.Store, log *slog.Logg
 	d := &Differ{cfg: cfg, bus: b, store: store, metrics: metrics, layout: stage.LayoutOf(cfg),
 		log: log.With("component", "differ"), pending: map[string]bool{}, wake: make(chan struct{}, 1)}
 	for _, t := range cfg.Targets {
-		d.targets = append(d.targets, &targetState{cfg: t, pol: PolicyOf(t), aside: map[string]bool{}})
+		d.targets = append(d.targets, &targetState{cfg: t, pol: PolicyOf(t), aside: map[string]bool{}, asideMax: asideCap})
 	}
 	return d, nil
 }
@@ -1045,7 +1047,7 @@ func (d *Differ) InFlight() int {
 // as pushed is not handed on to the differ (the stager keeps it quiet),
 // and a push that is never confirmed times out with nothing else to look
 // at the key. Keys beyond asideCap are left to a scan of their target
-// once the last of their pushes timed out.
+// once the last of their pushes timed out (requested until one ran).
 func (d *Differ) recheckLoop(ctx context.Context) error {
 	tick := time.NewTicker(asideRecheck)
 	defer tick.Stop()
@@ -1074,8 +1076,6 @@ func (d *Differ) recheck(ctx context.Context, ts *targetState) error {
 		keys = append(keys, k)
 	}
 	if !ts.asideOver.IsZero() && !time.Now().Before(ts.asideOver) {
-		ts.asideOver = time.Time{}
-		ts.countAside()
 		d.requestScan(ts.cfg.Name)
 	}
 	ts.mu.Unlock()
@@ -1211,6 +1211,14 @@ func (d *Differ) scanTarget(ctx context.Context, ts *targetState) error {
 		return fmt.Errorf("push to target %s: %w", t, err)
 	}
 	acks = acks[:0]
+	ts.mu.Lock()
+	if !ts.asideOver.IsZero() && ts.asideOver.Before(start) {
+		// This scan looked at the keys set aside beyond the cap, after
+		// their pushes timed out: it set aside again those still in flight.
+		ts.asideOver = time.Time{}
+		ts.countAside()
+	}
+	ts.mu.Unlock()
 	d.log.Info("scan done", "target", t, "keys", keys, "pending_deletes", deletes, "seconds", time.Since(start).Seconds(),
 		"pushed", tally["pushed"], "inserts", tally[diff.Insert.String()], "updates", tally[diff.Update.String()],
 		"deletes", tally[diff.Delete.String()]+tally[diff.OrphanDelete.String()], "in_flight", tally["in_flight"],

@@ -60,6 +60,8 @@ type harness struct {
 	scans  atomic.Int64
 	seq    int64
 	d      *Differ // the running differ
+	// tune, when set, adjusts each differ before it runs.
+	tune func(*Differ)
 }
 
 // start runs a differ over a fresh stage for targets (YAML list entries).
@@ -95,6 +97,9 @@ func (h *harness) run() {
 	require.NoError(h.t, err)
 	d.OnScanned = func() { h.scans.Add(1) }
 	h.d = d
+	if h.tune != nil {
+		h.tune(d)
+	}
 	h.cancel, h.done = cancel, make(chan error, 1)
 	go func() { h.done <- d.Run(ctx) }()
 	h.t.Cleanup(h.stop)
@@ -589,6 +594,40 @@ func TestKeysInFlightAreLookedAtAgain(t *testing.T) {
 	require.Eventually(t, func() bool { return h.d.InFlight() == 0 }, 20*time.Second, 20*time.Millisecond)
 	require.Len(t, h.pushes("slow"), 1, "the slow target's key settled without another push")
 	require.Equal(t, 1, h.pushLog("slow", "1").Count)
+}
+
+// Keys set aside beyond what the differ remembers are counted as one in
+// InFlight and looked at by a scan of their target once their pushes timed
+// out.
+func TestKeysInFlightBeyondTheCapAreScanned(t *testing.T) {
+	h := start(t, target("pg", "    max_pushes_per_version: 2\n    writer: {ack_wait: 1s, max_attempts: 1}\n"))
+	h.tune = func(d *Differ) { d.targets[0].asideMax = 1 }
+	h.stage(stage.SourceSide, h.rec(1, "1.00"), h.rec(2, "2.00"), h.rec(3, "3.00"))
+	for id := 1; id <= 3; id++ {
+		h.at(stage.TargetSide("pg"), h.rec(id, "0.50"), 1)
+	}
+	h.run()
+	h.waitScans(1)
+	h.settle()
+	require.Len(t, h.pushes("pg"), 3)
+	h.stop()
+	h.run()
+	h.waitScans(2)
+	require.Equal(t, 2, h.d.InFlight(), "one key remembered, the others counted as one")
+
+	// No writer reports: every push is lost. Once they time out, the
+	// remembered key is looked at again and the others are scanned: each
+	// is pushed again, and then reported stuck.
+	require.Eventually(t, func() bool {
+		for _, k := range []string{"1", "2", "3"} {
+			if h.pushLog("pg", k).Count < 2 {
+				return false
+			}
+		}
+		return true
+	}, 20*time.Second, 50*time.Millisecond, "every key pushed again without any new input")
+	require.GreaterOrEqual(t, h.scans.Load(), int64(3), "by a scan (scan_interval is 1h)")
+	require.Eventually(t, func() bool { return h.d.InFlight() == 0 }, 20*time.Second, 20*time.Millisecond)
 }
 
 // inFlight: a push is in flight until the writer's report shows (at the
