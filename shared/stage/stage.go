@@ -70,6 +70,20 @@ type Records interface {
 	// Current (see Applied). It is valid only when err is nil.
 	Apply(ctx context.Context, side Side, recs []Record) (Applied, error)
 
+	// ApplyReports is Apply on target's side for records taken from the
+	// writer's applied reports of pushes: each record's Version is the
+	// stream position of the push it reports (Push.Position). In the same
+	// transaction, whether or not the version guard kept a newer record
+	// (a read-back published after the push), it raises the push log's
+	// Reported of each key that has an entry on target to the record's
+	// version: never lowering it, and creating no entry for a key that has
+	// none. It is as idempotent as Apply.
+	//
+	// The result is Apply's, and its Confirmed lists the keys whose last
+	// logged push (PushState.Position > 0) these records report: Position
+	// at or below the record's version.
+	ApplyReports(ctx context.Context, target string, recs []Record) (Applied, error)
+
 	// Join returns, for each distinct key in keys, its source record and
 	// its record on target (nil where absent, tombstones included), in key
 	// order. A key absent on both sides still gets a Pair, with both nil
@@ -102,7 +116,9 @@ type PushLog interface {
 	// Each key's LastAt becomes the store's current time. A push with a
 	// Position > 0 stores that position; a push with Position 0 (counted
 	// but not published) keeps the stored position when the version is
-	// the same, and stores 0 for a new version.
+	// the same, and stores 0 for a new version. Reported is kept: stream
+	// positions only grow, so a report staged before its push was recorded
+	// (the writer may be that quick) still confirms it.
 	RecordPushes(ctx context.Context, target string, pushes []Push) ([]int, error)
 
 	// Pushes returns what the log holds of each distinct key in keys on
@@ -285,6 +301,11 @@ type Applied struct {
 	// Stale counts records older than what was stored, and lower versions
 	// of a key repeated in the call: ignored.
 	Stale int
+	// Confirmed lists, in key order, the keys whose last push the call's
+	// reports confirmed (ApplyReports only; nil for Apply), whether or not
+	// their records were written. Like Current, a redelivery lists them
+	// again.
+	Confirmed []Key
 }
 
 // Touched returns Changed and Current merged, in key order: the keys a
@@ -334,6 +355,11 @@ type PushState struct {
 	Version  int64 // the source version pushed
 	Count    int   // how many times that version was pushed
 	Position int64 // the stream position of the last push (0: unknown)
+	// Reported is the highest position whose applied report was staged
+	// for the key (ApplyReports), 0 when none was: the last push is
+	// confirmed when Position > 0 and Reported >= Position, even when a
+	// read-back staged above the report replaced it in the stage.
+	Reported int64
 	FirstAt  time.Time
 	LastAt   time.Time // when the last push was counted
 }

@@ -29,23 +29,37 @@
 // Pushes in flight. A push is counted only when it goes out, and the log
 // keeps where it went out: its position in the stream, which is the
 // version the writer fences it with and reports it applied at. Until the
-// target side shows that report (a record at exactly that position), the
-// push is in flight, and the same source version is neither pushed nor
-// counted again, however often the key is looked at (a restart's scan, a
-// read-back's row): otherwise one slow push would be counted several times
-// and a key that converges would be reported stuck. A target record above
-// the position does not confirm the push either: it is a read-back
-// published after the push, but it may have read the row before the push
-// was applied (a read-back cannot be ordered against the writer's
-// transaction), and counting the difference it shows would count a push
-// that took. Its row still goes to the differ, so when the writer's report
-// is lost under it, the read-back's next cycle (which reads the pushed
-// row) settles the key. A push not confirmed within InFlightTimeout (the
-// writer's ack_wait times max_attempts+1) is taken as lost: the next look
-// at the key pushes it again and counts it, so a lost push ends in the
-// cap and a dead letter rather than waiting silently. The timeout is
-// measured from the log's time of the push (the stage database's clock
-// for pgstage).
+// target side shows that report, the push is in flight, and the same
+// source version is neither pushed nor counted again, however often the
+// key is looked at (a restart's scan, a read-back's row): otherwise one
+// slow push would be counted several times and a key that converges
+// would be reported stuck. The report shows in either of two ways: a
+// target record at exactly the push's position, or the push log's
+// Reported at or above it, which the stager raises whenever it stages a
+// writer's report (stage.Records.ApplyReports), also when the version
+// guard keeps a newer record: a read-back published after the push and
+// staged before the report replaces it in the stage. Once the push is
+// confirmed, the key is decided on the target record the stage holds
+// now, and the stager hands such a key on to the differ again. A target
+// record above the position alone does not confirm the push: it is a
+// read-back published after the push, but it may have read the row before
+// the push was applied (a read-back cannot be ordered against the
+// writer's transaction), and counting the difference it shows would count
+// a push that took. One edge remains: a read-back staged above the report
+// that read the row before the push was applied makes the differ push the
+// key once more (counted) once the report is staged; the read-back's next
+// cycle, which reads the pushed row, settles the key. A push not confirmed
+// within InFlightTimeout (the writer's ack_wait times max_attempts+1) is
+// taken as lost: the next look at the key pushes it again and counts it,
+// so a lost push ends in the cap and a dead letter rather than waiting
+// silently. The timeout is measured from the log's time of the push (the
+// stage database's clock for pgstage). The differ remembers the keys it
+// set aside while their push was in flight and looks at them again every
+// second: a writer's report that left the target as pushed is not handed
+// on by the stager, and a push never confirmed times out with nothing
+// else to look at its key. InFlight counts them, so that `oneway up
+// --exit-when-synced` does not take a quiet pipeline for a synced one
+// while the differ still has a key to push or decide.
 //
 // Mass deletes. Deletes (source deletes and orphan deletes) count against
 // the target's breaker: more than breaker.max_delete_share of the target's
@@ -68,6 +82,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -104,6 +119,11 @@ const (
 	// colsTTL is how long the stage layout read from the state bucket is
 	// reused.
 	colsTTL = time.Second
+	// asideCap bounds the keys per target remembered as set aside while
+	// their push is in flight; asideRecheck is how often they are looked
+	// at again.
+	asideCap     = 10000
+	asideRecheck = time.Second
 )
 
 // Differ diffs one pipeline's targets against its source.
@@ -144,6 +164,50 @@ type targetState struct {
 	// tally, when set (by a scan, under mu), adds up what act decided and
 	// pushed, for the scan's log line.
 	tally map[string]int
+
+	// aside holds, under mu, the keys last set aside because their push
+	// was in flight: act forgets the keys it decides, recheckLoop looks at
+	// the rest again. asideOver, when not zero, is the latest timeout of
+	// the pushes of keys set aside beyond asideMax, which a scan of the
+	// target that starts after it looks at (and then clears it). asideN
+	// is len(aside), plus 1 while asideOver is set, readable without mu
+	// (InFlight).
+	aside     map[string]bool
+	asideMax  int // asideCap; lower in tests
+	asideOver time.Time
+	asideN    atomic.Int64
+}
+
+// forget drops keys from the set-aside keys: they are being decided.
+// The caller holds mu.
+func (ts *targetState) forget(pairs []stage.Pair) {
+	if len(ts.aside) == 0 {
+		return
+	}
+	for _, p := range pairs {
+		delete(ts.aside, p.Key.Text)
+	}
+	ts.countAside()
+}
+
+// setAside remembers key as set aside while its push, which times out at
+// until, is in flight. The caller holds mu.
+func (ts *targetState) setAside(key string, until time.Time) {
+	switch {
+	case len(ts.aside) < ts.asideMax:
+		ts.aside[key] = true
+	case until.After(ts.asideOver):
+		ts.asideOver = until
+	}
+	ts.countAside()
+}
+
+func (ts *targetState) countAside() {
+	n := int64(len(ts.aside))
+	if !ts.asideOver.IsZero() {
+		n++
+	}
+	ts.asideN.Store(n)
 }
 
 // New returns a differ for cfg (which must be in staged mode) on store.
@@ -155,7 +219,7 @@ func New(cfg *config.Pipeline, b *natsbus.Bus, store stage.Store, log *slog.Logg
 	d := &Differ{cfg: cfg, bus: b, store: store, metrics: metrics, layout: stage.LayoutOf(cfg),
 		log: log.With("component", "differ"), pending: map[string]bool{}, wake: make(chan struct{}, 1)}
 	for _, t := range cfg.Targets {
-		d.targets = append(d.targets, &targetState{cfg: t, pol: PolicyOf(t)})
+		d.targets = append(d.targets, &targetState{cfg: t, pol: PolicyOf(t), aside: map[string]bool{}, asideMax: asideCap})
 	}
 	return d, nil
 }
@@ -194,7 +258,7 @@ func (d *Differ) Run(ctx context.Context) error {
 	d.requestScan("")
 
 	var wg sync.WaitGroup
-	errc := make(chan error, 3)
+	errc := make(chan error, 4)
 	for _, run := range []func(context.Context) error{
 		func(ctx context.Context) error {
 			return d.bus.ConsumeBatches(ctx, cons, d.handle, natsbus.ConsumeOptions{
@@ -209,6 +273,7 @@ func (d *Differ) Run(ctx context.Context) error {
 		},
 		d.scanLoop,
 		d.holdLoop,
+		d.recheckLoop,
 	} {
 		wg.Add(1)
 		go func() {
@@ -347,6 +412,7 @@ func (d *Differ) act(ctx context.Context, ts *targetState, pairs []stage.Pair, m
 	counts := map[string]int{}
 	var pushes, deletes, deferred []decision
 	var reported []string
+	ts.forget(pairs)
 	for _, p := range pairs {
 		a := diff.Decide(p, ts.pol, equal)
 		counts[a.String()]++
@@ -478,6 +544,7 @@ func (d *Differ) capPushes(ctx context.Context, ts *targetState, pushes []decisi
 		if st, ok := byKey[p.pair.Key.Text]; ok && st.Version == v {
 			if inFlight(st, p.pair.Target, now, timeout) {
 				counts["in_flight"]++
+				ts.setAside(p.pair.Key.Text, st.LastAt.Add(timeout))
 				continue
 			}
 			n = st.Count + 1
@@ -523,10 +590,12 @@ func InFlightTimeout(t config.Target) time.Duration {
 // before the push was applied; one above it is a read-back published
 // after the push, which may have read the row before the push was applied
 // (so it cannot tell whether the push took). Only the writer's own report
-// (a record at exactly the push's position) confirms the push: when it
-// still differs from the source, the push is sent again and counted.
+// confirms the push: a record at exactly the push's position, or the push
+// log's Reported at or above it (the report was staged, and a newer
+// read-back may have replaced it). When the target record then still
+// differs from the source, the push is sent again and counted.
 func inFlight(st stage.PushState, target *stage.Record, now time.Time, timeout time.Duration) bool {
-	if st.Position <= 0 || now.Sub(st.LastAt) >= timeout {
+	if st.Position <= 0 || st.Reported >= st.Position || now.Sub(st.LastAt) >= timeout {
 		return false
 	}
 	return target == nil || target.Version != st.Position
@@ -961,6 +1030,70 @@ func (d *Differ) requestScan(t string) {
 	}
 }
 
+// InFlight counts the keys the differ last set aside because their push
+// was in flight and has not decided since (plus one per target with more
+// than it remembers): while it is not 0, the differ will still push or
+// decide something without any new input. Safe for concurrent use.
+func (d *Differ) InFlight() int {
+	n := 0
+	for _, ts := range d.targets {
+		n += int(ts.asideN.Load())
+	}
+	return n
+}
+
+// recheckLoop looks again, every asideRecheck, at the keys set aside
+// while their push was in flight: a writer's report that left the target
+// as pushed is not handed on to the differ (the stager keeps it quiet),
+// and a push that is never confirmed times out with nothing else to look
+// at the key. Keys beyond asideCap are left to a scan of their target
+// once the last of their pushes timed out (requested until one ran).
+func (d *Differ) recheckLoop(ctx context.Context) error {
+	tick := time.NewTicker(asideRecheck)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		for _, ts := range d.targets {
+			if err := d.recheck(ctx, ts); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				d.log.Warn("recheck of pushes in flight failed; retried at the next one", "target", ts.cfg.Name, "error", err)
+			}
+		}
+	}
+}
+
+// recheck diffs the keys of ts set aside while their push was in flight.
+func (d *Differ) recheck(ctx context.Context, ts *targetState) error {
+	ts.mu.Lock()
+	keys := make([]string, 0, len(ts.aside))
+	for k := range ts.aside {
+		keys = append(keys, k)
+	}
+	if !ts.asideOver.IsZero() && !time.Now().Before(ts.asideOver) {
+		d.requestScan(ts.cfg.Name)
+	}
+	ts.mu.Unlock()
+	slices.Sort(keys)
+	var acks []jetstream.PubAckFuture
+	for len(keys) > 0 {
+		n := min(len(keys), chunk)
+		if err := d.diffKeys(ctx, ts, keys[:n], &acks); err != nil {
+			return err
+		}
+		keys = keys[n:]
+	}
+	if err := natsbus.WaitAcks(ctx, acks); err != nil {
+		return fmt.Errorf("push to target %s: %w", ts.cfg.Name, err)
+	}
+	return nil
+}
+
 // scanLoop runs requested scans, and scans every target each
 // scan_interval.
 func (d *Differ) scanLoop(ctx context.Context) error {
@@ -1078,6 +1211,14 @@ func (d *Differ) scanTarget(ctx context.Context, ts *targetState) error {
 		return fmt.Errorf("push to target %s: %w", t, err)
 	}
 	acks = acks[:0]
+	ts.mu.Lock()
+	if !ts.asideOver.IsZero() && ts.asideOver.Before(start) {
+		// This scan looked at the keys set aside beyond the cap, after
+		// their pushes timed out: it set aside again those still in flight.
+		ts.asideOver = time.Time{}
+		ts.countAside()
+	}
+	ts.mu.Unlock()
 	d.log.Info("scan done", "target", t, "keys", keys, "pending_deletes", deletes, "seconds", time.Since(start).Seconds(),
 		"pushed", tally["pushed"], "inserts", tally[diff.Insert.String()], "updates", tally[diff.Update.String()],
 		"deletes", tally[diff.Delete.String()]+tally[diff.OrphanDelete.String()], "in_flight", tally["in_flight"],

@@ -59,6 +59,9 @@ type harness struct {
 	done   chan error
 	scans  atomic.Int64
 	seq    int64
+	d      *Differ // the running differ
+	// tune, when set, adjusts each differ before it runs.
+	tune func(*Differ)
 }
 
 // start runs a differ over a fresh stage for targets (YAML list entries).
@@ -93,6 +96,10 @@ func (h *harness) run() {
 	d, err := New(h.cfg, h.bus, h.store, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	require.NoError(h.t, err)
 	d.OnScanned = func() { h.scans.Add(1) }
+	h.d = d
+	if h.tune != nil {
+		h.tune(d)
+	}
 	h.cancel, h.done = cancel, make(chan error, 1)
 	go func() { h.done <- d.Run(ctx) }()
 	h.t.Cleanup(h.stop)
@@ -153,12 +160,17 @@ func (h *harness) at(side stage.Side, r stage.Record, v int64) []string {
 	return h.stage(side, r)
 }
 
-// report stages what target's writer reports for the last push (a
-// single-key batch): key id with amount ("-": deleted), at the push's
-// position.
-func (h *harness) report(target string, id int, amount string) []string {
+// report stages, as the stager does, what target's writer reports for the
+// last push (a single-key batch): key id with amount ("-": deleted), at the
+// push's position. It returns the key, and whether the report confirmed
+// the key's last logged push.
+func (h *harness) report(target string, id int, amount string) ([]string, bool) {
 	h.t.Helper()
-	return h.at(stage.TargetSide(target), h.rec(id, amount), h.lastPushPosition(target))
+	r := h.rec(id, amount)
+	r.Version = h.lastPushPosition(target)
+	res, err := h.store.ApplyReports(context.Background(), target, []stage.Record{r})
+	require.NoError(h.t, err)
+	return []string{r.Key.Text}, len(res.Confirmed) == 1 && res.Confirmed[0].Text == r.Key.Text
 }
 
 // pushLog is the push log's entry of key on target.
@@ -319,7 +331,8 @@ func TestPushCapStopsALoop(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		// The target rounds the amount: it never converges. The writer
 		// reports the rounded row at the last push's position.
-		h.staged(stage.TargetSide("pg"), h.report("pg", 1, "1.30"), false)
+		keys, _ := h.report("pg", 1, "1.30")
+		h.staged(stage.TargetSide("pg"), keys, false)
 		h.settle()
 	}
 	// The first push, an insert of a key the target never had, is not
@@ -430,11 +443,12 @@ func TestSameStateSamePushID(t *testing.T) {
 
 // A push that the target side has not confirmed yet is neither pushed nor
 // counted again, whatever looks at the key meanwhile: a target row staged
-// before the push was applied, a restart's scan, a read-back that read
-// the row before the push was applied but was published after the
-// writer's report. The writer's report settles it.
+// before the push was applied, a restart's scan, a read-back published
+// after the push. The writer's report settles it; when a read-back staged
+// above the report read the row before the push was applied, the key is
+// pushed once more (counted), and the read-back's next cycle settles it.
 func TestInFlightPushIsNotCountedAgain(t *testing.T) {
-	h := start(t, target("pg", ""))
+	h := start(t, target("pg", "    writer: {ack_wait: 1h}\n"))
 	h.stage(stage.SourceSide, h.rec(1, "1.00"))
 	h.at(stage.TargetSide("pg"), h.rec(1, "0.50"), 1)
 	h.run()
@@ -459,7 +473,7 @@ func TestInFlightPushIsNotCountedAgain(t *testing.T) {
 	}{
 		{"a target row staged before the push was applied", pos - 1, "0.50", false},
 		{"a restart's scan", 0, "", true},
-		{"a read-back published after the writer's report, read before it", pos + 1, "0.50", false},
+		{"a read-back published after the push, before the writer's report", pos + 1, "0.50", false},
 	}
 	for _, st := range steps {
 		if st.restart {
@@ -467,24 +481,182 @@ func TestInFlightPushIsNotCountedAgain(t *testing.T) {
 			h.run()
 			h.waitScans(2)
 		} else {
-			if st.version > pos {
-				h.report("pg", 1, "1.00") // as pushed: quiet
-			}
 			h.staged(stage.TargetSide("pg"), h.at(stage.TargetSide("pg"), h.rec(1, st.amount), st.version), false)
 		}
 		h.settle()
 		require.Len(t, h.pushes("pg"), 1, st.name)
 		require.Equal(t, 1, h.pushLog("pg", "1").Count, st.name)
 	}
+	// The writer's report (as pushed) is staged under that read-back: the
+	// push is confirmed, and the key is decided on the read-back, which
+	// read the row before the push was applied: pushed once more.
+	keys, confirmed := h.report("pg", 1, "1.00")
+	require.True(t, confirmed)
+	h.staged(stage.TargetSide("pg"), keys, false)
+	got = h.waitPushes("pg", 2)
+	require.Equal(t, "1.00", got[1].amount)
+	h.settle()
+	require.Equal(t, 2, h.pushLog("pg", "1").Count)
 	// The read-back's next cycle reads the pushed row: converged.
-	h.staged(stage.TargetSide("pg"), h.at(stage.TargetSide("pg"), h.rec(1, "1.00"), pos+2), false)
+	h.staged(stage.TargetSide("pg"), h.at(stage.TargetSide("pg"), h.rec(1, "1.00"), h.lastPushPosition("pg")+1), false)
 	h.staged(stage.SourceSide, nil, true)
 	h.waitScans(3)
 	h.settle()
-	require.Len(t, h.pushes("pg"), 1)
+	require.Len(t, h.pushes("pg"), 2)
 	ps, err := h.store.Pushes(context.Background(), "pg", []string{"1"})
 	require.NoError(t, err)
 	require.Empty(t, ps, "the scan forgets the count of a key that converged")
+}
+
+// The writer's report of a push is staged under a read-back published
+// after the push (the version guard keeps the read-back): the push log
+// says the push was reported, so the differ decides the key on the
+// read-back at once, not after the in-flight timeout. A target that trims
+// the value is pushed again, counted, and ends in the cap.
+func TestReportUnderANewerReadbackConfirmsPush(t *testing.T) {
+	h := start(t, target("pg", "    max_pushes_per_version: 2\n    writer: {ack_wait: 1h}\n"))
+	require.Equal(t, 6*time.Hour, InFlightTimeout(h.cfg.Targets[0]), "far beyond this test")
+	h.stage(stage.SourceSide, h.rec(1, "1.25"))
+	h.at(stage.TargetSide("pg"), h.rec(1, "0.50"), 1)
+	h.run()
+	h.waitScans(1)
+	h.settle()
+	require.Len(t, h.pushes("pg"), 1)
+
+	for n := 1; n <= 2; n++ {
+		pos := h.lastPushPosition("pg")
+		// The target rounds the amount. A read-back published after the
+		// push shows it first: in flight, not pushed again.
+		h.staged(stage.TargetSide("pg"), h.at(stage.TargetSide("pg"), h.rec(1, "1.30"), pos+1), false)
+		h.settle()
+		require.Len(t, h.pushes("pg"), n, "push %d in flight", n)
+		// Then the writer's report, below the read-back.
+		keys, confirmed := h.report("pg", 1, "1.30")
+		require.True(t, confirmed)
+		pairs, err := h.store.Join(context.Background(), "pg", []string{"1"})
+		require.NoError(t, err)
+		require.Equal(t, pos+1, pairs[0].Target.Version, "the guard kept the read-back")
+		require.Equal(t, pos, h.pushLog("pg", "1").Reported)
+		h.staged(stage.TargetSide("pg"), keys, false)
+		h.settle()
+		if n < 2 {
+			got := h.waitPushes("pg", n+1)
+			require.Equal(t, "1.25", got[n].amount, "pushed again at once")
+			require.Equal(t, n+1, h.pushLog("pg", "1").Count)
+		}
+	}
+	// The second counted push was confirmed too: over the cap, reported.
+	require.Len(t, h.pushes("pg"), 2)
+	ctx := context.Background()
+	st, err := h.bus.JS.Stream(ctx, bus.StreamName("inv"))
+	require.NoError(t, err)
+	var m *jetstream.RawStreamMsg
+	require.Eventually(t, func() bool {
+		m, err = st.GetLastMsgForSubject(ctx, bus.DLQSubject("inv", "pg"))
+		return err == nil
+	}, 20*time.Second, 20*time.Millisecond)
+	require.Equal(t, "1", m.Header.Get(bus.HeaderKey))
+	require.Contains(t, m.Header.Get(bus.HeaderError), "pushed 2 times and target pg still differs in amount")
+}
+
+// A key set aside while its push is in flight is looked at again without
+// any new input: a writer's report that left the target as pushed (quiet:
+// the stager does not hand it on) settles it, and a push never confirmed
+// is pushed again once it timed out. Meanwhile InFlight counts the key.
+func TestKeysInFlightAreLookedAtAgain(t *testing.T) {
+	h := start(t, target("slow", "    writer: {ack_wait: 1h}\n")+target("fast", "    writer: {ack_wait: 1s, max_attempts: 1}\n"))
+	h.stage(stage.SourceSide, h.rec(1, "1.00"))
+	h.at(stage.TargetSide("slow"), h.rec(1, "0.50"), 1) // staged before any push
+	h.at(stage.TargetSide("fast"), h.rec(1, "0.50"), 1)
+	h.run()
+	h.waitScans(1)
+	h.settle()
+	require.Len(t, h.pushes("slow"), 1)
+	require.Len(t, h.pushes("fast"), 1)
+	require.Zero(t, h.d.InFlight(), "nothing looked at the key since")
+	// A restart's scan looks at the key while both pushes are in flight.
+	h.stop()
+	h.run()
+	h.waitScans(2)
+	h.settle()
+	require.Equal(t, 2, h.d.InFlight())
+
+	// The slow target's writer reports the push applied as pushed: a
+	// quiet report, no staged keys. The fast target's push is lost.
+	r := h.rec(1, "1.00")
+	r.Version = h.pushLog("slow", "1").Position
+	_, err := h.store.ApplyReports(context.Background(), "slow", []stage.Record{r})
+	require.NoError(t, err)
+	got := h.waitPushes("fast", 2) // once its push timed out (2 s)
+	require.Equal(t, "1.00", got[1].amount)
+	require.Eventually(t, func() bool { return h.pushLog("fast", "1").Count == 2 }, 20*time.Second, 20*time.Millisecond,
+		"the push sent again is counted")
+	require.Eventually(t, func() bool { return h.d.InFlight() == 0 }, 20*time.Second, 20*time.Millisecond)
+	require.Len(t, h.pushes("slow"), 1, "the slow target's key settled without another push")
+	require.Equal(t, 1, h.pushLog("slow", "1").Count)
+}
+
+// Keys set aside beyond what the differ remembers are counted as one in
+// InFlight and looked at by a scan of their target once their pushes timed
+// out.
+func TestKeysInFlightBeyondTheCapAreScanned(t *testing.T) {
+	h := start(t, target("pg", "    max_pushes_per_version: 2\n    writer: {ack_wait: 1s, max_attempts: 1}\n"))
+	h.tune = func(d *Differ) { d.targets[0].asideMax = 1 }
+	h.stage(stage.SourceSide, h.rec(1, "1.00"), h.rec(2, "2.00"), h.rec(3, "3.00"))
+	for id := 1; id <= 3; id++ {
+		h.at(stage.TargetSide("pg"), h.rec(id, "0.50"), 1)
+	}
+	h.run()
+	h.waitScans(1)
+	h.settle()
+	require.Len(t, h.pushes("pg"), 3)
+	h.stop()
+	h.run()
+	h.waitScans(2)
+	require.Equal(t, 2, h.d.InFlight(), "one key remembered, the others counted as one")
+
+	// No writer reports: every push is lost. Once they time out, the
+	// remembered key is looked at again and the others are scanned: each
+	// is pushed again, and then reported stuck.
+	require.Eventually(t, func() bool {
+		for _, k := range []string{"1", "2", "3"} {
+			if h.pushLog("pg", k).Count < 2 {
+				return false
+			}
+		}
+		return true
+	}, 20*time.Second, 50*time.Millisecond, "every key pushed again without any new input")
+	require.GreaterOrEqual(t, h.scans.Load(), int64(3), "by a scan (scan_interval is 1h)")
+	require.Eventually(t, func() bool { return h.d.InFlight() == 0 }, 20*time.Second, 20*time.Millisecond)
+}
+
+// inFlight: a push is in flight until the writer's report shows (at the
+// push's position, or in the push log's Reported) or the timeout passes.
+func TestInFlight(t *testing.T) {
+	now := time.Now()
+	const pos = 100 << 20
+	rec := func(v int64) *stage.Record { return &stage.Record{Version: v} }
+	tests := []struct {
+		name   string
+		st     stage.PushState
+		target *stage.Record
+		want   bool
+	}{
+		{"no position", stage.PushState{LastAt: now}, nil, false},
+		{"no target record", stage.PushState{Position: pos, LastAt: now}, nil, true},
+		{"a target record below", stage.PushState{Position: pos, LastAt: now}, rec(pos - 1), true},
+		{"a read-back above", stage.PushState{Position: pos, LastAt: now}, rec(pos + 1), true},
+		{"the report itself", stage.PushState{Position: pos, LastAt: now}, rec(pos), false},
+		{"reported under a read-back above", stage.PushState{Position: pos, Reported: pos, LastAt: now}, rec(pos + 1), false},
+		{"reported by a later push's report", stage.PushState{Position: pos, Reported: pos + 5, LastAt: now}, rec(pos + 6), false},
+		{"an earlier push reported", stage.PushState{Position: pos, Reported: pos - 5, LastAt: now}, rec(pos + 1), true},
+		{"timed out", stage.PushState{Position: pos, LastAt: now.Add(-time.Minute)}, rec(pos + 1), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			require.Equal(t, tt.want, inFlight(tt.st, tt.target, now, time.Minute))
+		})
+	}
 }
 
 // A push that the target never confirms is pushed again once the in-flight

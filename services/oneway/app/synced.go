@@ -71,11 +71,14 @@ func (c *cycleCount) since(mark map[string]int64, n int64) bool {
 // nothing pending or unacknowledged, the stream has not grown since the
 // previous check, and every read-back (readbacks) has read its target
 // through at least once since the stream stopped growing (two completed
-// cycles: the second began after the last write). A converged pipeline is
-// quiet: the last applied reports and read-backs make the differ decide
-// nothing. A target whose deletes the breaker holds cannot converge: that
-// is an error naming it.
-func waitStagedSynced(ctx context.Context, b *natsbus.Bus, cfg *config.Pipeline, c *caughtUp, scans *scanCount, readbacks *cycleCount, store stage.Store, log *slog.Logger) (bool, error) {
+// cycles: the second began after the last write), and the differ holds no
+// key set aside while its push is in flight (inFlight, the differ's
+// InFlight, is 0: such a key is pushed again or decided without any new
+// input, so a quiet pipeline is not yet a synced one). A converged
+// pipeline is quiet: the last applied reports and read-backs make the
+// differ decide nothing. A target whose deletes the breaker holds cannot
+// converge: that is an error naming it.
+func waitStagedSynced(ctx context.Context, b *natsbus.Bus, cfg *config.Pipeline, c *caughtUp, scans *scanCount, inFlight func() int, readbacks *cycleCount, store stage.Store, log *slog.Logger) (bool, error) {
 	tick := time.NewTicker(200 * time.Millisecond)
 	defer tick.Stop()
 	stream := bus.StreamName(cfg.Pipeline)
@@ -124,6 +127,12 @@ func waitStagedSynced(ctx context.Context, b *natsbus.Bus, cfg *config.Pipeline,
 		// Quiet across a second: nothing in flight, nothing published,
 		// and each target read back after its last write.
 		if quiet++; quiet < 5 || !readbacks.since(mark, 2) {
+			continue
+		}
+		if n := inFlight(); n > 0 {
+			if quiet%25 == 0 { // every 5 s
+				log.Info("waiting for pushes in flight", "keys", n)
+			}
 			continue
 		}
 		holds, err := store.Holds(ctx)

@@ -276,6 +276,7 @@ func pipelineComponents(ctx context.Context, cfg *config.Pipeline, b *natsbus.Bu
 	}
 	var store stage.Store
 	var scans scanCount
+	inFlight := func() int { return 0 }
 	readbacks := newCycleCount()
 	if cfg.Staged() {
 		var err error
@@ -294,6 +295,7 @@ func pipelineComponents(ctx context.Context, cfg *config.Pipeline, b *natsbus.Bu
 		}
 		df.OnReady, _ = register("differ")
 		df.OnScanned = scans.add
+		inFlight = df.InFlight
 		components = append(components, st, df)
 		for _, t := range cfg.Targets {
 			if t.Readback == nil {
@@ -331,7 +333,7 @@ func pipelineComponents(ctx context.Context, cfg *config.Pipeline, b *natsbus.Bu
 			wait := waitSynced
 			if cfg.Staged() {
 				wait = func(ctx context.Context, b *natsbus.Bus, cfg *config.Pipeline, c *caughtUp, log *slog.Logger) (bool, error) {
-					return waitStagedSynced(ctx, b, cfg, c, &scans, readbacks, store, log)
+					return waitStagedSynced(ctx, b, cfg, c, &scans, inFlight, readbacks, store, log)
 				}
 			}
 			ok, err := wait(ctx, b, cfg, &caught, log)

@@ -12,6 +12,14 @@
 // later of a read-back and an applied report wins, and the store's version
 // guard keeps a redelivered or late message from going back in time.
 //
+// Applied reports. A writer's report is staged with ApplyReports, which
+// also raises, in the same transaction, the push log's Reported of the key:
+// the differ's proof that the push was applied, even when a read-back
+// published after the push is staged above the report (the version guard
+// keeps the read-back). The keys whose push a report so confirmed under a
+// newer record are handed on to the differ even from a quiet report: it
+// may have set them aside while their push was in flight.
+//
 // Effect once. A message is acked only after its records are committed
 // (one transaction per side for a group of messages) and its keys are
 // published on the staged subject, with a Msg-Id derived from the message's
@@ -138,20 +146,41 @@ func (s *Stager) Run(ctx context.Context) error {
 type incoming struct {
 	seq  uint64
 	side stage.Side
-	keys []string // the keys of its changes
+	// applied: a writer's applied report (staged with ApplyReports).
+	applied bool
+	keys    []string // the keys of its changes
 	// quiet: an applied report of changes that left the target exactly as
 	// pushed (bus.HeaderAsPushed): staged, but not handed to the differ,
 	// which decided that state itself.
 	quiet bool
 }
 
-// handle stages a group of messages: per side, one Apply of all their
-// records; then, per message, its touched keys on the staged subject.
+// group is what one transaction of handle stages: the records of one
+// side, either from the source or a read-back (Apply) or from a writer's
+// applied reports (ApplyReports).
+type group struct {
+	side    stage.Side
+	applied bool
+}
+
+// handled is what staging one group did: the keys it touched, and, for
+// applied reports, the keys whose last push a report confirmed although
+// the stage kept a newer record (a read-back published after the push).
+type handled struct {
+	touched map[string]bool
+	// confirmed: the differ may have set these keys aside while their
+	// push was in flight, and hears of them only from the stager now.
+	confirmed map[string]bool
+}
+
+// handle stages a group of messages: per side (and per kind: applied
+// reports apart), one transaction of all their records; then, per
+// message, its touched keys on the staged subject.
 func (s *Stager) handle(ctx context.Context, msgs []jetstream.Msg) error {
 	start := time.Now()
 	ins := make([]incoming, 0, len(msgs))
 	decoded := make([][]stage.Record, 0, len(msgs))
-	sizes := map[stage.Side]int{}
+	sizes := map[group]int{}
 	var vals [][]byte
 	for _, msg := range msgs {
 		in, recs, err := s.decode(ctx, msg, &vals)
@@ -163,40 +192,53 @@ func (s *Stager) handle(ctx context.Context, msgs []jetstream.Msg) error {
 		}
 		ins = append(ins, in)
 		decoded = append(decoded, recs)
-		sizes[in.side] += len(recs)
+		sizes[group{in.side, in.applied}] += len(recs)
 	}
-	// One slice per side, allocated once: a group holds tens of thousands
+	// One slice per group, allocated once: a group holds tens of thousands
 	// of records, and growing the slice message by message copies them
 	// over and over.
-	bySide := make(map[stage.Side][]stage.Record, len(sizes))
-	var sides []stage.Side
+	byGroup := make(map[group][]stage.Record, len(sizes))
+	var groups []group
 	for i, in := range ins {
-		if _, ok := bySide[in.side]; !ok {
-			sides = append(sides, in.side)
-			bySide[in.side] = make([]stage.Record, 0, sizes[in.side])
+		g := group{in.side, in.applied}
+		if _, ok := byGroup[g]; !ok {
+			groups = append(groups, g)
+			byGroup[g] = make([]stage.Record, 0, sizes[g])
 		}
-		bySide[in.side] = append(bySide[in.side], decoded[i]...)
+		byGroup[g] = append(byGroup[g], decoded[i]...)
 		decoded[i] = nil
 	}
-	touched := map[stage.Side]map[string]bool{}
-	for _, side := range sides {
+	done := map[group]handled{}
+	for _, g := range groups {
 		var res stage.Applied
 		err := retry.Do(ctx, retry.Policy{Initial: 100 * time.Millisecond, Max: 10 * time.Second, Attempts: 3,
 			OnRetry: func(err error, wait time.Duration) {
-				s.log.Warn("stage apply failed; retrying", "side", string(side), "error", err, "wait", wait)
+				s.log.Warn("stage apply failed; retrying", "side", string(g.side), "applied", g.applied, "error", err, "wait", wait)
 			}}, func(ctx context.Context) error {
 			var err error
-			res, err = s.store.Apply(ctx, side, bySide[side])
+			if name, ok := g.side.Target(); ok && g.applied {
+				res, err = s.store.ApplyReports(ctx, name, byGroup[g])
+			} else {
+				res, err = s.store.Apply(ctx, g.side, byGroup[g])
+			}
 			return err
 		})
 		if err != nil {
-			return fmt.Errorf("stage %d records on %s: %w", len(bySide[side]), side, err)
+			return fmt.Errorf("stage %d records on %s: %w", len(byGroup[g]), g.side, err)
 		}
-		set := make(map[string]bool, len(res.Changed)+len(res.Current))
+		h := handled{touched: make(map[string]bool, len(res.Changed)+len(res.Current))}
 		for _, k := range res.Touched() {
-			set[k.Text] = true
+			h.touched[k.Text] = true
 		}
-		touched[side] = set
+		for _, k := range res.Confirmed {
+			if !h.touched[k.Text] {
+				if h.confirmed == nil {
+					h.confirmed = map[string]bool{}
+				}
+				h.confirmed[k.Text] = true
+			}
+		}
+		done[g] = h
 		if m := s.metrics; m != nil {
 			m.EventsProcessed.WithLabelValues("stager", s.cfg.Pipeline, telemetry.OutcomeApplied).Add(float64(len(res.Changed)))
 			m.EventsProcessed.WithLabelValues("stager", s.cfg.Pipeline, telemetry.OutcomeSkipped).Add(float64(len(res.Current) + res.Stale))
@@ -204,7 +246,7 @@ func (s *Stager) handle(ctx context.Context, msgs []jetstream.Msg) error {
 	}
 	var futures []jetstream.PubAckFuture
 	for _, in := range ins {
-		fs, err := s.publishStaged(ctx, in, touched[in.side])
+		fs, err := s.publishStaged(ctx, in, done[group{in.side, in.applied}])
 		if err != nil {
 			return err
 		}
@@ -265,7 +307,7 @@ func (s *Stager) decode(ctx context.Context, msg jetstream.Msg, vals *[][]byte) 
 			return incoming{}, nil, err
 		}
 	}
-	in := incoming{seq: seq, side: side, keys: make([]string, 0, len(b.GetChanges())),
+	in := incoming{seq: seq, side: side, applied: applied, keys: make([]string, 0, len(b.GetChanges())),
 		quiet: applied && msg.Headers().Get(bus.HeaderAsPushed) == "true"}
 	recs := make([]stage.Record, 0, len(b.GetChanges()))
 	for i, c := range b.GetChanges() {
@@ -316,17 +358,15 @@ func (s *Stager) saveColumns(ctx context.Context, b *onewayv1.Batch, m stage.Map
 	return nil
 }
 
-// publishStaged publishes the keys of in that the group touched, in key
-// order, split into messages of at most stagedChunkBytes. The Msg-Id
-// names the consumed message and the chunk, so a redelivery republishes
-// duplicates.
-func (s *Stager) publishStaged(ctx context.Context, in incoming, touched map[string]bool) ([]jetstream.PubAckFuture, error) {
-	if in.quiet {
-		return nil, nil
-	}
+// publishStaged publishes the keys of in that its group touched (none
+// for a quiet report) and those whose push it confirmed under a newer
+// record, in key order, split into messages of at most stagedChunkBytes.
+// The Msg-Id names the consumed message and the chunk, so a redelivery
+// republishes duplicates.
+func (s *Stager) publishStaged(ctx context.Context, in incoming, h handled) ([]jetstream.PubAckFuture, error) {
 	keys := make([]string, 0, len(in.keys))
 	for _, k := range in.keys {
-		if touched[k] {
+		if (h.touched[k] && !in.quiet) || h.confirmed[k] {
 			keys = append(keys, k)
 		}
 	}

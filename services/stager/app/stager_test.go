@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -297,4 +298,49 @@ func TestBatchWithoutAnOwnedColumnIsDeadLettered(t *testing.T) {
 	require.True(t, strings.Contains(m.Header.Get(bus.HeaderError), `no column "updated_at"`), m.Header.Get(bus.HeaderError))
 	require.Equal(t, bus.TargetSubject("inv", "pg"), m.Header.Get(bus.HeaderSubject))
 	require.Len(t, h.join("pg", "5"), 1)
+}
+
+// A writer's report of a push is noted in the push log even when a
+// read-back published after the push was staged first (the guard keeps
+// the read-back), and the key is handed to the differ, which may have set
+// it aside while the push was in flight, though the report is quiet.
+func TestAppliedReportConfirmsPushUnderANewerReadback(t *testing.T) {
+	h := start(t)
+	ctx := context.Background()
+	cols := []string{"id", "customer", "updated_at"}
+	srcSeq := h.publish(bus.SourceSubject("inv"), batch("source", cols, []*string{s("2"), s("bob"), nil}, []*string{s("4"), s("dan"), nil}))
+	h.waitStaged(1)
+	// The differ pushed key 2 at position pushedAt; a read-back published
+	// after it is staged before the writer's report.
+	pushedAt := event.Version(srcSeq, 7)
+	_, err := h.store.RecordPushes(ctx, "pg", []stage.Push{{Key: "2", Version: event.Version(srcSeq, 0), Position: pushedAt}})
+	require.NoError(t, err)
+	rbSeq := h.publish(bus.TargetSubject("inv", "pg"), batch("target.pg", cols, []*string{s("2"), s("BOB"), nil}))
+	h.waitStaged(2)
+
+	report := batch("applied.pg", cols, []*string{s("2"), s("bob"), nil}, []*string{s("4"), s("dan"), nil})
+	report.Changes[0].Version = uint64(pushedAt)
+	report.Changes[1].Version = uint64(event.Version(srcSeq, 8)) // a first insert: no push logged
+	data, err := event.Encode(report)
+	require.NoError(t, err)
+	msg := nats.NewMsg(bus.AppliedSubject("inv", "pg"))
+	msg.Data = data
+	msg.Header.Set(bus.HeaderAsPushed, "true") // quiet
+	_, err = h.bus.JS.PublishMsg(ctx, msg)
+	require.NoError(t, err)
+
+	got := h.waitStaged(3)
+	require.Len(t, got, 3)
+	require.Equal(t, "target.pg", got[2].GetSide())
+	require.Equal(t, []string{"2"}, got[2].GetKeys(), "only the key whose push the report confirmed under a newer record")
+
+	pairs := h.join("pg", "2", "4")
+	require.Equal(t, event.Version(rbSeq, 0), pairs[0].Target.Version, "the guard kept the read-back")
+	require.Equal(t, event.Version(srcSeq, 8), pairs[1].Target.Version)
+	ps, err := h.store.Pushes(ctx, "pg", []string{"2", "4"})
+	require.NoError(t, err)
+	require.Len(t, ps, 1, "no entry created for key 4")
+	require.Equal(t, "2", ps[0].Key)
+	require.Equal(t, pushedAt, ps[0].Reported, "the report marks the push log")
+	require.Equal(t, pushedAt, ps[0].Position)
 }

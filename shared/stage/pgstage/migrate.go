@@ -77,6 +77,13 @@ var migrations = []migration{
 			`COMMENT ON COLUMN {s}.pushes.position IS 'oneway stage: stream position (seq<<20 | index) of the last push of the key, the version its writer reports it applied at; 0 when unknown'`,
 		},
 	},
+	{
+		description: "reported push positions",
+		statements: []string{
+			`ALTER TABLE {s}.pushes ADD COLUMN reported bigint NOT NULL DEFAULT 0`,
+			`COMMENT ON COLUMN {s}.pushes.reported IS 'oneway stage: highest stream position whose applied report was staged for the key (the last push is confirmed when reported >= position); 0 when none was'`,
+		},
+	},
 }
 
 // migrate brings schema up to version upTo (creating it when missing) in

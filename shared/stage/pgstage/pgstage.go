@@ -120,6 +120,7 @@ func (s *Store) Close() error {
 type queries struct {
 	scope, apply, versions, join, scan, count                string
 	recordPushes, stuck, pushes, clearPushes, clearAllPushes string
+	report                                                   string
 	hold, approve, getHold, release, holds                   string
 }
 
@@ -167,6 +168,16 @@ ON CONFLICT (scope, key) DO UPDATE SET
                   WHEN p.version = excluded.version THEN p.position ELSE 0 END,
   version = excluded.version, last_at = excluded.last_at
 RETURNING p.key, p.push_count`),
+		// The rows are locked in key order (the order RecordPushes writes
+		// in), so a stager and the differ never wait on each other in a
+		// cycle.
+		report: r.Replace(`
+UPDATE {s}.pushes AS p SET reported = greatest(p.reported, l.version)
+FROM (SELECT q.key, u.version FROM {s}.pushes q
+      JOIN unnest($2::text[], $3::int8[]) AS u(key, version) ON u.key = q.key
+      WHERE q.scope = $1 ORDER BY q.key FOR UPDATE OF q) AS l
+WHERE p.scope = $1 AND p.key = l.key
+RETURNING p.key, p.position`),
 		stuck: r.Replace(`
 SELECT ` + pushCols + ` FROM {s}.pushes
 WHERE scope = $1 AND push_count >= $2 AND key > $3 ORDER BY key LIMIT $4`),
@@ -240,6 +251,19 @@ func (s *Store) targetScope(ctx context.Context, target string) (int32, stage.Si
 
 // Apply implements stage.Records.
 func (s *Store) Apply(ctx context.Context, side stage.Side, recs []stage.Record) (stage.Applied, error) {
+	return s.apply(ctx, side, recs, false)
+}
+
+// ApplyReports implements stage.Records.
+func (s *Store) ApplyReports(ctx context.Context, target string, recs []stage.Record) (stage.Applied, error) {
+	if err := stage.ValidateTarget(target); err != nil {
+		return stage.Applied{}, fmt.Errorf("stage of pipeline %q: %w", s.pipeline, err)
+	}
+	return s.apply(ctx, stage.TargetSide(target), recs, true)
+}
+
+// apply is Apply, and with reports ApplyReports on a target side.
+func (s *Store) apply(ctx context.Context, side stage.Side, recs []stage.Record, reports bool) (stage.Applied, error) {
 	scope, err := s.scope(ctx, side)
 	if err != nil {
 		return stage.Applied{}, err
@@ -264,9 +288,11 @@ func (s *Store) Apply(ctx context.Context, side stage.Side, recs []stage.Record)
 	}
 	written := make(map[string]bool, n) // key → content changed
 	var current []stage.Key
+	confirmed := map[string]bool{}
 	stale := 0
 	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
 		clear(written)
+		clear(confirmed)
 		current, stale = current[:0], 0
 		rows, err := tx.Query(ctx, s.q.apply, scope, keys, parts, versions, hashes, packed, deleted)
 		if err != nil {
@@ -279,6 +305,11 @@ func (s *Store) Apply(ctx context.Context, side stage.Side, recs []stage.Record)
 			return nil
 		}); err != nil {
 			return err
+		}
+		if reports {
+			if err := s.markReported(ctx, tx, scope, keys, versions, confirmed); err != nil {
+				return err
+			}
 		}
 		if len(written) == n {
 			return nil
@@ -324,8 +355,36 @@ func (s *Store) Apply(ctx context.Context, side stage.Side, recs []stage.Record)
 		case ok || cur[r.Key.Text]:
 			res.Current = append(res.Current, r.Key)
 		}
+		if confirmed[r.Key.Text] {
+			res.Confirmed = append(res.Confirmed, r.Key)
+		}
 	}
 	return res, nil
+}
+
+// markReported raises the push log's reported position of keys (one
+// version each) in tx, and sets confirmed[key] for the keys whose last
+// push (position > 0) the version reaches.
+func (s *Store) markReported(ctx context.Context, tx pgx.Tx, scope int32, keys []string, versions []int64, confirmed map[string]bool) error {
+	given := make(map[string]int64, len(keys))
+	for i, k := range keys {
+		given[k] = versions[i]
+	}
+	rows, err := tx.Query(ctx, s.q.report, scope, keys, versions)
+	if err != nil {
+		return fmt.Errorf("mark reported pushes: %w", err)
+	}
+	var key string
+	var position int64
+	if _, err := pgx.ForEachRow(rows, []any{&key, &position}, func() error {
+		if position > 0 && position <= given[key] {
+			confirmed[key] = true
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("mark reported pushes: %w", err)
+	}
+	return nil
 }
 
 // scanRecord reads the columns "scope, " + recordCols.
@@ -493,11 +552,11 @@ func (s *Store) Stuck(ctx context.Context, target string, minCount int, after st
 }
 
 // pushCols are the columns scanPushState reads.
-const pushCols = `key, version, push_count, position, first_at, last_at`
+const pushCols = `key, version, push_count, position, reported, first_at, last_at`
 
 func scanPushState(row pgx.CollectableRow) (stage.PushState, error) {
 	var p stage.PushState
-	err := row.Scan(&p.Key, &p.Version, &p.Count, &p.Position, &p.FirstAt, &p.LastAt)
+	err := row.Scan(&p.Key, &p.Version, &p.Count, &p.Position, &p.Reported, &p.FirstAt, &p.LastAt)
 	return p, err
 }
 

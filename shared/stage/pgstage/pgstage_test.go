@@ -113,7 +113,7 @@ func TestMigrations(t *testing.T) {
 		require.NoError(t, err, "tables of the later migration exist")
 	})
 
-	t.Run("a push log of version 2 keeps its counts, without positions", func(t *testing.T) {
+	t.Run("a push log of version 2 keeps its counts, without positions or reports", func(t *testing.T) {
 		schema := randomSchema()
 		cfg := Config{URL: dbURL, Schema: schema, Pipeline: "p"}
 		pool, err := pgconn.Open(ctx, dbURL, "pgstage test", 2)
@@ -134,6 +134,7 @@ func TestMigrations(t *testing.T) {
 		require.Len(t, ps, 1)
 		assert.Equal(t, 2, ps[0].Count)
 		assert.Equal(t, int64(0), ps[0].Position)
+		assert.Equal(t, int64(0), ps[0].Reported, "no report staged")
 		n, err := s.RecordPushes(ctx, "t", []stage.Push{{Key: "a", Version: 5, Position: 9}})
 		require.NoError(t, err)
 		assert.Equal(t, []int{3}, n)

@@ -71,6 +71,15 @@ var migrations = []migration{
 			`ALTER TABLE pushes ADD COLUMN position INTEGER NOT NULL DEFAULT 0`,
 		},
 	},
+	{
+		description: "reported push positions",
+		statements: []string{
+			// The highest stream position whose applied report was staged
+			// for the key (the last push is confirmed when reported >=
+			// position); 0: none was.
+			`ALTER TABLE pushes ADD COLUMN reported INTEGER NOT NULL DEFAULT 0`,
+		},
+	},
 }
 
 // migrate brings the file up to version upTo in one write transaction

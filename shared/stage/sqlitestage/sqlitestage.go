@@ -274,6 +274,19 @@ func (s *Store) write(ctx context.Context, f func(tx *sql.Tx) error) error {
 
 // Apply implements stage.Records.
 func (s *Store) Apply(ctx context.Context, side stage.Side, recs []stage.Record) (stage.Applied, error) {
+	return s.apply(ctx, side, recs, false)
+}
+
+// ApplyReports implements stage.Records.
+func (s *Store) ApplyReports(ctx context.Context, target string, recs []stage.Record) (stage.Applied, error) {
+	if err := stage.ValidateTarget(target); err != nil {
+		return stage.Applied{}, fmt.Errorf("stage of pipeline %q: %w", s.pipeline, err)
+	}
+	return s.apply(ctx, stage.TargetSide(target), recs, true)
+}
+
+// apply is Apply, and with reports ApplyReports on a target side.
+func (s *Store) apply(ctx context.Context, side stage.Side, recs []stage.Record, reports bool) (stage.Applied, error) {
 	scope, err := s.scope(ctx, side)
 	if err != nil {
 		return stage.Applied{}, err
@@ -328,6 +341,14 @@ func (s *Store) Apply(ctx context.Context, side stage.Side, recs []stage.Record)
 				return err
 			}
 		}
+		confirmed := map[string]bool{}
+		if reports {
+			for chunk := range slices.Chunk(kept, joinChunk) {
+				if err := markReported(ctx, tx, scope, chunk, confirmed); err != nil {
+					return err
+				}
+			}
+		}
 		// Results in key order (kept is sorted), with the caller's parts.
 		for _, r := range kept {
 			changed, ok := written[r.Key.Text]
@@ -340,6 +361,9 @@ func (s *Store) Apply(ctx context.Context, side stage.Side, recs []stage.Record)
 				res.Current = append(res.Current, r.Key)
 			default:
 				res.Stale++
+			}
+			if confirmed[r.Key.Text] {
+				res.Confirmed = append(res.Confirmed, r.Key)
 			}
 		}
 		return ctx.Err()
@@ -456,6 +480,58 @@ func readVersions(ctx context.Context, tx *sql.Tx, scope int64, recs []stage.Rec
 	}
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("read %d keys from %s: %w", len(recs), recs[0].Key.Text, err)
+	}
+	return nil
+}
+
+// markReported raises the push log's reported position of recs' keys to
+// their versions, and sets confirmed[key] for the keys whose last push
+// (position > 0) the version reaches. It reads the keys' entries first:
+// most reports (first inserts) have none, and one read of a chunk costs
+// far less than a multi-row update. recs are in key order, as RecordPushes
+// writes.
+func markReported(ctx context.Context, tx *sql.Tx, scope int64, recs []stage.Record, confirmed map[string]bool) error {
+	fail := func(err error) error {
+		return fmt.Errorf("mark reported pushes of %d keys from %s: %w", len(recs), recs[0].Key.Text, err)
+	}
+	args := make([]any, 0, 1+len(recs))
+	args = append(args, scope)
+	given := make(map[string]int64, len(recs))
+	for _, r := range recs {
+		args = append(args, r.Key.Text)
+		given[r.Key.Text] = r.Version
+	}
+	rows, err := tx.QueryContext(context.WithoutCancel(ctx),
+		"SELECT key, position, reported FROM pushes WHERE scope = ? AND key IN (?"+strings.Repeat(", ?", len(recs)-1)+") ORDER BY key", args...)
+	if err != nil {
+		return fail(err)
+	}
+	var raise []string
+	for rows.Next() {
+		var key string
+		var position, reported int64
+		if err := rows.Scan(&key, &position, &reported); err != nil {
+			rows.Close()
+			return fail(err)
+		}
+		v := given[key]
+		if position > 0 && position <= v {
+			confirmed[key] = true
+		}
+		if reported < v {
+			raise = append(raise, key)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		rows.Close()
+		return fail(err)
+	}
+	rows.Close()
+	for _, key := range raise {
+		if _, err := tx.ExecContext(context.WithoutCancel(ctx), "UPDATE pushes SET reported = max(reported, ?) WHERE scope = ? AND key = ?",
+			given[key], scope, key); err != nil {
+			return fail(err)
+		}
 	}
 	return nil
 }
@@ -686,7 +762,7 @@ WHERE scope = ? AND push_count >= ? AND key > ? ORDER BY key LIMIT ?`, scope, mi
 }
 
 // pushCols are the columns scanPushStates reads.
-const pushCols = `key, version, push_count, position, first_at, last_at`
+const pushCols = `key, version, push_count, position, reported, first_at, last_at`
 
 // scanPushStates appends the push states of rows to out and closes rows.
 func scanPushStates(rows *sql.Rows, out []stage.PushState) ([]stage.PushState, error) {
@@ -694,7 +770,7 @@ func scanPushStates(rows *sql.Rows, out []stage.PushState) ([]stage.PushState, e
 	for rows.Next() {
 		var p stage.PushState
 		var first, last int64
-		if err := rows.Scan(&p.Key, &p.Version, &p.Count, &p.Position, &first, &last); err != nil {
+		if err := rows.Scan(&p.Key, &p.Version, &p.Count, &p.Position, &p.Reported, &first, &last); err != nil {
 			return nil, err
 		}
 		p.FirstAt, p.LastAt = time.Unix(0, first), time.Unix(0, last)

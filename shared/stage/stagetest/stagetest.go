@@ -41,6 +41,7 @@ func Run(t *testing.T, storage Storage) {
 	t.Run("Count", func(t *testing.T) { testCount(t, storage) })
 	t.Run("Pushes", func(t *testing.T) { testPushes(t, storage) })
 	t.Run("PushPositions", func(t *testing.T) { testPushPositions(t, storage) })
+	t.Run("ReportedPushes", func(t *testing.T) { testReportedPushes(t, storage) })
 	t.Run("Holds", func(t *testing.T) { testHolds(t, storage) })
 	t.Run("SurvivesReopen", func(t *testing.T) { testReopen(t, storage) })
 	t.Run("ConcurrentApplyKeepsHighestVersion", func(t *testing.T) { testConcurrentApply(t, storage) })
@@ -698,6 +699,106 @@ func testPushPositions(t *testing.T, storage Storage) {
 		require.Equal(t, keys[i], p.Key, "key order")
 		require.Equal(t, int64(i+1), p.Position)
 	}
+}
+
+// testReportedPushes: ApplyReports stages the writer's reports and marks,
+// in the same call, the push log's Reported of keys with an entry, even
+// when the stage keeps a newer read-back.
+func testReportedPushes(t *testing.T, storage Storage) {
+	s := storage(t)(t, pipeline)
+	ctx := ctxOf(t)
+	type entry struct {
+		Key                         string
+		Version, Position, Reported int64
+	}
+	read := func(target string, keys ...string) []entry {
+		t.Helper()
+		ps, err := s.Pushes(ctx, target, keys)
+		require.NoError(t, err)
+		out := []entry{}
+		for _, p := range ps {
+			out = append(out, entry{p.Key, p.Version, p.Position, p.Reported})
+		}
+		return out
+	}
+	record := func(pushes ...stage.Push) {
+		t.Helper()
+		_, err := s.RecordPushes(ctx, "crm", pushes)
+		require.NoError(t, err)
+	}
+	report := func(target string, recs ...stage.Record) stage.Applied {
+		t.Helper()
+		res, err := s.ApplyReports(ctx, target, recs)
+		require.NoError(t, err)
+		return res
+	}
+	record(stage.Push{Key: "a", Version: 1, Position: 10 << 20}, stage.Push{Key: "b", Version: 1, Position: 11 << 20})
+	// A read-back of a, published after its push, is staged first.
+	_, err := s.Apply(ctx, target, []stage.Record{Live("a", 12<<20, "read back")})
+	require.NoError(t, err)
+
+	res := report("crm", Live("a", 10<<20, "pushed"), Live("b", 11<<20, "pushed"), Live("c", 13<<20, "no push logged"))
+	assert.Equal(t, []string{"b", "c"}, keyTexts(res.Changed))
+	assert.Equal(t, 1, res.Stale, "a's report is older than its read-back")
+	assert.Equal(t, []string{"a", "b"}, keyTexts(res.Confirmed), "a's push is confirmed though the guard kept the read-back")
+	assert.Equal(t, &state{version: 12 << 20, content: "read back"}, stateOf(t, get(t, s, target, "a")))
+	assert.Equal(t, []entry{{"a", 1, 10 << 20, 10 << 20}, {"b", 1, 11 << 20, 11 << 20}}, read("crm", "a", "b", "c"),
+		"c got no entry")
+
+	res = report("crm", Live("a", 10<<20, "pushed"), Live("b", 11<<20, "pushed"))
+	assert.Equal(t, []string{"a", "b"}, keyTexts(res.Confirmed), "a redelivery confirms again")
+	assert.Equal(t, []entry{{"a", 1, 10 << 20, 10 << 20}, {"b", 1, 11 << 20, 11 << 20}}, read("crm", "a", "b"))
+
+	res = report("crm", Live("a", 5<<20, "an older push"))
+	assert.Empty(t, res.Confirmed, "a report below the last push confirms nothing")
+	assert.Equal(t, []entry{{"a", 1, 10 << 20, 10 << 20}}, read("crm", "a"), "Reported is never lowered")
+
+	record(stage.Push{Key: "a", Version: 1, Position: 14 << 20})
+	assert.Equal(t, []entry{{"a", 1, 14 << 20, 10 << 20}}, read("crm", "a"), "a new push is not confirmed by the old report")
+	res = report("crm", Live("a", 14<<20, "pushed again"))
+	assert.Equal(t, []string{"a"}, keyTexts(res.Confirmed))
+	assert.Equal(t, []entry{{"a", 1, 14 << 20, 14 << 20}}, read("crm", "a"))
+
+	// The writer's report may be staged before the differ records where
+	// its push went out: recording keeps Reported, so the push is
+	// confirmed.
+	report("crm", Live("b", 20<<20, "quick writer"))
+	record(stage.Push{Key: "b", Version: 2, Position: 20 << 20})
+	assert.Equal(t, []entry{{"b", 2, 20 << 20, 20 << 20}}, read("crm", "b"))
+
+	// Apply marks nothing; targets are apart.
+	res, err = s.Apply(ctx, target, []stage.Record{Live("a", 30<<20, "read back")})
+	require.NoError(t, err)
+	assert.Nil(t, res.Confirmed)
+	res = report("erp", Live("a", 40<<20, "another target"))
+	assert.Empty(t, res.Confirmed)
+	assert.Equal(t, []entry{{"a", 1, 14 << 20, 14 << 20}}, read("crm", "a"))
+	assert.Equal(t, []entry{}, read("erp", "a"))
+
+	_, err = s.ApplyReports(ctx, "bad name!", []stage.Record{Live("a", 1, "x")})
+	assert.True(t, errs.IsPermanent(err), "an invalid target: %v", err)
+	_, err = s.ApplyReports(ctx, "crm", []stage.Record{{Key: stage.Key{Text: "a"}, Version: 1}})
+	assert.True(t, errs.IsPermanent(err), "an invalid record: %v", err)
+	assert.Equal(t, []entry{{"a", 1, 14 << 20, 14 << 20}}, read("crm", "a"))
+
+	// Many keys (more than one statement's worth in any store).
+	const n = 1500
+	pushes := make([]stage.Push, 0, n)
+	recs := make([]stage.Record, 0, n)
+	for i := range n {
+		k := fmt.Sprintf("m%05d", i)
+		pushes = append(pushes, stage.Push{Key: k, Version: 1, Position: int64(100+i) << 20})
+		recs = append(recs, Live(k, int64(100+i)<<20, "pushed"))
+	}
+	_, err = s.RecordPushes(ctx, "erp", pushes)
+	require.NoError(t, err)
+	res = report("erp", recs...)
+	require.Len(t, res.Confirmed, n)
+	require.Len(t, res.Changed, n)
+	ps, err := s.Pushes(ctx, "erp", []string{"m00000", "m01499"})
+	require.NoError(t, err)
+	require.Len(t, ps, 2)
+	assert.Equal(t, ps[1].Position, ps[1].Reported)
 }
 
 func push(key string, version int64) stage.Push { return stage.Push{Key: key, Version: version} }
