@@ -562,26 +562,25 @@ func (p *pump) chunk() *Chunk {
 // emit hands a chunk over, sending status updates while the caller is
 // busy, so the server does not time the connection out.
 func (p *pump) emit(ctx context.Context, ch *Chunk) error {
-	// Wait for room: the queue holds less than outBytes, or nothing.
-	for len(p.s.out) > 0 && p.s.queued.Load()+int64(ch.size) > outBytes {
-		t := time.NewTimer(time.Until(p.nextStatus))
-		select {
-		case <-p.s.room:
-			t.Stop()
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C:
-			if err := p.sendStatus(); err != nil {
-				return pgconn.Classify(fmt.Errorf("send status update of slot %s: %w", p.c.cfg.Slot, err))
-			}
-		}
-	}
-	p.s.queued.Add(int64(ch.size))
+	queued := false
 	for {
+		// First wait for room (the queue holds less than outBytes, or
+		// nothing), then for the caller to have room in the queue's channel.
+		var room <-chan struct{}
+		var out chan<- *Chunk
+		if !queued && len(p.s.out) > 0 && p.s.queued.Load()+int64(ch.size) > outBytes {
+			room = p.s.room
+		} else {
+			if !queued {
+				p.s.queued.Add(int64(ch.size))
+				queued = true
+			}
+			out = p.s.out
+		}
 		t := time.NewTimer(time.Until(p.nextStatus))
 		select {
-		case p.s.out <- ch:
+		case <-room:
+		case out <- ch:
 			t.Stop()
 			return nil
 		case <-ctx.Done():
@@ -592,5 +591,6 @@ func (p *pump) emit(ctx context.Context, ch *Chunk) error {
 				return pgconn.Classify(fmt.Errorf("send status update of slot %s: %w", p.c.cfg.Slot, err))
 			}
 		}
+		t.Stop()
 	}
 }
