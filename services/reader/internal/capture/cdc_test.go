@@ -578,6 +578,81 @@ func TestCDCSlotState(t *testing.T) {
 	})
 }
 
+// gatedRun runs c from a first start with a publisher that can be made
+// busy (it waits before taking each page), and waits for the stream phase
+// (the table's row 0 is inserted for the snapshot).
+type gatedRun struct {
+	tg   *target
+	mu   sync.Mutex
+	gate chan struct{} // closed: the publisher is not busy
+	done chan error    // Run's result
+}
+
+func startGated(t *testing.T, e *cdcEnv, c *CDC) *gatedRun {
+	t.Helper()
+	g := &gatedRun{tg: newTarget(), gate: make(chan struct{}), done: make(chan error, 1)}
+	close(g.gate)
+	ctx, cancel := context.WithCancel(t.Context())
+	go func() {
+		g.done <- c.Run(ctx, firstCDC(t, e.slot), nil, func(p Page) error {
+			g.mu.Lock()
+			gate := g.gate
+			g.mu.Unlock()
+			select {
+			case <-gate:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			return g.tg.emit(ctx, p)
+		})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		err := <-g.done
+		g.done <- err
+	})
+	e.exec(t, "INSERT INTO t VALUES (0, 'snapshot')")
+	eventually(t, "the stream phase", func() (bool, string) {
+		_, p, _ := g.tg.snapshot()
+		return p.Phase == PhaseStream, "phase " + p.Phase
+	})
+	return g
+}
+
+// busy makes the publisher wait (true) or go on (false).
+func (g *gatedRun) busy(on bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if on {
+		g.gate = make(chan struct{})
+	} else {
+		close(g.gate)
+	}
+}
+
+// currentLSN is the server's WAL position now.
+func (e *cdcEnv) currentLSN(t *testing.T) string {
+	t.Helper()
+	var lsn string
+	if err := e.pool.QueryRow(t.Context(), "SELECT pg_current_wal_lsn()::text").Scan(&lsn); err != nil {
+		t.Fatal(err)
+	}
+	return lsn
+}
+
+// waitSent waits until the slot's walsender sent everything up to now.
+func (e *cdcEnv) waitSent(t *testing.T) {
+	t.Helper()
+	after := e.currentLSN(t)
+	eventually(t, "the walsender sent every transaction", func() (bool, string) {
+		var behind int64
+		err := e.pool.QueryRow(t.Context(), `SELECT coalesce(max(pg_wal_lsn_diff($2::pg_lsn, r.sent_lsn)), -1)::int8
+FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = $1`, e.slot, after).Scan(&behind)
+		return err == nil && behind <= 0, fmt.Sprintf("%d bytes behind (%v)", behind, err)
+	})
+	time.Sleep(200 * time.Millisecond) // the stream's goroutine queues what the socket holds
+}
+
 // Transactions that wait while the publisher is busy go out as one page:
 // its ID names the first and the last, each page's last change carries the
 // LSN to resume from, and Recover moves a position saved before such pages
@@ -586,65 +661,20 @@ func TestCDCMergesWaitingTransactions(t *testing.T) {
 	e := newCDCEnv(t)
 	c := e.open(t, 0)
 	c.BatchSize = 100
-	tg := newTarget()
-	gate := make(chan struct{}) // closed: the publisher is not busy
-	close(gate)
-	var gateMu sync.Mutex
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() {
-		done <- c.Run(ctx, firstCDC(t, e.slot), nil, func(p Page) error {
-			gateMu.Lock()
-			g := gate
-			gateMu.Unlock()
-			select {
-			case <-g:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-			return tg.emit(ctx, p)
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
-	e.exec(t, "INSERT INTO t VALUES (0, 'snapshot')")
-	eventually(t, "the stream phase", func() (bool, string) {
-		_, p, _ := tg.snapshot()
-		return p.Phase == PhaseStream, "phase " + p.Phase
-	})
+	g := startGated(t, e, c)
+	tg := g.tg
 	tg.mu.Lock()
 	first := len(tg.pages)
 	tg.mu.Unlock()
 
-	gateMu.Lock()
-	gate = make(chan struct{}) // busy
-	gateMu.Unlock()
-	var beforeLSN string
-	if err := e.pool.QueryRow(t.Context(), "SELECT pg_current_wal_lsn()::text").Scan(&beforeLSN); err != nil {
-		t.Fatal(err)
-	}
-	before := Position{Phase: PhaseStream, LSN: beforeLSN}
+	g.busy(true)
+	before := Position{Phase: PhaseStream, LSN: e.currentLSN(t)}
 	const txs = 30
 	for i := 1; i <= txs; i++ {
 		e.exec(t, fmt.Sprintf("INSERT INTO t VALUES (%d, 'v%d')", i, i))
 	}
-	// Every transaction sent by the server before the publisher frees up.
-	var after string
-	if err := e.pool.QueryRow(t.Context(), "SELECT pg_current_wal_lsn()::text").Scan(&after); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, "the walsender sent every transaction", func() (bool, string) {
-		var behind int64
-		err := e.pool.QueryRow(t.Context(), `SELECT coalesce(max(pg_wal_lsn_diff($2::pg_lsn, r.sent_lsn)), -1)::int8
-FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid WHERE s.slot_name = $1`, e.slot, after).Scan(&behind)
-		return err == nil && behind <= 0, fmt.Sprintf("%d bytes behind (%v)", behind, err)
-	})
-	time.Sleep(200 * time.Millisecond) // the stream's goroutine queues what the socket holds
-	gateMu.Lock()
-	close(gate)
-	gateMu.Unlock()
+	e.waitSent(t) // every transaction sent by the server before the publisher frees up
+	g.busy(false)
 	end := converged(t, e, tg)
 
 	tg.mu.Lock()
@@ -682,5 +712,31 @@ FROM pg_stat_replication r JOIN pg_replication_slots s ON s.active_pid = r.pid W
 		if moved != (tt.want != "") || (moved && got.LSN != tt.want) {
 			t.Errorf("%s: Recover = %q, %v; want %q", tt.name, got.LSN, moved, tt.want)
 		}
+	}
+}
+
+// A TRUNCATE waiting behind other transactions is not merged with them:
+// they are published, then the capture stops before the TRUNCATE.
+func TestCDCTruncateIsNotMerged(t *testing.T) {
+	e := newCDCEnv(t)
+	c := e.open(t, 0)
+	c.BatchSize = 100
+	g := startGated(t, e, c)
+	g.busy(true)
+	e.exec(t, "INSERT INTO t VALUES (1, 'a')", "INSERT INTO t VALUES (2, 'b')", "TRUNCATE t", "INSERT INTO t VALUES (3, 'c')")
+	e.waitSent(t)
+	g.busy(false)
+	select {
+	case err := <-g.done:
+		g.done <- err
+		if !errs.IsPermanent(err) || !strings.Contains(err.Error(), "truncated") {
+			t.Fatalf("capture ended with %v, want the truncate error", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no stop after a truncate")
+	}
+	got, _, _ := g.tg.snapshot()
+	if got["1"] != "a" || got["2"] != "b" || got["3"] != "" {
+		t.Fatalf("target %v: want the inserts before the truncate, and nothing after it", got)
 	}
 }
