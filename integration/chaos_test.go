@@ -24,6 +24,7 @@ import (
 	"github.com/oneway-sync/oneway/shared/bus"
 	"github.com/oneway-sync/oneway/shared/event"
 	"github.com/oneway-sync/oneway/shared/natsbus/bustest"
+	"github.com/oneway-sync/oneway/shared/testkit/netproxy"
 	"github.com/oneway-sync/oneway/shared/testkit/pgtest"
 )
 
@@ -660,7 +661,7 @@ func hostOf(t *testing.T, raw string) string {
 	return u.Host
 }
 
-func viaProxy(t *testing.T, raw string, p *testenv.Proxy) string {
+func viaProxy(t *testing.T, raw string, p *netproxy.Proxy) string {
 	t.Helper()
 	u, err := url.Parse(raw)
 	if err != nil {
@@ -720,7 +721,7 @@ func chaosKillWriter(r *chaosRow) {
 func chaosKillWriterAfterCommit(r *chaosRow) {
 	t := r.t
 	r.setup(chaosSetup{SlowApply: 300 * time.Millisecond})
-	proxy := testenv.StartProxy(t, hostOf(t, r.natsURL))
+	proxy := netproxy.Start(t, hostOf(t, r.natsURL))
 	cfg := r.config(chaosConfig{})
 	wcfg := r.config(chaosConfig{NATSURL: "nats://" + proxy.Addr()})
 	r.start("reader", cfg)
@@ -766,7 +767,7 @@ func chaosKillReader(window string) func(r *chaosRow) {
 	return func(r *chaosRow) {
 		t := r.t
 		r.setup(chaosSetup{Workload: testenv.WorkloadOptions{Keys: 20000}})
-		proxy := testenv.StartProxy(t, hostOf(t, r.natsURL))
+		proxy := netproxy.Start(t, hostOf(t, r.natsURL))
 		proxy.SetLatency(20 * time.Millisecond)
 		cfg := r.config(chaosConfig{DuplicateWindow: window})
 		rcfg := r.config(chaosConfig{DuplicateWindow: window, NATSURL: "nats://" + proxy.Addr()})
@@ -1019,7 +1020,7 @@ func chaosCutNATS(blackhole bool) func(r *chaosRow) {
 	return func(r *chaosRow) {
 		t := r.t
 		r.setup(chaosSetup{})
-		proxy := testenv.StartProxy(t, hostOf(t, r.natsURL))
+		proxy := netproxy.Start(t, hostOf(t, r.natsURL))
 		cfg := r.config(chaosConfig{NATSURL: "nats://" + proxy.Addr()})
 		r.start("reader", cfg)
 		r.start("writer", cfg)
@@ -1043,7 +1044,7 @@ func chaosCutNATS(blackhole bool) func(r *chaosRow) {
 func chaosCutTarget(r *chaosRow) {
 	t := r.t
 	r.setup(chaosSetup{})
-	proxy := testenv.StartProxy(t, hostOf(t, r.dstURL))
+	proxy := netproxy.Start(t, hostOf(t, r.dstURL))
 	cfg := r.config(chaosConfig{})
 	r.start("reader", cfg)
 	r.start("writer", r.config(chaosConfig{TargetURL: viaProxy(t, r.dstURL, proxy)}))
@@ -1082,7 +1083,7 @@ func chaosCutSource(cdc bool) func(r *chaosRow) {
 	return func(r *chaosRow) {
 		t := r.t
 		r.setup(chaosSetup{CDC: cdc})
-		proxy := testenv.StartProxy(t, hostOf(t, r.srcURL))
+		proxy := netproxy.Start(t, hostOf(t, r.srcURL))
 		r.start("reader", r.config(chaosConfig{SourceURL: viaProxy(t, r.srcURL, proxy)}))
 		r.start("writer", r.config(chaosConfig{}))
 		r.loaded()

@@ -3,86 +3,14 @@ package pgcdc
 import (
 	"errors"
 	"io"
-	"net"
 	"net/url"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/oneway-sync/oneway/shared/errs"
+	"github.com/oneway-sync/oneway/shared/testkit/netproxy"
 )
-
-// pausingProxy forwards TCP connections to a server; while paused it
-// stops reading from the server, so the client waits as on a stalled
-// network.
-type pausingProxy struct {
-	ln     net.Listener
-	to     string
-	paused atomic.Bool
-	mu     sync.Mutex
-	conns  []net.Conn
-}
-
-func startPausingProxy(t *testing.T, to string) *pausingProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &pausingProxy{ln: ln, to: to}
-	t.Cleanup(p.close)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", to)
-			if err != nil {
-				_ = c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, s)
-			p.mu.Unlock()
-			go func() { _, _ = io.Copy(s, c) }()
-			go p.serverToClient(s, c)
-		}
-	}()
-	return p
-}
-
-// close stops the proxy and closes every connection through it, so the
-// server's side ends too.
-func (p *pausingProxy) close() {
-	_ = p.ln.Close()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		_ = c.Close()
-	}
-}
-
-func (p *pausingProxy) serverToClient(s, c net.Conn) {
-	buf := make([]byte, 16<<10)
-	for {
-		for p.paused.Load() {
-			time.Sleep(10 * time.Millisecond)
-		}
-		n, err := s.Read(buf)
-		if n > 0 {
-			if _, werr := c.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			_ = c.Close()
-			return
-		}
-	}
-}
 
 // A connection that stalls in the middle of a transaction (where the
 // stream receives without a deadline) is closed by the watchdog after
@@ -99,8 +27,8 @@ func TestStreamStallInsideTransaction(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	proxy := startPausingProxy(t, u.Host)
-	u.Host = proxy.ln.Addr().String()
+	proxy := netproxy.Start(t, u.Host)
+	u.Host = proxy.Addr()
 	cfg := newConfig(t, u.String(), spec("public.t", "id"))
 	cfg.ChunkChanges = 1000
 	c := open(t, cfg)
@@ -116,7 +44,7 @@ func TestStreamStallInsideTransaction(t *testing.T) {
 	if ch.Last {
 		t.Fatal("the transaction came in one chunk")
 	}
-	proxy.paused.Store(true)
+	proxy.Blackhole()
 	start := time.Now()
 	for {
 		ch, err = s.Next(testCtx(t))
@@ -124,7 +52,7 @@ func TestStreamStallInsideTransaction(t *testing.T) {
 			break
 		}
 		if ch.Last {
-			t.Fatal("the whole transaction came through a paused proxy")
+			t.Fatal("the whole transaction came through a blackholed proxy")
 		}
 	}
 	if waited := time.Since(start); waited > 20*time.Second {
@@ -136,8 +64,7 @@ func TestStreamStallInsideTransaction(t *testing.T) {
 	if errors.Is(err, io.EOF) {
 		t.Fatal("a stalled stream ended as if finished")
 	}
-	// The walsender behind the paused proxy goes once its connection
-	// closes, so that the slot can be dropped.
-	proxy.close()
-	proxy.paused.Store(false)
+	// The walsender behind the blackhole goes once its connection closes,
+	// so that the slot can be dropped.
+	_ = proxy.Close()
 }

@@ -1,4 +1,4 @@
-package testenv
+package netproxy
 
 import (
 	"bufio"
@@ -82,7 +82,7 @@ func isTimeout(err error) bool {
 }
 
 func TestProxyForwards(t *testing.T) {
-	p := StartProxy(t, echoServer(t))
+	p := Start(t, echoServer(t))
 	c := dial(t, p.Addr())
 	for _, line := range []string{"one", strings.Repeat("x", 100_000), "three"} {
 		got, err := c.roundTrip(line, 5*time.Second)
@@ -96,7 +96,7 @@ func TestProxyForwards(t *testing.T) {
 }
 
 func TestProxyCutResetsAndRefusesUntilHeal(t *testing.T) {
-	p := StartProxy(t, echoServer(t))
+	p := Start(t, echoServer(t))
 	c := dial(t, p.Addr())
 	if _, err := c.roundTrip("before", 5*time.Second); err != nil {
 		t.Fatal(err)
@@ -105,7 +105,7 @@ func TestProxyCutResetsAndRefusesUntilHeal(t *testing.T) {
 	if _, err := c.read(5 * time.Second); err == nil || isTimeout(err) {
 		t.Fatalf("open connection after Cut: read error %v, want a reset or EOF at once", err)
 	}
-	WaitFor(t, 5*time.Second, func() error {
+	waitFor(t, 5*time.Second, func() error {
 		if n := p.Conns(); n != 0 {
 			return errors.New("connections still open after Cut")
 		}
@@ -130,7 +130,7 @@ func TestProxyCutResetsAndRefusesUntilHeal(t *testing.T) {
 }
 
 func TestProxyBlackholeHoldsBytesUntilHeal(t *testing.T) {
-	p := StartProxy(t, echoServer(t))
+	p := Start(t, echoServer(t))
 	c := dial(t, p.Addr())
 	if _, err := c.roundTrip("before", 5*time.Second); err != nil {
 		t.Fatal(err)
@@ -159,7 +159,7 @@ func TestProxyBlackholeHoldsBytesUntilHeal(t *testing.T) {
 }
 
 func TestProxyCutDuringBlackhole(t *testing.T) {
-	p := StartProxy(t, echoServer(t))
+	p := Start(t, echoServer(t))
 	c := dial(t, p.Addr())
 	if _, err := c.roundTrip("before", 5*time.Second); err != nil {
 		t.Fatal(err)
@@ -183,7 +183,7 @@ func TestProxyCutDuringBlackhole(t *testing.T) {
 }
 
 func TestProxyCloseEndsEverything(t *testing.T) {
-	p, err := NewProxy(echoServer(t))
+	p, err := New(echoServer(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +194,7 @@ func TestProxyCloseEndsEverything(t *testing.T) {
 	p.Blackhole()
 	held := dial(t, p.Addr())
 	_ = held
-	WaitFor(t, 5*time.Second, func() error {
+	waitFor(t, 5*time.Second, func() error {
 		if p.Conns() != 2 {
 			return errors.New("second connection not accepted yet")
 		}
@@ -222,7 +222,7 @@ func TestProxyCloseEndsEverything(t *testing.T) {
 }
 
 func TestProxyLatency(t *testing.T) {
-	p := StartProxy(t, echoServer(t))
+	p := Start(t, echoServer(t))
 	c := dial(t, p.Addr())
 	p.SetLatency(100 * time.Millisecond)
 	start := time.Now()
@@ -235,5 +235,21 @@ func TestProxyLatency(t *testing.T) {
 	p.SetLatency(0)
 	if got, err := c.roundTrip("fast", 5*time.Second); err != nil || got != "fast" {
 		t.Fatalf("round trip without latency: %q, %v", got, err)
+	}
+}
+
+// waitFor polls cond until it returns nil, failing after timeout.
+func waitFor(t *testing.T, timeout time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %s: %v", timeout, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -1,4 +1,6 @@
-package testenv
+// Package netproxy is a TCP proxy for tests of network faults between a
+// service and what it talks to: cut connections, a blackhole, latency.
+package netproxy
 
 import (
 	"fmt"
@@ -77,9 +79,9 @@ func (c *proxyConn) close() {
 	})
 }
 
-// NewProxy listens on 127.0.0.1 (a free port) and forwards to upstream
+// New listens on 127.0.0.1 (a free port) and forwards to upstream
 // ("host:port").
-func NewProxy(upstream string) (*Proxy, error) {
+func New(upstream string) (*Proxy, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, fmt.Errorf("proxy to %s: listen: %w", upstream, err)
@@ -91,10 +93,10 @@ func NewProxy(upstream string) (*Proxy, error) {
 	return p, nil
 }
 
-// StartProxy is NewProxy for a test: the proxy is closed when the test ends.
-func StartProxy(t testing.TB, upstream string) *Proxy {
+// Start is New for a test: the proxy is closed when the test ends.
+func Start(t testing.TB, upstream string) *Proxy {
 	t.Helper()
-	p, err := NewProxy(upstream)
+	p, err := New(upstream)
 	if err != nil {
 		t.Fatal(err)
 	}
