@@ -136,12 +136,7 @@ func (b *cdcSteady) run(ctx context.Context) result {
 	defer subConn.Close(ctx)
 	log.Printf("cdc_steady: reference: waiting for the subscription's initial copy …")
 	b.waitSame(ctx, srcConn, subConn, 5*time.Minute, nil)
-	var refRuns []float64
-	for r := 0; r < b.rounds; r++ {
-		sec := b.round(ctx, srcConn, subConn, fmt.Sprintf("ref-%d", r))
-		log.Printf("cdc_steady: reference round %d/%d: %.3f s from the last commit to a matching target", r+1, b.rounds, sec)
-		refRuns = append(refRuns, sec)
-	}
+	refRuns := b.measure(ctx, srcConn, subConn, "ref", "reference")
 	must(dropSubscription(ctx, subConn, b.prefix+"_cdc_sub"))
 	must(dropSlot(ctx, b.base, b.slot("ref")))
 
@@ -182,12 +177,7 @@ func (b *cdcSteady) run(ctx context.Context) result {
 	defer dstConn.Close(ctx)
 	log.Printf("cdc_steady: oneway up: waiting for the snapshot …")
 	b.waitSame(ctx, srcConn, dstConn, 5*time.Minute, exited)
-	var runs []float64
-	for r := 0; r < b.rounds; r++ {
-		sec := b.round(ctx, srcConn, dstConn, fmt.Sprintf("oneway-%d", r))
-		log.Printf("cdc_steady: oneway round %d/%d: %.3f s from the last commit to a matching target", r+1, b.rounds, sec)
-		runs = append(runs, sec)
-	}
+	runs := b.measure(ctx, srcConn, dstConn, "oneway", "oneway")
 	select {
 	case err := <-exited:
 		fatalf("cdc_steady: oneway up ended early: %v", err)
@@ -205,6 +195,18 @@ func (b *cdcSteady) run(ctx context.Context) result {
 	return result{Workload: "cdc_steady", Rows: n, Seconds: round3(sec), RowsPerS: 0,
 		ReferenceSeconds: round3(ref), Ratio: round(ref / sec),
 		Commit: commit(), At: time.Now().UTC().Format(time.RFC3339)}
+}
+
+// measure runs b.rounds rounds against dst (markers <marker>-<n>) and
+// returns their seconds; who names them in the log.
+func (b *cdcSteady) measure(ctx context.Context, src, dst *pgx.Conn, marker, who string) []float64 {
+	var runs []float64
+	for r := 0; r < b.rounds; r++ {
+		sec := b.round(ctx, src, dst, fmt.Sprintf("%s-%d", marker, r))
+		log.Printf("cdc_steady: %s round %d/%d: %.3f s from the last commit to a matching target", who, r+1, b.rounds, sec)
+		runs = append(runs, sec)
+	}
+	return runs
 }
 
 // round commits b.txns transactions of b.perTxn row updates, then returns

@@ -93,24 +93,25 @@ func (b *syntheticCycle) run(ctx context.Context, n int) result {
 
 	// The first cycle: every row, as a snapshot.
 	log.Printf("%s: first cycle (the initial load) …", name)
-	first := startProc(ctx, b.readerBin, "run", "--config", cfg, "--log-level", "info", "--log-format", "json")
-	atFatal = append(atFatal, first.stop)
-	c1 := first.cycle(n)
-	rss1 := first.peakRSSMB()
-	first.stop()
-	atFatal = atFatal[:len(atFatal)-1]
+	// readCycle runs a fresh reader for one cycle with want changes, and
+	// returns its cycle line and peak RSS.
+	readCycle := func(want int) (cycleLine, float64) {
+		r := startProc(ctx, b.readerBin, "run", "--config", cfg, "--log-level", "info", "--log-format", "json")
+		atFatal = append(atFatal, r.stop)
+		c := r.cycle(want)
+		rss := r.peakRSSMB()
+		r.stop()
+		atFatal = atFatal[:len(atFatal)-1]
+		return c, rss
+	}
+	c1, rss1 := readCycle(n)
 	log.Printf("%s: first cycle: %d rows sent in %.2f s, reader peak RSS %.1f MB", name, c1.Changes, c1.Seconds, rss1)
 	waitSameSum(ctx, src, dst, 10*time.Minute)
 
 	changed := n / 100
 	must(exec1(ctx, src, fmt.Sprintf("UPDATE public.invoices SET amount = amount + 1, status = 'changed', updated_at = now() WHERE id %% 100 = 7 AND id <= %d", changed*100)))
 	log.Printf("%s: %d rows changed; a fresh reader runs the next cycle …", name, changed)
-	second := startProc(ctx, b.readerBin, "run", "--config", cfg, "--log-level", "info", "--log-format", "json")
-	atFatal = append(atFatal, second.stop)
-	c2 := second.cycle(changed)
-	rss := second.peakRSSMB()
-	second.stop()
-	atFatal = atFatal[:len(atFatal)-1]
+	c2, rss := readCycle(changed)
 	waitSameSum(ctx, src, dst, 5*time.Minute)
 	log.Printf("%s: cycle of %d rows with %d changes: %.2f s (ordered COPY read: %.2f s), reader peak RSS %.1f MB", name, c2.Rows, c2.Changes, c2.Seconds, refSec, rss)
 	return result{Workload: name, Rows: n, Seconds: round(c2.Seconds), RowsPerS: round(float64(n) / c2.Seconds),

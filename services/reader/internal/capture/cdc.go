@@ -288,7 +288,10 @@ func (c *CDC) drain(ctx context.Context, s *pgcdc.Stream, pos *Position, emit fu
 		}
 		id := "cdc:" + ch.CommitLSN.String()
 		if want != 0 {
-			ch, carry, id = c.merge(s, ch)
+			var through pgcdc.LSN
+			if ch, carry, through = c.merge(s, ch); through != 0 {
+				id += "-" + through.String()
+			}
 		}
 		if err := c.sendChunk(s, ch, id, pos, emit); err != nil {
 			return err
@@ -299,17 +302,16 @@ func (c *CDC) drain(ctx context.Context, s *pgcdc.Stream, pos *Position, emit fu
 // merge adds to ch, a chunk of an open stream, the whole transactions
 // (without a TRUNCATE) that wait behind it (while the total stays within BatchSize changes and half
 // the message budget, so that they go out as one page), and returns the
-// chunk to send, the one taken but left out (nil if none) and the base of
-// the pages' IDs. A reader that publishes slower than the source commits
+// chunk to send, the one taken but left out (nil if none) and, when it
+// merged, the CommitLSN of the last transaction merged (0 otherwise). A reader that publishes slower than the source commits
 // small transactions so sends fewer, larger messages instead of falling
 // behind. A merged chunk stands for its transactions: its CommitLSN is
-// the first one's, its EndLSN the last one's, and its ID names both. A
+// the first one's, its EndLSN the last one's, and its pages' IDs name both. A
 // restart does not merge the same transactions again: the reader resumes
 // after the last transaction the stream holds (see Recover).
-func (c *CDC) merge(s *pgcdc.Stream, ch *pgcdc.Chunk) (merged, carry *pgcdc.Chunk, id string) {
-	id = "cdc:" + ch.CommitLSN.String()
+func (c *CDC) merge(s *pgcdc.Stream, ch *pgcdc.Chunk) (merged, carry *pgcdc.Chunk, through pgcdc.LSN) {
 	if !ch.Whole() || truncates(ch) {
-		return ch, nil, id
+		return ch, nil, 0
 	}
 	maxChanges, maxBytes := max(c.BatchSize, 1), c.Layout.Budget/2
 	group := []*pgcdc.Chunk{ch}
@@ -328,7 +330,7 @@ func (c *CDC) merge(s *pgcdc.Stream, ch *pgcdc.Chunk) (merged, carry *pgcdc.Chun
 		size += next.Size()
 	}
 	if len(group) == 1 {
-		return ch, carry, id
+		return ch, carry, 0
 	}
 	last := group[len(group)-1]
 	changes := make([]pgcdc.Change, 0, n)
@@ -337,7 +339,7 @@ func (c *CDC) merge(s *pgcdc.Stream, ch *pgcdc.Chunk) (merged, carry *pgcdc.Chun
 	}
 	merged = &pgcdc.Chunk{CommitLSN: ch.CommitLSN, Changes: changes, Last: true, EndLSN: last.EndLSN,
 		CommitTime: last.CommitTime, Xid: last.Xid}
-	return merged, carry, id + "-" + last.CommitLSN.String()
+	return merged, carry, last.CommitLSN
 }
 
 // truncates reports whether a chunk holds a TRUNCATE, which stops the
