@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -301,8 +302,9 @@ func castType(typ string) string {
 	return base + m[2]
 }
 
-// buildSQL renders the two statements that apply a set of changes, both
-// over the same arrays (unnested, text cast to the target's types). ledSQL
+// buildSQL renders the two statements that apply a set of changes, over
+// execArgs' arrays (unnested, text cast to the target's types; ledSQL takes
+// only the key columns' arrays, see ledgerArgs). ledSQL
 // upserts the ledger fenced by version and returns the positions (1-based)
 // of the changes it let through whose content changed; rowSQL writes such
 // changes to the target. They must be separate statements: rowSQL needs a
@@ -318,6 +320,16 @@ func (t *Target) buildSQL(b *onewayv1.Batch, byName map[string]pgconn.Column, ke
 		unnestArgs = append(unnestArgs, fmt.Sprintf("$%d::text[]", 4+i))
 		unnestCols = append(unnestCols, fmt.Sprintf("c%d", i))
 		casts = append(casts, fmt.Sprintf("u.c%d::%s AS c%d", i, castType(byName[c.GetName()].Type), i))
+	}
+	// ledSQL unnests only the key columns (ledgerArgs passes only their
+	// arrays): casting every owned column's text, a timestamp or numeric
+	// parse per value, would be paid again by rowSQL.
+	ledArgs, ledCols := slices.Clone(unnestArgs[:3]), slices.Clone(unnestCols[:3])
+	var ledCasts []string
+	for j, k := range keyIdx {
+		ledArgs = append(ledArgs, fmt.Sprintf("$%d::text[]", 4+j))
+		ledCols = append(ledCols, fmt.Sprintf("c%d", k))
+		ledCasts = append(ledCasts, casts[k])
 	}
 	var names, sel, set, keyNames, incKeys, ledJoin, tgtMatch []string
 	isKey := map[int]bool{}
@@ -390,7 +402,7 @@ func (t *Target) buildSQL(b *onewayv1.Batch, byName map[string]pgconn.Column, ke
 )
 SELECT count(*), coalesce(array_agg(inc.ord ORDER BY inc.ord) FILTER (WHERE led.oneway_changed), '{}')
 FROM led JOIN inc ON %s`,
-		strings.Join(casts, ", "), strings.Join(unnestArgs, ", "), strings.Join(unnestCols, ", "),
+		strings.Join(ledCasts, ", "), strings.Join(ledArgs, ", "), strings.Join(ledCols, ", "),
 		t.ledger.Quoted(), strings.Join(keyNames, ", "),
 		strings.Join(incKeys, ", "), firstApplies, strings.Join(incKeys, ", "),
 		strings.Join(keyNames, ", "), changed, applies, strings.Join(keyNames, ", "),
@@ -489,7 +501,7 @@ func (t *Target) exec(ctx context.Context, p *plan, layout *onewayv1.Batch, refs
 	err = pgx.BeginFunc(ctx, t.pool, func(tx pgx.Tx) error {
 		var newer int64
 		var changed []int64
-		if err := tx.QueryRow(ctx, p.ledSQL, args...).Scan(&newer, &changed); err != nil {
+		if err := tx.QueryRow(ctx, p.ledSQL, ledgerArgs(args, p.keyIdx)...).Scan(&newer, &changed); err != nil {
 			return err
 		}
 		res.Newer = int(newer)
@@ -563,6 +575,16 @@ func execArgs(layout *onewayv1.Batch, refs []target.Ref) ([]any, error) {
 		args = append(args, colVals[j])
 	}
 	return args, nil
+}
+
+// ledgerArgs picks ledSQL's arguments from execArgs': versions, hashes,
+// delete flags and the key columns' arrays in key order.
+func ledgerArgs(args []any, keyIdx []int) []any {
+	out := append(make([]any, 0, 3+len(keyIdx)), args[:3]...)
+	for _, k := range keyIdx {
+		out = append(out, args[3+k])
+	}
+	return out
 }
 
 var _ target.LedgerResetter = (*Target)(nil)
