@@ -136,7 +136,8 @@ func (b *cdcSteady) run(ctx context.Context) result {
 	defer subConn.Close(ctx)
 	log.Printf("cdc_steady: reference: waiting for the subscription's initial copy …")
 	b.waitSame(ctx, srcConn, subConn, 5*time.Minute, nil)
-	refRuns := b.measure(ctx, srcConn, subConn, "ref", "reference")
+	refRuns, refCPU := b.measure(ctx, srcConn, subConn, "ref", "reference",
+		pgRoles(0, map[string]string{b.db("src"): "source sessions", b.db("sub"): "target sessions"}))
 	must(dropSubscription(ctx, subConn, b.prefix+"_cdc_sub"))
 	must(dropSlot(ctx, b.base, b.slot("ref")))
 
@@ -177,7 +178,8 @@ func (b *cdcSteady) run(ctx context.Context) result {
 	defer dstConn.Close(ctx)
 	log.Printf("cdc_steady: oneway up: waiting for the snapshot …")
 	b.waitSame(ctx, srcConn, dstConn, 5*time.Minute, exited)
-	runs := b.measure(ctx, srcConn, dstConn, "oneway", "oneway")
+	runs, cpu := b.measure(ctx, srcConn, dstConn, "oneway", "oneway",
+		pgRoles(up.Process.Pid, map[string]string{b.db("src"): "source sessions", b.db("dst"): "target sessions"}))
 	select {
 	case err := <-exited:
 		fatalf("cdc_steady: oneway up ended early: %v", err)
@@ -191,29 +193,35 @@ func (b *cdcSteady) run(ctx context.Context) result {
 
 	sec, ref := median(runs), median(refRuns)
 	log.Printf("cdc_steady: oneway %s s, native subscription %s s (median of %d)", fmtRuns(runs), fmtRuns(refRuns), b.rounds)
+	log.Printf("cdc_steady: per round (median), oneway: %s", cpu)
+	log.Printf("cdc_steady: per round (median), native subscription: %s", refCPU)
 	n := b.txns * b.perTxn
 	return result{Workload: "cdc_steady", Rows: n, Seconds: round3(sec), RowsPerS: 0,
-		ReferenceSeconds: round3(ref), Ratio: round(ref / sec),
+		ReferenceSeconds: round3(ref), Ratio: round(ref / sec), CPU: &cpu, ReferenceCPU: &refCPU,
 		Commit: commit(), At: time.Now().UTC().Format(time.RFC3339)}
 }
 
 // measure runs b.rounds rounds against dst (markers <marker>-<n>) and
-// returns their seconds; who names them in the log.
-func (b *cdcSteady) measure(ctx context.Context, src, dst *pgx.Conn, marker, who string) []float64 {
+// returns their seconds and, role by role (roles names the processes), the
+// median CPU of a round; who names them in the log.
+func (b *cdcSteady) measure(ctx context.Context, src, dst *pgx.Conn, marker, who string, roles func(int, string) string) ([]float64, cpuUse) {
 	var runs []float64
+	var uses []cpuUse
 	for r := 0; r < b.rounds; r++ {
-		sec := b.round(ctx, src, dst, fmt.Sprintf("%s-%d", marker, r))
-		log.Printf("cdc_steady: %s round %d/%d: %.3f s from the last commit to a matching target", who, r+1, b.rounds, sec)
-		runs = append(runs, sec)
+		sec, use := b.round(ctx, src, dst, fmt.Sprintf("%s-%d", marker, r), roles)
+		log.Printf("cdc_steady: %s round %d/%d: %.3f s from the last commit to a matching target; %s", who, r+1, b.rounds, sec, use)
+		runs, uses = append(runs, sec), append(uses, use)
 	}
-	return runs
+	return runs, medianUse(uses)
 }
 
 // round commits b.txns transactions of b.perTxn row updates, then returns
-// the seconds from the last commit until the target matches the source.
-func (b *cdcSteady) round(ctx context.Context, src, dst *pgx.Conn, marker string) float64 {
+// the seconds from the last commit until the target matches the source,
+// and the CPU each role (roles) used from the first update to the match.
+func (b *cdcSteady) round(ctx context.Context, src, dst *pgx.Conn, marker string, roles func(int, string) string) (float64, cpuUse) {
 	var walStart string
 	must(src.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&walStart))
+	cpu0 := sampleCPU()
 	t0 := time.Now()
 	for i := 0; i < b.txns; i++ {
 		lo := (i * b.perTxn) % b.rows
@@ -243,12 +251,13 @@ WHERE id > $3 AND id <= $4`, marker, fmt.Sprintf("%s txn %d", marker, i), lo, lo
 				srcDigest = <-want
 			}
 			if got == srcDigest {
+				use := cpu0.until(sampleCPU(), roles)
 				// The server's whole WAL meanwhile (every database's): what
 				// the walsender decoded to find these changes.
 				var walMB float64
 				must(src.QueryRow(ctx, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn) / 1048576", walStart).Scan(&walMB))
 				log.Printf("cdc_steady: %s: the server wrote %.0f MB of WAL from the first update to the match", marker, walMB)
-				return at.Sub(last).Seconds()
+				return at.Sub(last).Seconds(), use
 			}
 		}
 		if time.Now().After(deadline) {

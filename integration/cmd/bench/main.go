@@ -44,8 +44,12 @@ type result struct {
 	ReferenceRowsPerS float64 `json:"reference_rows_per_s"`
 	Ratio             float64 `json:"ratio"`
 	PeakRSSMB         float64 `json:"peak_rss_mb"`
-	Commit            string  `json:"commit"`
-	At                string  `json:"at"`
+	// CPU is the CPU seconds of the timed run by process role (cdc_steady:
+	// the median round), ReferenceCPU the same for the reference.
+	CPU          *cpuUse `json:"cpu,omitempty"`
+	ReferenceCPU *cpuUse `json:"reference_cpu,omitempty"`
+	Commit       string  `json:"commit"`
+	At           string  `json:"at"`
 }
 
 func main() {
@@ -176,10 +180,37 @@ func initialLoads(ctx context.Context, dir, base, bin, logLevel, prefix, cpuProf
 		}
 		up := exec.CommandContext(ctx, bin, args...)
 		up.Stdout, up.Stderr = os.Stderr, os.Stderr
-		if err := up.Run(); err != nil {
+		cpu0 := sampleCPU()
+		must(up.Start())
+		// The pipeline's databases, by name: their sessions are the
+		// reader's (source), the writer's (target) and pgstage's.
+		roles := pgRoles(up.Process.Pid, map[string]string{dbs[0]: "source sessions", dbs[1]: "target sessions",
+			dbs[3]: "target sessions", dbs[4]: "target sessions", dbs[5]: "stage sessions"})
+		last := cpu0
+		// The oneway process is sampled until it exits: a sample after
+		// the exit no longer finds it.
+		done := make(chan error, 1)
+		go func() { done <- up.Wait() }()
+		var err error
+		for waiting := true; waiting; {
+			select {
+			case err = <-done:
+				waiting = false
+			case <-time.After(200 * time.Millisecond):
+				last = mergeSamples(last, sampleCPU())
+			}
+		}
+		if err != nil {
 			log.Fatalf("oneway up: %v", err)
 		}
 		sec := time.Since(t0).Seconds()
+		end := mergeSamples(last, sampleCPU())
+		if ru, ok := up.ProcessState.SysUsage().(*syscall.Rusage); ok { // exact, to the exit
+			end.procs[up.Process.Pid] = procCPU{cmdline: last.procs[up.Process.Pid].cmdline,
+				sec: time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()}
+		}
+		use := cpu0.until(end, roles)
+		log.Printf("%s: %.2f s; %s", workload, sec, use)
 		rss := float64(up.ProcessState.SysUsage().(*syscall.Rusage).Maxrss) / 1024
 		vf := exec.CommandContext(ctx, bin, "verify", "--config", cfg, "--log-level", "warn")
 		vf.Stdout, vf.Stderr = os.Stderr, os.Stderr
@@ -189,7 +220,7 @@ func initialLoads(ctx context.Context, dir, base, bin, logLevel, prefix, cpuProf
 		return result{Workload: workload, Rows: n, Seconds: round(sec), RowsPerS: round(float64(n) / sec),
 			ReferenceSeconds: round(refSec), ReferenceRowsPerS: round(float64(rows) / refSec),
 			Ratio:     round(float64(n) / sec / (float64(rows) / refSec)),
-			PeakRSSMB: round(rss), Commit: commit(), At: time.Now().UTC().Format(time.RFC3339)}
+			PeakRSSMB: round(rss), CPU: &use, Commit: commit(), At: time.Now().UTC().Format(time.RFC3339)}
 	}
 	runUp := func(workload string, n int) result { return runPipeline(workload, cfg, filepath.Join(dir, "data"), n) }
 	var results []result
