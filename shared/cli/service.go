@@ -56,7 +56,7 @@ func ServiceCommand(name, short string, build func(d Deps) ([]runner.Component, 
 			}
 			ctx, stop := runner.SignalContext(cmd.Context())
 			defer stop()
-			b, err := natsbus.Connect(ctx, first.NATS.URL.Value(), "oneway-"+name, log, natsbus.AuthOptions(first.NATS)...)
+			b, err := natsbus.Connect(ctx, first.NATS.URL.Value(), "oneway-"+name, log, natsbus.AuthOptions(first.NATS.NATSAuth)...)
 			if err != nil {
 				return err
 			}

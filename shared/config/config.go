@@ -75,6 +75,15 @@ type NATS struct {
 	Replicas int `yaml:"replicas"`
 	// DuplicateWindow is the stream's de-duplication window. Default 2m.
 	DuplicateWindow Duration `yaml:"duplicate_window"`
+	// NATSAuth: the credentials, TLS and inbox prefix of every service's
+	// connection.
+	NATSAuth `yaml:",inline"`
+}
+
+// NATSAuth is how a client proves who it is to NATS servers and protects
+// its connection: the pipeline's own (nats:) and a NATS target's
+// (targets[].nats:) take the same fields.
+type NATSAuth struct {
 	// Credentials, at most one kind: User and Password, Token, NKeyFile (an
 	// nkey seed file) or CredsFile (a JWT .creds file). A user and password
 	// in the URL also work.
@@ -408,6 +417,10 @@ type NATSTarget struct {
 	// JetStream publishes and waits for the stream's ack (the subject must
 	// be bound to a stream); otherwise core NATS with a flush. Default false.
 	JetStream bool `yaml:"jetstream"`
+	// NATSAuth: credentials, TLS and inbox prefix of the connection to the
+	// target's server, as for the pipeline's nats: section. With JetStream
+	// the stream's acks come back on the inbox prefix.
+	NATSAuth `yaml:",inline"`
 }
 
 // KafkaTarget configures a Kafka topic as a target.

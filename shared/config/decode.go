@@ -217,7 +217,7 @@ func (d *decoder) decodeStruct(n *yaml.Node, v reflect.Value, path string) {
 			d.fail(e.line, child, "unknown field %q", e.key)
 			continue
 		}
-		d.decode(e.value, v.Field(i), child)
+		d.decode(e.value, v.FieldByIndex(i), child)
 	}
 }
 
@@ -324,24 +324,31 @@ func describe(n *yaml.Node) string {
 	}
 }
 
-// yamlFields maps the YAML names of t's fields to their indexes. A field's
-// name is the first part of its yaml tag, or its lower-cased Go name; "-"
-// skips the field.
-func yamlFields(t reflect.Type) map[string]int {
-	fields := make(map[string]int, t.NumField())
+// yamlFields maps the YAML names of t's fields to their index paths
+// (reflect.Value.FieldByIndex). A field's name is the first part of its
+// yaml tag, or its lower-cased Go name; "-" skips the field; an embedded
+// struct tagged ",inline" contributes its own fields.
+func yamlFields(t reflect.Type) map[string][]int {
+	fields := make(map[string][]int, t.NumField())
 	for i := range t.NumField() {
 		f := t.Field(i)
 		if !f.IsExported() {
 			continue
 		}
-		name, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		if f.Anonymous && name == "" && opts == "inline" && f.Type.Kind() == reflect.Struct {
+			for n, idx := range yamlFields(f.Type) {
+				fields[n] = append([]int{i}, idx...)
+			}
+			continue
+		}
 		switch name {
 		case "-":
 			continue
 		case "":
 			name = strings.ToLower(f.Name)
 		}
-		fields[name] = i
+		fields[name] = []int{i}
 	}
 	return fields
 }

@@ -8,10 +8,19 @@ import (
 	"strings"
 )
 
-// validateAuth checks the NATS credentials and TLS settings: at most one
-// kind of credentials, a password only with a user, files that exist, and a
-// client certificate with its key.
+// validateAuth checks the NATS connection settings of the pipeline's bus.
 func (n *NATS) validateAuth(c *checker) {
+	n.NATSAuth.validate(c, "nats")
+	if n.URL == "" && (n.NATSAuth.hasCredentials() || n.TLS.Enabled()) {
+		c.add("nats.url", "credentials and TLS are for an external NATS server; set nats.url")
+	}
+}
+
+// validate checks NATS credentials and TLS settings given at path (nats,
+// targets[0].nats): at most one kind of credentials, a password only with
+// a user, files that exist, a client certificate with its key, and an
+// inbox prefix that is a subject prefix.
+func (n *NATSAuth) validate(c *checker, path string) {
 	kinds := []string{}
 	if n.User != "" || n.Password != "" {
 		kinds = append(kinds, "user/password")
@@ -26,17 +35,14 @@ func (n *NATS) validateAuth(c *checker) {
 		kinds = append(kinds, "creds_file")
 	}
 	if len(kinds) > 1 {
-		c.add("nats", "give one kind of credentials, not %s", strings.Join(kinds, " and "))
+		c.add(path, "give one kind of credentials, not %s", strings.Join(kinds, " and "))
 	}
 	if n.Password != "" && n.User == "" {
-		c.add("nats.password", "needs nats.user")
-	}
-	if n.URL == "" && (len(kinds) > 0 || n.TLS.Enabled()) {
-		c.add("nats.url", "credentials and TLS are for an external NATS server; set nats.url")
+		c.add(path+".password", "needs %s.user", path)
 	}
 	for _, f := range []struct{ field, path string }{
-		{"nats.nkey_file", n.NKeyFile}, {"nats.creds_file", n.CredsFile},
-		{"nats.tls.ca_file", n.TLS.CAFile}, {"nats.tls.cert_file", n.TLS.CertFile}, {"nats.tls.key_file", n.TLS.KeyFile},
+		{path + ".nkey_file", n.NKeyFile}, {path + ".creds_file", n.CredsFile},
+		{path + ".tls.ca_file", n.TLS.CAFile}, {path + ".tls.cert_file", n.TLS.CertFile}, {path + ".tls.key_file", n.TLS.KeyFile},
 	} {
 		if f.path == "" {
 			continue
@@ -46,10 +52,10 @@ func (n *NATS) validateAuth(c *checker) {
 		}
 	}
 	if (n.TLS.CertFile == "") != (n.TLS.KeyFile == "") {
-		c.add("nats.tls", "cert_file and key_file go together")
+		c.add(path+".tls", "cert_file and key_file go together")
 	}
 	if n.InboxPrefix != "" && !inboxPrefixRe.MatchString(n.InboxPrefix) {
-		c.add("nats.inbox_prefix", "%q is not a subject prefix: tokens of letters, digits, _ and - separated by dots", n.InboxPrefix)
+		c.add(path+".inbox_prefix", "%q is not a subject prefix: tokens of letters, digits, _ and - separated by dots", n.InboxPrefix)
 	}
 }
 
@@ -57,10 +63,15 @@ func (n *NATS) validateAuth(c *checker) {
 // tokens, no spaces.
 var inboxPrefixRe = regexp.MustCompile(`^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$`)
 
+// hasCredentials reports whether credentials are configured.
+func (n *NATSAuth) hasCredentials() bool {
+	return n.User != "" || n.Password != "" || n.Token != "" || n.NKeyFile != "" || n.CredsFile != ""
+}
+
 // hasCredentials reports whether NATS credentials are configured, in the
 // config or in the URL's user info.
 func (n *NATS) hasCredentials() bool {
-	if n.User != "" || n.Token != "" || n.NKeyFile != "" || n.CredsFile != "" {
+	if n.NATSAuth.hasCredentials() {
 		return true
 	}
 	for _, u := range strings.Split(n.URL.Value(), ",") {
@@ -129,8 +140,8 @@ func (p *Pipeline) validateProduction(c *checker) {
 				c.add(path+".url", "http:// sends records and headers in clear; production mode needs https://")
 			}
 		case KindNATS:
-			if t.URL != "" && insecureNATS(t.URL.Value(), TLS{}) {
-				c.add(path+".url", "nats:// is plaintext; production mode needs tls://")
+			if t.URL != "" && insecureNATS(t.URL.Value(), t.NATS.TLS) {
+				c.add(path+".url", "nats:// is plaintext; production mode needs tls:// or %s.nats.tls", path)
 			}
 		case KindKafka:
 			c.add(path+".url", "the kafka target has no TLS support yet; production mode refuses it")

@@ -73,6 +73,20 @@ func TestProductionMode(t *testing.T) {
 		_, err := Parse("p.yaml", []byte(base), noEnv)
 		require.NoError(t, err)
 	})
+	t.Run("nats target", func(t *testing.T) {
+		dir := t.TempDir()
+		ca := filepath.Join(dir, "ca.pem")
+		require.NoError(t, os.WriteFile(ca, []byte("x"), 0o600))
+		target := "  - name: bus\n    kind: nats\n    url: nats://sink:4222\n    ledger_url: postgres://u:l@h3/ledger?sslmode=verify-full\n"
+		_, err := Parse("p.yaml", []byte(secure+target), noEnv)
+		var found bool
+		for _, fe := range fieldErrors(t, err) {
+			found = found || (fe.Field == "targets[2].url" && strings.Contains(fe.Msg, "needs tls:// or targets[2].nats.tls"))
+		}
+		require.True(t, found, "a plaintext NATS target: got %v", err)
+		_, err = Parse("p.yaml", []byte(secure+target+"    nats:\n      tls:\n        ca_file: "+ca+"\n"), noEnv)
+		require.NoError(t, err, "nats:// with the target's nats.tls is TLS")
+	})
 	t.Run("loopback is not a transport", func(t *testing.T) {
 		src := strings.Replace(secure, "tls://nats-1:4222,tls://nats-2:4222", "nats://127.0.0.1:4222", 1)
 		_, err := Parse("p.yaml", []byte(src), noEnv)
@@ -85,9 +99,18 @@ func TestNATSAuthSettings(t *testing.T) {
 	creds := filepath.Join(dir, "svc.creds")
 	require.NoError(t, os.WriteFile(creds, []byte("x"), 0o600))
 	withNATS := func(lines string) string { return base + "nats:\n  url: nats://n:4222\n" + lines }
+	// A NATS target takes the same settings under targets[1].nats.
+	withTarget := func(lines string) string {
+		return base + "  - name: bus\n    kind: nats\n    url: nats://sink:4222\n    ledger_url: postgres://u:l@h3/ledger\n    nats:\n      subject: out.inv\n" + lines
+	}
 	tests := []struct {
 		name, src, field, msg string
 	}{
+		{"target: two kinds", withTarget("      user: u\n      nkey_file: " + creds + "\n"), "targets[1].nats", "not user/password and nkey_file"},
+		{"target: password without user", withTarget("      password: p\n"), "targets[1].nats.password", "needs targets[1].nats.user"},
+		{"target: missing CA file", withTarget("      tls:\n        ca_file: " + filepath.Join(dir, "nope.pem") + "\n"), "targets[1].nats.tls.ca_file", "cannot read"},
+		{"target: inbox prefix with a wildcard", withTarget("      inbox_prefix: _INBOX.>\n"), "targets[1].nats.inbox_prefix", "not a subject prefix"},
+		{"target settings on a postgres target", strings.Replace(base, "    url: postgres://u:tgtpass@h2/db\n", "    url: postgres://u:tgtpass@h2/db\n    nats:\n      user: u\n", 1), "targets[0].nats", "only allowed when kind is \"nats\""},
 		{"two kinds", withNATS("  token: t\n  creds_file: " + creds + "\n"), "nats", "not token and creds_file"},
 		{"password without user", withNATS("  password: p\n"), "nats.password", "needs nats.user"},
 		{"missing creds file", withNATS("  creds_file: " + filepath.Join(dir, "nope.creds") + "\n"), "nats.creds_file", "cannot read"},
@@ -115,4 +138,14 @@ func TestNATSAuthSettings(t *testing.T) {
 	require.NoError(t, p.Print(&out))
 	require.NotContains(t, out.String(), "s3cret")
 	require.Contains(t, out.String(), "ca_file: "+creds)
+
+	p, err = Parse("p.yaml", []byte(withTarget("      user: sink\n      password: t4rget-pw\n      inbox_prefix: _INBOX_sink\n      tls:\n        ca_file: "+creds+"\n")), noEnv)
+	require.NoError(t, err)
+	got := p.Targets[1].NATS
+	require.Equal(t, NATSTarget{Subject: "out.inv", NATSAuth: NATSAuth{User: "sink", Password: "t4rget-pw", InboxPrefix: "_INBOX_sink",
+		TLS: TLS{CAFile: creds}}}, got)
+	out.Reset()
+	require.NoError(t, p.Print(&out))
+	require.NotContains(t, out.String(), "t4rget-pw")
+	require.Contains(t, out.String(), "inbox_prefix: _INBOX_sink")
 }

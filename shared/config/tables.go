@@ -117,7 +117,7 @@ func (p *Pipeline) forTable(i int, name string, pos *positions) (*Pipeline, *pos
 	over, into := reflect.ValueOf(t.Capture), reflect.ValueOf(&q.Source.Capture).Elem()
 	for field, j := range yamlFields(over.Type()) {
 		if pos.isSet(prefix + "capture." + field) {
-			into.Field(j).Set(over.Field(j))
+			into.FieldByIndex(j).Set(over.FieldByIndex(j))
 		}
 	}
 	q.Targets = make([]Target, len(p.Targets))

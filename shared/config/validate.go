@@ -632,6 +632,8 @@ func (t *Target) validate(c *checker, path string, src *Source) {
 	}
 	if t.Kind != KindNATS && t.NATS != (NATSTarget{}) {
 		c.add(field("nats"), "only allowed when kind is %q", KindNATS)
+	} else if t.Kind == KindNATS {
+		t.NATS.NATSAuth.validate(c, field("nats"))
 	}
 	switch {
 	case t.Kind == KindKafka && t.Kafka.Topic == "":

@@ -8,10 +8,11 @@ import (
 	"github.com/oneway-sync/oneway/shared/config"
 )
 
-// AuthOptions turns a pipeline's NATS credentials and TLS settings into
-// connect options for Connect. The files were checked when the config was
-// loaded; a file that became unreadable since fails the connect, naming it.
-func AuthOptions(n config.NATS) []nats.Option {
+// AuthOptions turns NATS credentials, TLS settings and the inbox prefix
+// (the pipeline's nats: section, or a NATS target's) into connect options.
+// The files were checked when the config was loaded; a file that became
+// unreadable since fails the connect, naming it.
+func AuthOptions(n config.NATSAuth) []nats.Option {
 	var opts []nats.Option
 	switch {
 	case n.User != "":

@@ -85,12 +85,12 @@ func TestAuthOptions(t *testing.T) {
 	url := s.ClientURL()
 	for _, tc := range []struct {
 		name string
-		nats config.NATS
+		nats config.NATSAuth
 		want string // "" = connects; else a substring of the error
 	}{
-		{"user, password and CA", config.NATS{User: "svc", Password: "s3cret-pw", TLS: config.TLS{CAFile: caFile}}, ""},
-		{"wrong password", config.NATS{User: "svc", Password: "nope", TLS: config.TLS{CAFile: caFile}}, "authorization"},
-		{"untrusted server certificate", config.NATS{User: "svc", Password: "s3cret-pw", TLS: config.TLS{CAFile: otherCA}}, "certificate"},
+		{"user, password and CA", config.NATSAuth{User: "svc", Password: "s3cret-pw", TLS: config.TLS{CAFile: caFile}}, ""},
+		{"wrong password", config.NATSAuth{User: "svc", Password: "nope", TLS: config.TLS{CAFile: caFile}}, "authorization"},
+		{"untrusted server certificate", config.NATSAuth{User: "svc", Password: "s3cret-pw", TLS: config.TLS{CAFile: otherCA}}, "certificate"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

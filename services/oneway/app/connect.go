@@ -49,7 +49,7 @@ func (f *storeFlags) connect(ctx context.Context, cfg *config.Pipeline, name str
 	if url == "" {
 		url = cfg.NATS.URL.Value()
 	}
-	auth := natsbus.AuthOptions(cfg.NATS)
+	auth := natsbus.AuthOptions(cfg.NATS.NATSAuth)
 	if url == "" {
 		auth = nil // the embedded server has no credentials
 		dir := filepath.Join(f.dataDir, "nats")

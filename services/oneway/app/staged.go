@@ -212,7 +212,7 @@ func requestScan(ctx context.Context, o *stageOptions, natsURL string, out io.Wr
 	if err != nil {
 		return err
 	}
-	b, err := natsbus.Connect(ctx, natsURL, "oneway-diff", log, natsbus.AuthOptions(cfg.NATS)...)
+	b, err := natsbus.Connect(ctx, natsURL, "oneway-diff", log, natsbus.AuthOptions(cfg.NATS.NATSAuth)...)
 	if err != nil {
 		return err
 	}

@@ -134,7 +134,7 @@ func runUpAll(parent context.Context, cfgs []*config.Pipeline, o upOptions, log 
 	base := slog.New(errLog.Wrap(plain))
 	log = base.With("pipeline", name)
 
-	natsURL, auth := first.NATS.URL.Value(), natsbus.AuthOptions(first.NATS)
+	natsURL, auth := first.NATS.URL.Value(), natsbus.AuthOptions(first.NATS.NATSAuth)
 	if natsURL == "" {
 		dir := filepath.Join(o.dataDir, "nats")
 		url, stop, err := startEmbedded(dir, o.natsPort)

@@ -206,7 +206,7 @@ func (w *Writer) newTarget(ctx context.Context, pool *pgxpool.Pool) (target.Writ
 	case config.KindNATS:
 		tg, err := natstarget.Open(ctx, natstarget.Spec{
 			Pipeline: w.cfg.Pipeline, Target: t.Name, URL: t.URL.Value(),
-			Subject: t.NATS.Subject, JetStream: t.NATS.JetStream,
+			Subject: t.NATS.Subject, JetStream: t.NATS.JetStream, Options: natsbus.AuthOptions(t.NATS.NATSAuth),
 			Ledger: pool, LedgerSchema: t.LedgerSchema,
 		}, w.log)
 		if err != nil {

@@ -20,6 +20,9 @@ type NATSSpec struct {
 	// Subject is the target's subject template ("" = the default,
 	// oneway.out.<pipeline>.<target>).
 	Subject string
+	// Options are added to the connect options: the target's credentials,
+	// TLS and inbox prefix (natsbus.AuthOptions).
+	Options []nats.Option
 }
 
 // FilterSubject is the subject filter that matches every subject a NATS
@@ -52,7 +55,7 @@ var ErrNoStream = errors.New("no JetStream stream holds the subject")
 func ScanNATS(spec NATSSpec, l *Layout) Scan {
 	return func(ctx context.Context, emit func(Change) error) error {
 		filter := FilterSubject(spec.Pipeline, spec.Target, spec.Subject)
-		nc, err := nats.Connect(spec.URL, nats.Name("oneway-verify-"+spec.Pipeline+"-"+spec.Target))
+		nc, err := nats.Connect(spec.URL, append([]nats.Option{nats.Name("oneway-verify-" + spec.Pipeline + "-" + spec.Target)}, spec.Options...)...)
 		if err != nil {
 			return fmt.Errorf("nats target %s: connect: %w", spec.Target, err)
 		}

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/oneway-sync/oneway/shared/config"
+	"github.com/oneway-sync/oneway/shared/natsbus"
 	"github.com/oneway-sync/oneway/shared/pgconn"
 )
 
@@ -65,7 +66,8 @@ func OpenTarget(ctx context.Context, s TargetSpec) (side Side, what string, err 
 		side, err := fold(ScanJSONL(t.URL.Value(), s.Layout))
 		return side, t.URL.Value(), wrap(t, err)
 	case config.KindNATS:
-		spec := NATSSpec{Pipeline: s.Pipeline, Target: t.Name, URL: t.URL.Value(), Subject: t.NATS.Subject}
+		spec := NATSSpec{Pipeline: s.Pipeline, Target: t.Name, URL: t.URL.Value(), Subject: t.NATS.Subject,
+			Options: natsbus.AuthOptions(t.NATS.NATSAuth)}
 		what = "subject " + FilterSubject(spec.Pipeline, spec.Target, spec.Subject)
 		side, err := fold(ScanNATS(spec, s.Layout))
 		if errors.Is(err, ErrNoStream) && !t.NATS.JetStream {

@@ -87,6 +87,10 @@ type Spec struct {
 	// open. Give it ReconnectBufSize(-1) so publishes fail at once while it
 	// is disconnected instead of waiting out Timeout.
 	Conn *nats.Conn
+	// Options are added to the connect options of the connection Open
+	// dials: credentials, TLS, the inbox prefix the stream's acks come
+	// back on (natsbus.AuthOptions).
+	Options []nats.Option
 	// Subject is a text/template rendered per change with .Key (string:
 	// the record key as event.Key renders it), .KeyParts ([]string, the key
 	// column values), .Fields (map[string]any, the values typed as in the
@@ -174,10 +178,10 @@ func Open(ctx context.Context, spec Spec, log *slog.Logger) (*Target, error) {
 	}
 	t.nc = spec.Conn
 	if t.nc == nil {
-		t.nc, err = nats.Connect(spec.URL,
-			nats.Name("oneway-writer-"+spec.Pipeline+"-"+spec.Target),
+		t.nc, err = nats.Connect(spec.URL, append([]nats.Option{
+			nats.Name("oneway-writer-" + spec.Pipeline + "-" + spec.Target),
 			nats.MaxReconnects(-1),
-			nats.ReconnectWait(250*time.Millisecond),
+			nats.ReconnectWait(250 * time.Millisecond),
 			nats.RetryOnFailedConnect(true),
 			// Fail publishes while disconnected instead of buffering them.
 			nats.ReconnectBufSize(-1),
@@ -189,7 +193,7 @@ func Open(ctx context.Context, spec Spec, log *slog.Logger) (*Target, error) {
 			nats.ReconnectHandler(func(c *nats.Conn) {
 				log.Info("nats target reconnected", "target", spec.Target, "server", c.ConnectedUrlRedacted())
 			}),
-		)
+		}, spec.Options...)...)
 		if err != nil {
 			return nil, fmt.Errorf("nats target %q: connect: %w", spec.Target, err)
 		}

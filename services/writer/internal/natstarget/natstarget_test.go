@@ -18,7 +18,9 @@ import (
 	"github.com/oneway-sync/oneway/services/writer/internal/sideledger"
 	lt "github.com/oneway-sync/oneway/services/writer/internal/sideledger/ledgertest"
 	"github.com/oneway-sync/oneway/services/writer/internal/target"
+	"github.com/oneway-sync/oneway/shared/config"
 	"github.com/oneway-sync/oneway/shared/errs"
+	"github.com/oneway-sync/oneway/shared/natsbus"
 	"github.com/oneway-sync/oneway/shared/natsbus/bustest"
 	"github.com/oneway-sync/oneway/shared/testkit/pgtest"
 )
@@ -284,4 +286,94 @@ func TestOpenRejectsBadSpec(t *testing.T) {
 			t.Errorf("%s: error %v, want permanent", name, err)
 		}
 	}
+}
+
+// TestSecuredServer publishes to a JetStream server that requires a user
+// and password and lets the sink's user subscribe only to its own inbox
+// prefix, as deploy/nats/permissions.conf does for the pipeline's users:
+// with the target's credentials and inbox_prefix the changes are stored;
+// without the prefix the stream's acks cannot reach the writer and Apply
+// fails; a wrong password fails without showing it.
+func TestSecuredServer(t *testing.T) {
+	_, pool := lt.NewLedger(t)
+	const password = "s1nk-secret-pw"
+	s, err := server.NewServer(&server.Options{
+		Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true, JetStream: true, StoreDir: t.TempDir(),
+		Users: []*server.User{
+			{Username: "admin", Password: "admin-pw"},
+			{Username: "sink", Password: password, Permissions: &server.Permissions{
+				Publish:   &server.SubjectPermission{Allow: []string{"out.>", "$JS.API.>"}},
+				Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX_sink.>"}},
+			}},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	t.Cleanup(s.Shutdown)
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("server not ready")
+	}
+	admin, err := nats.Connect(s.ClientURL(), nats.UserInfo("admin", "admin-pw"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(admin.Close)
+	js, err := jetstream.New(admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := js.CreateStream(lt.Ctx(t), jetstream.StreamConfig{Name: "OUT", Subjects: []string{"out.>"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := func(t *testing.T, name string, auth config.NATSAuth) *Target {
+		t.Helper()
+		tg, err := Open(lt.Ctx(t), Spec{Pipeline: "p", Target: name, URL: s.ClientURL(), Subject: "out." + name, JetStream: true,
+			Timeout: 2 * time.Second, Ledger: pool, Options: natsbus.AuthOptions(auth)}, lt.Logger())
+		if err != nil {
+			t.Fatalf("open: %v", err)
+		}
+		t.Cleanup(func() { _ = tg.Close() })
+		return tg
+	}
+	t.Run("credentials and inbox prefix", func(t *testing.T) {
+		tg := open(t, "ok", config.NATSAuth{User: "sink", Password: password, InboxPrefix: "_INBOX_sink"})
+		res, err := tg.Apply(lt.Ctx(t), []target.Item{lt.Item(1, lt.Up("1", "a"), lt.Up("2", "b"))})
+		if err != nil {
+			t.Fatalf("apply: %v", err)
+		}
+		if res.Written != 2 {
+			t.Fatalf("wrote %d, want 2", res.Written)
+		}
+		info, err := stream.Info(lt.Ctx(t), jetstream.WithSubjectFilter("out.ok"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := info.State.Subjects["out.ok"]; n != 2 {
+			t.Fatalf("stream holds %d messages on out.ok, want 2", n)
+		}
+	})
+	t.Run("no inbox prefix", func(t *testing.T) {
+		tg := open(t, "noprefix", config.NATSAuth{User: "sink", Password: password})
+		if _, err := tg.Apply(lt.Ctx(t), []target.Item{lt.Item(1, lt.Up("1", "a"))}); err == nil {
+			t.Fatal("apply succeeded though the acks' inbox is not the user's")
+		}
+	})
+	t.Run("wrong password", func(t *testing.T) {
+		tg, err := Open(lt.Ctx(t), Spec{Pipeline: "p", Target: "bad", URL: s.ClientURL(), Subject: "out.bad", JetStream: true,
+			Timeout: 2 * time.Second, Ledger: pool,
+			Options: natsbus.AuthOptions(config.NATSAuth{User: "sink", Password: "not-" + password, InboxPrefix: "_INBOX_sink"})}, lt.Logger())
+		if err == nil {
+			t.Cleanup(func() { _ = tg.Close() })
+			_, err = tg.Apply(lt.Ctx(t), []target.Item{lt.Item(1, lt.Up("1", "a"))})
+		}
+		if err == nil {
+			t.Fatal("a wrong password was accepted")
+		}
+		if strings.Contains(err.Error(), password) {
+			t.Fatalf("the error shows the password: %v", err)
+		}
+	})
 }
