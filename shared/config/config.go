@@ -103,6 +103,9 @@ type NATSAuth struct {
 
 // TLS configures a TLS client.
 type TLS struct {
+	// On turns TLS on with the system's roots (yaml "enabled"); giving a
+	// file turns it on too.
+	On bool `yaml:"enabled,omitempty"`
 	// CAFile verifies the server (PEM). Default: the system's roots.
 	CAFile string `yaml:"ca_file,omitempty"`
 	// CertFile and KeyFile are a client certificate (mutual TLS); both or
@@ -111,8 +114,8 @@ type TLS struct {
 	KeyFile  string `yaml:"key_file,omitempty"`
 }
 
-// Enabled reports whether any TLS setting is given.
-func (t TLS) Enabled() bool { return t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" }
+// Enabled reports whether TLS is on: enabled, or any file given.
+func (t TLS) Enabled() bool { return t.On || t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" }
 
 // Stage configures staged push: where the stage store lives and how often
 // the differ compares every key.
@@ -242,7 +245,35 @@ type KafkaSource struct {
 	// Group is the consumer group whose committed offsets are the reader's
 	// position. Default oneway-<pipeline>.
 	Group string `yaml:"group"`
+	// KafkaAuth: TLS and SASL to the brokers.
+	KafkaAuth `yaml:",inline"`
 }
+
+// KafkaAuth is how a Kafka client protects its connections to the brokers
+// and proves who it is: source.kafka and targets[].kafka take the same
+// fields.
+type KafkaAuth struct {
+	// TLS to the brokers (tls: {enabled: true} for the system's roots).
+	TLS TLS `yaml:"tls,omitempty"`
+	// SASL authenticates to the brokers; usually over TLS.
+	SASL KafkaSASL `yaml:"sasl,omitempty"`
+}
+
+// KafkaSASL is a SASL login to Kafka brokers.
+type KafkaSASL struct {
+	// Mechanism is "plain", "scram-sha-256" or "scram-sha-512"; empty: no
+	// SASL.
+	Mechanism string `yaml:"mechanism,omitempty"`
+	User      string `yaml:"user,omitempty"`
+	Password  Opaque `yaml:"password,omitempty"`
+}
+
+// SASL mechanisms of KafkaSASL.Mechanism.
+const (
+	SASLPlain       = "plain"
+	SASLSCRAMSHA256 = "scram-sha-256"
+	SASLSCRAMSHA512 = "scram-sha-512"
+)
 
 // Capture says how a source's changes are detected.
 type Capture struct {
@@ -427,6 +458,8 @@ type NATSTarget struct {
 type KafkaTarget struct {
 	// Topic is the topic written to. Required for kind "kafka".
 	Topic string `yaml:"topic"`
+	// KafkaAuth: TLS and SASL to the brokers, as for a kafka source.
+	KafkaAuth `yaml:",inline"`
 }
 
 // HTTPTarget configures an HTTP REST API target. An API cannot compare

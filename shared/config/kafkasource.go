@@ -30,6 +30,7 @@ func (s *Source) validateKafka(c *checker) {
 	case !kafkaTopicRe.MatchString(k.Topic):
 		c.add(f+"topic", "%q is not a Kafka topic name (1 to 249 characters of a-z, A-Z, 0-9, '.', '_', '-')", k.Topic)
 	}
+	k.KafkaAuth.validate(c, "source.kafka")
 	switch {
 	case k.Group == "":
 		c.add(f+"group", "must not be empty (leave it out for oneway-<pipeline>)")

@@ -46,6 +46,20 @@ func TestKafkaSource(t *testing.T) {
 	p, err = Parse("k.yaml", []byte(strings.Replace(kafkaBase, "    topic:", "    group: reporting\n    topic:", 1)), noEnv)
 	require.NoError(t, err)
 	require.Equal(t, "reporting", p.Source.Kafka.Group)
+
+	// TLS and SASL, printed without the password and read back the same.
+	secured := strings.Replace(kafkaBase, "    topic:", "    tls: {enabled: true}\n    sasl: {mechanism: scram-sha-512, user: cdc, password: k4fka-pw}\n    topic:", 1)
+	p, err = Parse("k.yaml", []byte(secured), noEnv)
+	require.NoError(t, err)
+	require.Equal(t, KafkaAuth{TLS: TLS{On: true}, SASL: KafkaSASL{Mechanism: SASLSCRAMSHA512, User: "cdc", Password: "k4fka-pw"}}, p.Source.Kafka.KafkaAuth)
+	out.Reset()
+	require.NoError(t, p.Print(&out))
+	require.NotContains(t, out.String(), "k4fka-pw")
+	require.Contains(t, out.String(), "mechanism: scram-sha-512")
+	_, err = Parse("k.yaml", []byte("production: true\n"+secured), noEnv)
+	for _, fe := range fieldErrors(t, err) {
+		require.NotContains(t, fe.Field, "source.kafka", "a kafka source with TLS and SASL passes production mode: %v", fe)
+	}
 }
 
 func TestKafkaSourceErrors(t *testing.T) {
@@ -79,7 +93,12 @@ func TestKafkaSourceErrors(t *testing.T) {
 		{"lookback", v("  kafka:", "  capture: {lookback: 1s}\n  kafka:"), "source.capture.lookback", 11, "not used by kind"},
 		{"other pattern", v("  kafka:", "  capture: {pattern: synthetic}\n  kafka:"), "source.capture.pattern", 11, "the pattern is cdc"},
 		{"kafka on postgres", strings.Replace(base, "  key: [id]", "  key: [id]\n  kafka: {topic: x}", 1), "source.kafka", 7, `only allowed when kind is "kafka"`},
-		{"production", "production: true\n" + kafkaBase, "source.kafka.brokers", 13, "production mode refuses it"},
+		{"production without TLS", "production: true\n" + kafkaBase, "source.kafka.tls", 13, "production mode needs TLS to the brokers"},
+		{"production without SASL", "production: true\n" + kafkaBase, "source.kafka.sasl", 13, "production mode needs SASL credentials"},
+		{"sasl without mechanism", v("    topic:", "    sasl: {user: u, password: p}\n    topic:"), "source.kafka.sasl.mechanism", 13, "required with a user or password"},
+		{"unknown mechanism", v("    topic:", "    sasl: {mechanism: gssapi, user: u, password: p}\n    topic:"), "source.kafka.sasl.mechanism", 13, `unsupported mechanism "gssapi"`},
+		{"mechanism without password", v("    topic:", "    sasl: {mechanism: plain, user: u}\n    topic:"), "source.kafka.sasl.password", 13, "required with sasl.mechanism"},
+		{"missing CA file", v("    topic:", "    tls: {ca_file: /nonexistent/ca.pem}\n    topic:"), "source.kafka.tls.ca_file", 13, "cannot read"},
 		{"types on postgres", strings.Replace(base, "  key: [id]", "  key: [id]\n  types: {id: bigint}", 1), "source.types", 7, `only for kind "kafka"`},
 	}
 	for _, tt := range tests {

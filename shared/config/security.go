@@ -42,7 +42,6 @@ func (n *NATSAuth) validate(c *checker, path string) {
 	}
 	for _, f := range []struct{ field, path string }{
 		{path + ".nkey_file", n.NKeyFile}, {path + ".creds_file", n.CredsFile},
-		{path + ".tls.ca_file", n.TLS.CAFile}, {path + ".tls.cert_file", n.TLS.CertFile}, {path + ".tls.key_file", n.TLS.KeyFile},
 	} {
 		if f.path == "" {
 			continue
@@ -51,11 +50,50 @@ func (n *NATSAuth) validate(c *checker, path string) {
 			c.add(f.field, "cannot read %s: %v", f.path, err)
 		}
 	}
-	if (n.TLS.CertFile == "") != (n.TLS.KeyFile == "") {
-		c.add(path+".tls", "cert_file and key_file go together")
-	}
+	n.TLS.validate(c, path+".tls")
 	if n.InboxPrefix != "" && !inboxPrefixRe.MatchString(n.InboxPrefix) {
 		c.add(path+".inbox_prefix", "%q is not a subject prefix: tokens of letters, digits, _ and - separated by dots", n.InboxPrefix)
+	}
+}
+
+// validate checks TLS settings given at path: files that exist and a
+// client certificate with its key.
+func (t TLS) validate(c *checker, path string) {
+	for _, f := range []struct{ field, path string }{
+		{path + ".ca_file", t.CAFile}, {path + ".cert_file", t.CertFile}, {path + ".key_file", t.KeyFile},
+	} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			c.add(f.field, "cannot read %s: %v", f.path, err)
+		}
+	}
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		c.add(path, "cert_file and key_file go together")
+	}
+}
+
+// validate checks Kafka TLS and SASL settings given at path (source.kafka,
+// targets[0].kafka).
+func (k KafkaAuth) validate(c *checker, path string) {
+	k.TLS.validate(c, path+".tls")
+	s := k.SASL
+	switch s.Mechanism {
+	case "":
+		if s.User != "" || s.Password != "" {
+			c.add(path+".sasl.mechanism", "required with a user or password: %s, %s or %s", SASLPlain, SASLSCRAMSHA256, SASLSCRAMSHA512)
+		}
+		return
+	case SASLPlain, SASLSCRAMSHA256, SASLSCRAMSHA512:
+	default:
+		c.add(path+".sasl.mechanism", "unsupported mechanism %q (supported: %s, %s, %s)", clip(s.Mechanism), SASLPlain, SASLSCRAMSHA256, SASLSCRAMSHA512)
+	}
+	if s.User == "" {
+		c.add(path+".sasl.user", "required with sasl.mechanism")
+	}
+	if s.Password == "" {
+		c.add(path+".sasl.password", "required with sasl.mechanism")
 	}
 }
 
@@ -120,7 +158,7 @@ func (p *Pipeline) validateProduction(c *checker) {
 		}
 	}
 	if p.Source.Kind == KindKafka {
-		c.add("source.kafka.brokers", "the kafka source has no TLS support yet; production mode refuses it")
+		p.Source.Kafka.KafkaAuth.checkProduction(c, "source.kafka")
 	}
 	if p.Staged() {
 		if p.Stage.URL == "" {
@@ -144,12 +182,23 @@ func (p *Pipeline) validateProduction(c *checker) {
 				c.add(path+".url", "nats:// is plaintext; production mode needs tls:// or %s.nats.tls", path)
 			}
 		case KindKafka:
-			c.add(path+".url", "the kafka target has no TLS support yet; production mode refuses it")
+			t.Kafka.KafkaAuth.checkProduction(c, path+".kafka")
 		}
 	}
 }
 
 // insecureNATS reports a nats:// URL to a non-loopback host without TLS.
+// checkProduction refuses, in production mode, Kafka brokers reached
+// without TLS or without SASL credentials.
+func (k KafkaAuth) checkProduction(c *checker, path string) {
+	if !k.TLS.Enabled() {
+		c.add(path+".tls", "production mode needs TLS to the brokers (%s.tls.enabled: true, or a ca_file)", path)
+	}
+	if k.SASL.Mechanism == "" {
+		c.add(path+".sasl", "production mode needs SASL credentials (%s.sasl: mechanism, user, password)", path)
+	}
+}
+
 func insecureNATS(raw string, tls TLS) bool {
 	if tls.Enabled() {
 		return false

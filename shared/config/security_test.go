@@ -87,6 +87,26 @@ func TestProductionMode(t *testing.T) {
 		_, err = Parse("p.yaml", []byte(secure+target+"    nats:\n      tls:\n        ca_file: "+ca+"\n"), noEnv)
 		require.NoError(t, err, "nats:// with the target's nats.tls is TLS")
 	})
+	t.Run("kafka target", func(t *testing.T) {
+		target := "  - name: topic\n    kind: kafka\n    url: k1:9092\n    ledger_url: postgres://u:l@h3/ledger?sslmode=verify-full\n    kafka:\n      topic: out\n"
+		_, err := Parse("p.yaml", []byte(secure+target), noEnv)
+		want := map[string]string{"targets[2].kafka.tls": "production mode needs TLS", "targets[2].kafka.sasl": "production mode needs SASL"}
+		for _, fe := range fieldErrors(t, err) {
+			if msg, ok := want[fe.Field]; ok && strings.Contains(fe.Msg, msg) {
+				delete(want, fe.Field)
+			}
+		}
+		require.Empty(t, want, "a plaintext kafka target without a login: got %v", err)
+		_, err = Parse("p.yaml", []byte(secure+target+"      tls: {enabled: true}\n      sasl: {mechanism: scram-sha-256, user: w, password: k4fka-pw}\n"), noEnv)
+		require.NoError(t, err, "TLS and SASL pass production mode")
+		_, err = Parse("p.yaml", []byte(secure+target+"      sasl: {mechanism: plain, password: k4fka-pw}\n"), noEnv)
+		var found bool
+		for _, fe := range fieldErrors(t, err) {
+			found = found || (fe.Field == "targets[2].kafka.sasl.user" && strings.Contains(fe.Msg, "required"))
+			require.NotContains(t, fe.Error(), "k4fka-pw")
+		}
+		require.True(t, found, "sasl without a user: got %v", err)
+	})
 	t.Run("loopback is not a transport", func(t *testing.T) {
 		src := strings.Replace(secure, "tls://nats-1:4222,tls://nats-2:4222", "nats://127.0.0.1:4222", 1)
 		_, err := Parse("p.yaml", []byte(src), noEnv)

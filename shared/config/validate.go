@@ -638,6 +638,9 @@ func (t *Target) validate(c *checker, path string, src *Source) {
 	switch {
 	case t.Kind == KindKafka && t.Kafka.Topic == "":
 		c.add(field("kafka.topic"), "required for kind %q", KindKafka)
+		t.Kafka.KafkaAuth.validate(c, field("kafka"))
+	case t.Kind == KindKafka:
+		t.Kafka.KafkaAuth.validate(c, field("kafka"))
 	case t.Kind != KindKafka && t.Kafka != (KafkaTarget{}):
 		c.add(field("kafka"), "only allowed when kind is %q", KindKafka)
 	}

@@ -2,17 +2,6 @@ package natsbus_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
-	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -21,44 +10,8 @@ import (
 
 	"github.com/oneway-sync/oneway/shared/config"
 	"github.com/oneway-sync/oneway/shared/natsbus"
+	"github.com/oneway-sync/oneway/shared/testkit/testca"
 )
-
-// testCA writes a CA and a server certificate for 127.0.0.1 into dir and
-// returns the CA file and the server's TLS config.
-func testCA(t *testing.T, dir string) (caFile string, serverTLS *tls.Config) {
-	t.Helper()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "oneway test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	srvKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	srvDER, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "nats"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}, ca, &srvKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile = filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return caFile, &tls.Config{
-		Certificates: []tls.Certificate{{Certificate: [][]byte{srvDER}, PrivateKey: srvKey}},
-		MinVersion:   tls.VersionTLS12,
-	}
-}
 
 // TestAuthOptions connects to a real server that requires TLS and a user
 // and password: the right settings connect; a wrong password, or a CA that
@@ -67,8 +20,8 @@ func testCA(t *testing.T, dir string) (caFile string, serverTLS *tls.Config) {
 // would end in a context error instead).
 func TestAuthOptions(t *testing.T) {
 	dir := t.TempDir()
-	caFile, srvTLS := testCA(t, dir)
-	otherCA, _ := testCA(t, t.TempDir())
+	caFile, srvTLS := testca.New(t, dir)
+	otherCA, _ := testca.New(t, t.TempDir())
 	s, err := server.NewServer(&server.Options{
 		Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true,
 		Username: "svc", Password: "s3cret-pw",

@@ -3,12 +3,14 @@ package app
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
 	"github.com/oneway-sync/oneway/services/reader/internal/capture"
 	"github.com/oneway-sync/oneway/services/reader/internal/debezium"
 	"github.com/oneway-sync/oneway/shared/bus"
 	"github.com/oneway-sync/oneway/shared/config"
+	"github.com/oneway-sync/oneway/shared/kafkaconn"
 	"github.com/oneway-sync/oneway/shared/natsbus"
 )
 
@@ -17,7 +19,11 @@ import (
 // group's committed offsets are the position; the saved reader position
 // only names the topic and table.
 func (r *Reader) runKafka(ctx context.Context) error {
-	capt := debezium.New(kafkaSpec(r.cfg, int(r.bus.NC.MaxPayload())*3/4, r))
+	spec, err := kafkaSpec(r.cfg, int(r.bus.NC.MaxPayload())*3/4, r)
+	if err != nil {
+		return err
+	}
+	capt := debezium.New(spec)
 	if _, err := r.bus.EnsureStream(ctx, natsbus.PipelineStream(r.cfg)); err != nil {
 		return err
 	}
@@ -42,8 +48,9 @@ func (r *Reader) runKafka(ctx context.Context) error {
 	}
 }
 
-// kafkaSpec is the Debezium capture of cfg's kafka source.
-func kafkaSpec(cfg *config.Pipeline, budget int, r *Reader) debezium.Spec {
+// kafkaSpec is the Debezium capture of cfg's kafka source; it fails for
+// good when the source's TLS files cannot be read.
+func kafkaSpec(cfg *config.Pipeline, budget int, r *Reader) (debezium.Spec, error) {
 	src := cfg.Source
 	cols := make([]*onewayv1.Column, len(src.Columns))
 	var keyIdx []int
@@ -60,11 +67,15 @@ func kafkaSpec(cfg *config.Pipeline, budget int, r *Reader) debezium.Spec {
 	for _, i := range keyIdx {
 		cols[i].Key = true
 	}
+	tlsCfg, mech, err := kafkaconn.Settings(src.Kafka.KafkaAuth)
+	if err != nil {
+		return debezium.Spec{}, fmt.Errorf("source.kafka: %w", err)
+	}
 	return debezium.Spec{
 		Brokers: src.Kafka.Brokers, Topic: src.Kafka.Topic, Group: src.Kafka.Group,
 		Layout:    capture.Layout{Pipeline: cfg.Pipeline, Table: src.Table, Columns: cols, KeyIdx: keyIdx, Budget: budget},
-		BatchSize: src.Capture.BatchSize, Log: r.log,
-	}
+		BatchSize: src.Capture.BatchSize, TLS: tlsCfg, SASL: mech, Log: r.log,
+	}, nil
 }
 
 // kafkaSourceName names what a kafka source's position is about: the

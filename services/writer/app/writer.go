@@ -28,6 +28,7 @@ import (
 	"github.com/oneway-sync/oneway/shared/config"
 	"github.com/oneway-sync/oneway/shared/errs"
 	"github.com/oneway-sync/oneway/shared/event"
+	"github.com/oneway-sync/oneway/shared/kafkaconn"
 	"github.com/oneway-sync/oneway/shared/natsbus"
 	"github.com/oneway-sync/oneway/shared/pgconn"
 	"github.com/oneway-sync/oneway/shared/retry"
@@ -189,14 +190,19 @@ func (w *Writer) newTarget(ctx context.Context, pool *pgxpool.Pool) (target.Writ
 				brokers = append(brokers, b)
 			}
 		}
+		tr, err := kafkaconn.Transport(t.Kafka.KafkaAuth, "oneway-writer-"+w.cfg.Pipeline+"-"+t.Name, 10*time.Second)
+		if err != nil {
+			return nil, nil, fmt.Errorf("target %s: %w", t.Name, err)
+		}
 		tg, err := kafkatarget.Open(ctx, kafkatarget.Spec{
 			Pipeline: w.cfg.Pipeline, Target: t.Name, Brokers: brokers, Topic: t.Kafka.Topic,
-			Ledger: pool, LedgerSchema: t.LedgerSchema,
+			Transport: tr, Ledger: pool, LedgerSchema: t.LedgerSchema,
 		}, w.log)
 		if err != nil {
+			tr.CloseIdleConnections()
 			return nil, nil, err
 		}
-		return tg, func() { _ = tg.Close() }, nil
+		return tg, func() { _ = tg.Close(); tr.CloseIdleConnections() }, nil
 	case config.KindJSONL:
 		tg, err := jsonltarget.Open(ctx, jsonltarget.Spec{
 			Pipeline: w.cfg.Pipeline, Target: t.Name, Path: t.URL.Value(),

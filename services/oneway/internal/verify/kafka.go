@@ -7,18 +7,52 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sasl/plain"
+	"github.com/twmb/franz-go/pkg/sasl/scram"
+
+	"github.com/oneway-sync/oneway/shared/config"
 )
 
 // kafkaVersionHeader is the record header holding a change's version.
 const kafkaVersionHeader = "oneway-version"
 
+// kafkaAuthOptions are the franz-go client options of a's TLS and SASL.
+func kafkaAuthOptions(a config.KafkaAuth) ([]kgo.Opt, error) {
+	var opts []kgo.Opt
+	tlsCfg, err := a.TLS.ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("kafka TLS: %w", err)
+	}
+	if tlsCfg != nil {
+		opts = append(opts, kgo.DialTLSConfig(tlsCfg))
+	}
+	s := a.SASL
+	switch s.Mechanism {
+	case "":
+	case config.SASLPlain:
+		opts = append(opts, kgo.SASL(plain.Auth{User: s.User, Pass: s.Password.Value()}.AsMechanism()))
+	case config.SASLSCRAMSHA256:
+		opts = append(opts, kgo.SASL(scram.Auth{User: s.User, Pass: s.Password.Value()}.AsSha256Mechanism()))
+	case config.SASLSCRAMSHA512:
+		opts = append(opts, kgo.SASL(scram.Auth{User: s.User, Pass: s.Password.Value()}.AsSha512Mechanism()))
+	default:
+		return nil, fmt.Errorf("kafka SASL: unsupported mechanism %q", s.Mechanism)
+	}
+	return opts, nil
+}
+
 // ScanKafka is a Scan of a Kafka target's topic: every partition from its
 // start offset to the end offset it had when the scan began. A record
 // with a value is a change envelope; a tombstone (no value) deletes its
-// key (the record key), at the version in its oneway-version header.
-func ScanKafka(brokers []string, topic string, l *Layout) Scan {
+// key (the record key), at the version in its oneway-version header. auth
+// is the target's TLS and SASL.
+func ScanKafka(brokers []string, topic string, auth config.KafkaAuth, l *Layout) Scan {
 	return func(ctx context.Context, emit func(Change) error) error {
-		adm, err := kgo.NewClient(kgo.SeedBrokers(brokers...))
+		authOpts, err := kafkaAuthOptions(auth)
+		if err != nil {
+			return fmt.Errorf("kafka topic %s: %w", topic, err)
+		}
+		adm, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, authOpts...)...)
 		if err != nil {
 			return fmt.Errorf("kafka topic %s: %w", topic, err)
 		}
@@ -53,8 +87,8 @@ func ScanKafka(brokers []string, topic string, l *Layout) Scan {
 		if len(from) == 0 {
 			return nil
 		}
-		cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...),
-			kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: from}))
+		cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...),
+			kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: from})}, authOpts...)...)
 		if err != nil {
 			return fmt.Errorf("kafka topic %s: %w", topic, err)
 		}

@@ -22,9 +22,11 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/oneway-sync/oneway/shared/bus"
+	"github.com/oneway-sync/oneway/shared/config"
 	"github.com/oneway-sync/oneway/shared/natsbus/bustest"
 	"github.com/oneway-sync/oneway/shared/pgconn"
 	"github.com/oneway-sync/oneway/shared/testkit/pgtest"
+	"github.com/oneway-sync/oneway/shared/testkit/testca"
 )
 
 // sourceDDL has a column of every kind of value the targets store
@@ -60,6 +62,10 @@ type fixture struct {
 
 	natsURL string   // the NATS sink's server, once started
 	kafka   []string // the Kafka sink's brokers, once started
+	// kafkaAuth secures the Kafka sink when kafkaSecured is set: TLS only,
+	// a SASL login required.
+	kafkaSecured bool
+	kafkaAuth    config.KafkaAuth
 }
 
 func newFixture(t *testing.T, key ...string) *fixture {
@@ -204,7 +210,13 @@ func sinks() []sink {
 			return Fold(ctxT(t), f.l, f.dir, ScanNATS(NATSSpec{Pipeline: "p", Target: "bus", URL: f.natsURL, Subject: "out.{{.Key | token}}"}, f.l), nil)
 		}},
 		{"kafka", writeKafka, func(t *testing.T, f *fixture) (Side, error) {
-			return Fold(ctxT(t), f.l, f.dir, ScanKafka(f.kafka, "things", f.l), nil)
+			return Fold(ctxT(t), f.l, f.dir, ScanKafka(f.kafka, "things", f.kafkaAuth, f.l), nil)
+		}},
+		{"kafka_tls_sasl", func(t *testing.T, f *fixture, changes []logChange) {
+			f.kafkaSecured = true
+			writeKafka(t, f, changes)
+		}, func(t *testing.T, f *fixture) (Side, error) {
+			return Fold(ctxT(t), f.l, f.dir, ScanKafka(f.kafka, "things", f.kafkaAuth, f.l), nil)
 		}},
 	}
 }
@@ -285,6 +297,26 @@ func token(s string) string {
 
 func writeKafka(t *testing.T, f *fixture, changes []logChange) {
 	t.Helper()
+	opts := []kgo.Opt{kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil))}
+	if f.kafkaSecured {
+		if f.kafka == nil {
+			caFile, srvTLS := testca.New(t, t.TempDir())
+			f.kafkaAuth = config.KafkaAuth{TLS: config.TLS{CAFile: caFile},
+				SASL: config.KafkaSASL{Mechanism: config.SASLSCRAMSHA256, User: "verify", Password: "k4fka-verify-pw"}}
+			c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, "things"),
+				kfake.TLS(srvTLS), kfake.EnableSASL(), kfake.Superuser("SCRAM-SHA-256", "verify", "k4fka-verify-pw"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(c.Close)
+			f.kafka = c.ListenAddrs()
+		}
+		auth, err := kafkaAuthOptions(f.kafkaAuth)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts = append(opts, auth...)
+	}
 	if f.kafka == nil {
 		c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, "things"))
 		if err != nil {
@@ -293,7 +325,7 @@ func writeKafka(t *testing.T, f *fixture, changes []logChange) {
 		t.Cleanup(c.Close)
 		f.kafka = c.ListenAddrs()
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(f.kafka...), kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)))
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(f.kafka...)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

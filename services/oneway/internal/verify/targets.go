@@ -81,7 +81,7 @@ func OpenTarget(ctx context.Context, s TargetSpec) (side Side, what string, err 
 				brokers = append(brokers, b)
 			}
 		}
-		side, err := fold(ScanKafka(brokers, t.Kafka.Topic, s.Layout))
+		side, err := fold(ScanKafka(brokers, t.Kafka.Topic, t.Kafka.KafkaAuth, s.Layout))
 		return side, "topic " + t.Kafka.Topic, wrap(t, err)
 	case config.KindMySQL:
 		return openMySQL(ctx, s, fold)

@@ -2,6 +2,7 @@ package debezium
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl"
 
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
 	"github.com/oneway-sync/oneway/services/reader/internal/capture"
@@ -37,7 +39,11 @@ type Spec struct {
 	// group waits for a crashed member before it hands its partitions to
 	// the next reader. Default 10s.
 	SessionTimeout time.Duration
-	Log            *slog.Logger
+	// TLS (nil: plain text) and SASL (nil: none) to the brokers
+	// (kafkaconn.Settings).
+	TLS  *tls.Config
+	SASL sasl.Mechanism
+	Log  *slog.Logger
 }
 
 // Capture reads a topic of Debezium change events in a consumer group.
@@ -140,10 +146,12 @@ func publishedOffsets(b *onewayv1.Batch) map[int]span {
 func (c *Capture) Run(ctx context.Context, pos capture.Position, last *onewayv1.Batch, emit func(capture.Page) error) error {
 	s := c.spec
 	published := publishedOffsets(last)
-	tr := &kafka.Transport{ClientID: "oneway-reader-" + s.Layout.Pipeline}
+	clientID := "oneway-reader-" + s.Layout.Pipeline
+	tr := &kafka.Transport{ClientID: clientID, TLS: s.TLS, SASL: s.SASL}
 	defer tr.CloseIdleConnections()
 	r := kafka.NewReader(kafka.ReaderConfig{
 		Brokers: s.Brokers, GroupID: s.Group, Topic: s.Topic,
+		Dialer:           &kafka.Dialer{ClientID: clientID, Timeout: 10 * time.Second, DualStack: true, TLS: s.TLS, SASLMechanism: s.SASL},
 		StartOffset:      kafka.FirstOffset,
 		CommitInterval:   0, // CommitMessages commits synchronously
 		MaxWait:          250 * time.Millisecond,

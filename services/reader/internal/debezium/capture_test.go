@@ -2,6 +2,7 @@ package debezium
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"strings"
@@ -11,13 +12,17 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl"
 	"github.com/stretchr/testify/require"
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
 	"github.com/oneway-sync/oneway/services/reader/internal/capture"
+	"github.com/oneway-sync/oneway/shared/config"
 	"github.com/oneway-sync/oneway/shared/event"
+	"github.com/oneway-sync/oneway/shared/kafkaconn"
 	"github.com/oneway-sync/oneway/shared/natsbus/bustest"
+	"github.com/oneway-sync/oneway/shared/testkit/testca"
 )
 
 const (
@@ -35,10 +40,18 @@ type harness struct {
 	js      jetstream.JetStream
 	stream  jetstream.Stream
 	group   string
+	// tls and sasl reach a secured cluster (nil: plain text, no login).
+	tls  *tls.Config
+	sasl sasl.Mechanism
 }
 
-func newHarness(t *testing.T, partitions int32) *harness {
-	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, testTopic))
+// transport is a kafka-go transport for the harness's own clients.
+func (h *harness) transport() *kafka.Transport {
+	return &kafka.Transport{TLS: h.tls, SASL: h.sasl}
+}
+
+func newHarness(t *testing.T, partitions int32, opts ...kfake.Opt) *harness {
+	cluster, err := kfake.NewCluster(append([]kfake.Opt{kfake.NumBrokers(1), kfake.SeedTopics(partitions, testTopic)}, opts...)...)
 	require.NoError(t, err)
 	t.Cleanup(cluster.Close)
 	_, url := bustest.StartJetStream(t)
@@ -59,13 +72,14 @@ func (h *harness) spec() Spec {
 		Layout: capture.Layout{Pipeline: "customers", Table: "public.customers", KeyIdx: []int{0}, Budget: 1 << 20,
 			Columns: []*onewayv1.Column{{Name: "id", Type: "bigint", Key: true}, {Name: "name", Type: "text"}}},
 		BatchSize: 7, Idle: 200 * time.Millisecond, SessionTimeout: 6 * time.Second,
+		TLS: h.tls, SASL: h.sasl,
 	}
 }
 
 // produce writes Debezium events keyed by id, as a connector does.
 func (h *harness) produce(events ...string) {
 	w := &kafka.Writer{Addr: kafka.TCP(h.cluster.ListenAddrs()...), Topic: testTopic, Balancer: &kafka.Hash{},
-		RequiredAcks: kafka.RequireAll, BatchTimeout: 5 * time.Millisecond}
+		RequiredAcks: kafka.RequireAll, BatchTimeout: 5 * time.Millisecond, Transport: h.transport()}
 	defer w.Close()
 	var msgs []kafka.Message
 	for _, e := range events {
@@ -143,7 +157,7 @@ func (h *harness) subject() []*onewayv1.Change {
 
 // committed returns the group's committed offsets by partition.
 func (h *harness) committed() map[int]int64 {
-	cl := &kafka.Client{Addr: kafka.TCP(h.cluster.ListenAddrs()...)}
+	cl := &kafka.Client{Addr: kafka.TCP(h.cluster.ListenAddrs()...), Transport: h.transport()}
 	of, err := cl.OffsetFetch(context.Background(), &kafka.OffsetFetchRequest{GroupID: testGroup,
 		Topics: map[string][]int{testTopic: {0, 1, 2}}})
 	require.NoError(h.t, err)
@@ -156,7 +170,7 @@ func (h *harness) committed() map[int]int64 {
 
 // ends returns the end offset of each partition.
 func (h *harness) ends() map[int]int64 {
-	cl := &kafka.Client{Addr: kafka.TCP(h.cluster.ListenAddrs()...)}
+	cl := &kafka.Client{Addr: kafka.TCP(h.cluster.ListenAddrs()...), Transport: h.transport()}
 	lo, err := cl.ListOffsets(context.Background(), &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{
 		testTopic: {kafka.LastOffsetOf(0), kafka.LastOffsetOf(1), kafka.LastOffsetOf(2)}}})
 	require.NoError(h.t, err)
@@ -289,4 +303,26 @@ func TestCaptureStopsOnMalformedEvent(t *testing.T) {
 	})
 	require.ErrorContains(t, err, "kafka topic "+testTopic+" partition 0 offset 1: malformed change event: column \"id\" (bigint) in \"after\": \"two\" is not a 64-bit integer")
 	require.LessOrEqual(t, h.committed()[0], int64(1), "the malformed event is not committed")
+}
+
+// TestCaptureFromSecuredBrokers reads a cluster that takes TLS connections
+// only and requires a SASL login, with the TLS and SASL kafkaconn builds
+// from a kafka source's settings: every event arrives and its offsets are
+// committed.
+func TestCaptureFromSecuredBrokers(t *testing.T) {
+	caFile, srvTLS := testca.New(t, t.TempDir())
+	h := newHarness(t, 3, kfake.TLS(srvTLS), kfake.EnableSASL(), kfake.Superuser("SCRAM-SHA-512", "cdc", "k4fka-source-pw"))
+	var err error
+	h.tls, h.sasl, err = kafkaconn.Settings(config.KafkaAuth{TLS: config.TLS{CAFile: caFile},
+		SASL: config.KafkaSASL{Mechanism: config.SASLSCRAMSHA512, User: "cdc", Password: "k4fka-source-pw"}})
+	require.NoError(t, err)
+	var events []string
+	for id := 1; id <= 20; id++ {
+		events = append(events, upsertEvent(id, fmt.Sprintf("name %d", id)))
+	}
+	h.produce(events...)
+	h.run(0)
+	require.Len(t, h.subject(), 20)
+	committed, ends := h.committed(), h.ends()
+	require.Equal(t, ends, committed, "every partition committed to its end")
 }

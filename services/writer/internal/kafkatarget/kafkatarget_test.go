@@ -16,7 +16,10 @@ import (
 
 	lt "github.com/oneway-sync/oneway/services/writer/internal/sideledger/ledgertest"
 	"github.com/oneway-sync/oneway/services/writer/internal/target"
+	"github.com/oneway-sync/oneway/shared/config"
 	"github.com/oneway-sync/oneway/shared/errs"
+	"github.com/oneway-sync/oneway/shared/kafkaconn"
+	"github.com/oneway-sync/oneway/shared/testkit/testca"
 )
 
 const partitions = 3
@@ -351,5 +354,63 @@ WHERE datname = current_database() AND state LIKE 'idle in transaction%'`).Scan(
 	}
 	if len(versions) == 0 || versions[len(versions)-1] != target.Version(2, 0) {
 		t.Errorf("versions %v: the last must be the second writer's", versions)
+	}
+}
+
+// TestSecuredBrokers produces to a cluster that takes TLS connections only
+// and requires a SASL login, with each mechanism the config offers: the
+// transport kafkaconn builds from the target's settings writes every
+// record; a wrong password fails the apply without showing it.
+func TestSecuredBrokers(t *testing.T) {
+	_, pool := lt.NewLedger(t)
+	caFile, srvTLS := testca.New(t, t.TempDir())
+	for _, tc := range []struct{ mechanism, kfake string }{
+		{config.SASLPlain, "PLAIN"},
+		{config.SASLSCRAMSHA256, "SCRAM-SHA-256"},
+		{config.SASLSCRAMSHA512, "SCRAM-SHA-512"},
+	} {
+		t.Run(tc.mechanism, func(t *testing.T) {
+			const password = "k4fka-target-pw"
+			topic := "secured-" + strings.ReplaceAll(tc.mechanism, "-", "")
+			c := newCluster(t, kfake.TLS(srvTLS), kfake.EnableSASL(), kfake.Superuser(tc.kfake, "sink", password),
+				kfake.SeedTopics(partitions, topic))
+			open := func(t *testing.T, target, pass string) *Target {
+				t.Helper()
+				tr, err := kafkaconn.Transport(config.KafkaAuth{TLS: config.TLS{CAFile: caFile},
+					SASL: config.KafkaSASL{Mechanism: tc.mechanism, User: "sink", Password: config.Opaque(pass)}}, "test", 5*time.Second)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(tr.CloseIdleConnections)
+				tg, err := Open(lt.Ctx(t), Spec{Pipeline: "p", Target: target, Brokers: c.ListenAddrs(), Topic: topic,
+					Timeout: 2 * time.Second, MaxAttempts: 2, Transport: tr, Ledger: pool}, lt.Logger())
+				if err != nil {
+					t.Fatalf("open: %v", err)
+				}
+				t.Cleanup(func() { _ = tg.Close() })
+				return tg
+			}
+			res, err := open(t, "ok_"+topic[8:], password).Apply(lt.Ctx(t), []target.Item{lt.Item(1, lt.Up("1", "a"), lt.Up("2", "b"), lt.Del("3"))})
+			if err != nil {
+				t.Fatalf("apply: %v", err)
+			}
+			if res.Written != 2 || res.Deleted != 1 {
+				t.Fatalf("result %+v, want 2 written and 1 deleted", res)
+			}
+			var n int64
+			for _, p := range c.PartitionInfos(topic) {
+				n += p.HighWatermark - p.LogStartOffset
+			}
+			if n != 3 {
+				t.Fatalf("the topic holds %d records, want 3", n)
+			}
+			_, err = open(t, "bad_"+topic[8:], "not-"+password).Apply(lt.Ctx(t), []target.Item{lt.Item(2, lt.Up("4", "d"))})
+			if err == nil {
+				t.Fatal("a wrong password was accepted")
+			}
+			if strings.Contains(err.Error(), password) {
+				t.Fatalf("the error shows the password: %v", err)
+			}
+		})
 	}
 }
