@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kfake"
+
 	"github.com/oneway-sync/oneway/integration/testenv"
 	"github.com/oneway-sync/oneway/shared/natsbus/bustest"
 	"github.com/oneway-sync/oneway/shared/natsbus/natsembed"
@@ -40,18 +42,32 @@ func TestSecretsNeverLogged(t *testing.T) {
 	const (
 		srcPass  = "Src-Secret-5e1f"
 		dstPass  = "Dst-Secret-77aa"
-		natsPass = "Nats-Secret-90bd"
-		apiToken = "Api-Secret-c3c3"
+		natsPass  = "Nats-Secret-90bd"
+		apiToken  = "Api-Secret-c3c3"
+		sinkPass  = "Sink-Secret-4b07"
+		kafkaPass = "Kafka-Secret-d2e9"
 	)
-	secrets := []string{srcPass, dstPass, natsPass, apiToken, url.QueryEscape(srcPass)}
+	secrets := []string{srcPass, dstPass, natsPass, apiToken, sinkPass, kafkaPass, url.QueryEscape(srcPass)}
 	src := testenv.Connect(t, pgtest.NewDatabase(t))
 	src.Exec(t, testenv.InvoicesDDL)
 	testenv.SeedInvoices(t, src, 1, 200)
 	srcURL := withPassword(t, src.URL, "oneway_src_secret", srcPass)
 	dstURL := withPassword(t, pgtest.NewDatabase(t), "oneway_dst_secret", dstPass)
 	_, natsURL := bustest.StartJetStreamWith(t, natsembed.Options{User: "svc", Password: natsPass})
+	// A NATS target and a Kafka target, each behind its own login.
+	_, sinkURL := bustest.StartJetStreamWith(t, natsembed.Options{User: "sink", Password: sinkPass})
+	kafka, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "invoices-out"), kfake.EnableSASL(),
+		kfake.Superuser("SCRAM-SHA-256", "producer", kafkaPass))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(kafka.Close)
 
-	write := func(name, targetURL, natsPassword string) string {
+	write := func(name, targetURL, natsPassword string, sinkKafkaPass ...string) string {
+		sinkPassword, kafkaPassword := sinkPass, kafkaPass
+		if len(sinkKafkaPass) == 2 {
+			sinkPassword, kafkaPassword = sinkKafkaPass[0], sinkKafkaPass[1]
+		}
 		path := filepath.Join(t.TempDir(), name)
 		writeFile(t, path, fmt.Sprintf(`pipeline: invoices
 nats:
@@ -78,12 +94,29 @@ targets:
       headers:
         - name: Authorization
           value: "Bearer %s"
-`, natsURL, natsPassword, srcURL, targetURL, dstURL, apiToken))
+  - name: bus
+    kind: nats
+    url: %q
+    ledger_url: %q
+    nats:
+      subject: out.invoices
+      user: sink
+      password: %q
+  - name: topic
+    kind: kafka
+    url: %q
+    ledger_url: %q
+    kafka:
+      topic: invoices-out
+      sasl: {mechanism: scram-sha-256, user: producer, password: %q}
+`, natsURL, natsPassword, srcURL, targetURL, dstURL, apiToken, sinkURL, dstURL, sinkPassword,
+			strings.Join(kafka.ListenAddrs(), ","), dstURL, kafkaPassword))
 		return path
 	}
 	good := write("good.yaml", dstURL, natsPass)
 	badTarget := write("bad-target.yaml", strings.Replace(dstURL, "127.0.0.1", "127.0.0.1:1", 1), natsPass)
 	badNATS := write("bad-nats.yaml", dstURL, "wrong-"+natsPass)
+	badSinks := write("bad-sinks.yaml", dstURL, natsPass, "wrong-"+sinkPass, "wrong-"+kafkaPass)
 
 	var outputs []string
 	run := func(timeout time.Duration, args ...string) testenv.Result {
@@ -111,6 +144,12 @@ targets:
 	}
 	if r := run(2*time.Minute, "dlq", "list", "--config", badNATS); r.Code == 0 {
 		t.Error("dlq list with a wrong NATS password exited 0")
+	}
+	// The sinks' logins, wrong: verify reads each back and fails.
+	for _, target := range []string{"bus", "topic"} {
+		if r := run(2*time.Minute, "verify", "--config", badSinks, "--target", target); r.Code == 0 {
+			t.Errorf("verify of target %s with a wrong password exited 0", target)
+		}
 	}
 	for _, out := range outputs {
 		for _, s := range secrets {
