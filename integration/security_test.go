@@ -40,8 +40,8 @@ func withPassword(t *testing.T, dbURL, role, password string) string {
 // header — at debug level, including failing runs, and greps all output.
 func TestSecretsNeverLogged(t *testing.T) {
 	const (
-		srcPass  = "Src-Secret-5e1f"
-		dstPass  = "Dst-Secret-77aa"
+		srcPass   = "Src-Secret-5e1f"
+		dstPass   = "Dst-Secret-77aa"
 		natsPass  = "Nats-Secret-90bd"
 		apiToken  = "Api-Secret-c3c3"
 		sinkPass  = "Sink-Secret-4b07"
