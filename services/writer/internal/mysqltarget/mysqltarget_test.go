@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand"
 	"net"
@@ -22,6 +21,7 @@ import (
 	"github.com/oneway-sync/oneway/shared/errs"
 	"github.com/oneway-sync/oneway/shared/event"
 	"github.com/oneway-sync/oneway/shared/testkit/mysqltest"
+	"github.com/oneway-sync/oneway/shared/testkit/netproxy"
 )
 
 // ---- helpers ---------------------------------------------------------------
@@ -701,53 +701,6 @@ func TestConcurrentFirstBatchesCreateTheTable(t *testing.T) {
 
 // ---- outages ---------------------------------------------------------------
 
-// proxy forwards TCP connections to addr until closed; close also cuts
-// the connections in flight, as a crashed server or a cut network would.
-type proxy struct {
-	ln    net.Listener
-	mu    sync.Mutex
-	conns []net.Conn
-}
-
-func startProxy(t *testing.T, addr string) *proxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{ln: ln}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", addr)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, s)
-			p.mu.Unlock()
-			go func() { _, _ = io.Copy(s, c); s.Close() }()
-			go func() { _, _ = io.Copy(c, s); c.Close() }()
-		}
-	}()
-	t.Cleanup(p.close)
-	return p
-}
-
-func (p *proxy) close() {
-	p.ln.Close()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
-
 func TestOutageIsUnavailable(t *testing.T) {
 	t.Parallel()
 	dsn := mysqltest.NewDatabase(t)
@@ -755,17 +708,19 @@ func TestOutageIsUnavailable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := startProxy(t, cfg.Addr)
-	cfg.Addr = p.ln.Addr().String()
+	// Closing the proxy cuts the connections in flight, as a crashed
+	// server or a cut network would, and refuses new ones.
+	p := netproxy.Start(t, cfg.Addr)
+	cfg.Addr = p.Addr()
 	tg := openTarget(t, defaultSpec(cfg.FormatDSN()))
 	apply(t, tg, item(1, up("1", "a", "1.00")))
-	p.close()
+	_ = p.Close()
 	_, err = tg.Apply(testCtx(t), []Item{item(2, up("1", "b", "1.00"))})
 	if err == nil || !errs.IsUnavailable(err) {
 		t.Fatalf("apply with the server gone: want Unavailable, got %v", err)
 	}
 	// A server that cannot be reached at all.
-	cfg.Addr = p.ln.Addr().String() // closed: connection refused
+	cfg.Addr = p.Addr() // closed: connection refused
 	cfg.Timeout = 2 * time.Second
 	_, err = Open(testCtx(t), defaultSpec(cfg.FormatDSN()), nil)
 	if err == nil || !errs.IsUnavailable(err) {
