@@ -5,7 +5,6 @@ package kafkaconn
 
 import (
 	"crypto/tls"
-	"fmt"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -55,13 +54,4 @@ func Transport(a config.KafkaAuth, clientID string, dialTimeout time.Duration) (
 		return nil, err
 	}
 	return &kafka.Transport{ClientID: clientID, DialTimeout: dialTimeout, TLS: tlsCfg, SASL: mech}, nil
-}
-
-// Dialer is a kafka-go Dialer (for a Reader) with a's TLS and SASL.
-func Dialer(a config.KafkaAuth, clientID string) (*kafka.Dialer, error) {
-	tlsCfg, mech, err := Settings(a)
-	if err != nil {
-		return nil, fmt.Errorf("kafka dialer: %w", err)
-	}
-	return &kafka.Dialer{ClientID: clientID, Timeout: 10 * time.Second, DualStack: true, TLS: tlsCfg, SASLMechanism: mech}, nil
 }

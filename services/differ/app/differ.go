@@ -337,12 +337,8 @@ func (d *Differ) handle(ctx context.Context, msgs []jetstream.Msg) error {
 			}
 		}
 		slices.Sort(keys)
-		for len(keys) > 0 {
-			n := min(len(keys), chunk)
-			if err := d.diffKeys(ctx, ts, keys[:n], &acks); err != nil {
-				return err
-			}
-			keys = keys[n:]
+		if err := d.diffKeys(ctx, ts, keys, &acks); err != nil {
+			return err
 		}
 	}
 	// The pushes of every chunk are acked together: they were published
@@ -355,9 +351,21 @@ func (d *Differ) handle(ctx context.Context, msgs []jetstream.Msg) error {
 	return nil
 }
 
-// diffKeys joins keys of one target and acts on them, appending the acks
-// of its pushes to acks.
+// diffKeys joins keys (in key order, any number) of one target chunk by
+// chunk and acts on them, appending the acks of its pushes to acks.
 func (d *Differ) diffKeys(ctx context.Context, ts *targetState, keys []string, acks *[]jetstream.PubAckFuture) error {
+	for len(keys) > 0 {
+		n := min(len(keys), chunk)
+		if err := d.diffChunk(ctx, ts, keys[:n], acks); err != nil {
+			return err
+		}
+		keys = keys[n:]
+	}
+	return nil
+}
+
+// diffChunk is diffKeys of at most chunk keys, under ts.mu.
+func (d *Differ) diffChunk(ctx context.Context, ts *targetState, keys []string, acks *[]jetstream.PubAckFuture) error {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	var pairs []stage.Pair
@@ -1081,12 +1089,8 @@ func (d *Differ) recheck(ctx context.Context, ts *targetState) error {
 	ts.mu.Unlock()
 	slices.Sort(keys)
 	var acks []jetstream.PubAckFuture
-	for len(keys) > 0 {
-		n := min(len(keys), chunk)
-		if err := d.diffKeys(ctx, ts, keys[:n], &acks); err != nil {
-			return err
-		}
-		keys = keys[n:]
+	if err := d.diffKeys(ctx, ts, keys, &acks); err != nil {
+		return err
 	}
 	if err := natsbus.WaitAcks(ctx, acks); err != nil {
 		return fmt.Errorf("push to target %s: %w", ts.cfg.Name, err)
@@ -1262,12 +1266,8 @@ func (d *Differ) scanTarget(ctx context.Context, ts *targetState) error {
 	}
 	// Few enough: push them as the incremental path does, from the state
 	// they are in now.
-	for len(deleteKeys) > 0 {
-		n := min(len(deleteKeys), chunk)
-		if err := d.diffKeys(ctx, ts, deleteKeys[:n], &acks); err != nil {
-			return err
-		}
-		deleteKeys = deleteKeys[n:]
+	if err := d.diffKeys(ctx, ts, deleteKeys, &acks); err != nil {
+		return err
 	}
 	if err := natsbus.WaitAcks(ctx, acks); err != nil {
 		return fmt.Errorf("push deletes to target %s: %w", t, err)
