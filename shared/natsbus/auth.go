@@ -1,7 +1,7 @@
 package natsbus
 
 import (
-	"crypto/tls"
+	"fmt"
 
 	"github.com/nats-io/nats.go"
 
@@ -31,14 +31,10 @@ func AuthOptions(n config.NATSAuth) []nats.Option {
 	if n.InboxPrefix != "" {
 		opts = append(opts, nats.CustomInboxPrefix(n.InboxPrefix))
 	}
-	if n.TLS.Enabled() {
-		opts = append(opts, nats.Secure(&tls.Config{MinVersion: tls.VersionTLS12}))
-		if n.TLS.CAFile != "" {
-			opts = append(opts, nats.RootCAs(n.TLS.CAFile))
-		}
-		if n.TLS.CertFile != "" {
-			opts = append(opts, nats.ClientCert(n.TLS.CertFile, n.TLS.KeyFile))
-		}
+	if tlsCfg, err := n.TLS.ClientConfig(); err != nil {
+		opts = append(opts, func(*nats.Options) error { return fmt.Errorf("nats TLS: %w", err) })
+	} else if tlsCfg != nil {
+		opts = append(opts, nats.Secure(tlsCfg))
 	}
 	return opts
 }
