@@ -9,6 +9,7 @@ import (
 
 	"github.com/oneway-sync/oneway/shared/config"
 	"github.com/oneway-sync/oneway/shared/natsbus"
+	"github.com/oneway-sync/oneway/shared/procs"
 	"github.com/oneway-sync/oneway/shared/runner"
 	"github.com/oneway-sync/oneway/shared/telemetry"
 )
@@ -62,7 +63,8 @@ func ServiceCommand(name, short string, build func(d Deps) ([]runner.Component, 
 			}
 			defer b.Close()
 			metrics, health := telemetry.NewMetrics(Version, Commit()), telemetry.NewHealth()
-			var comps []runner.Component
+			// One P while one core is enough: see package procs.
+			comps := []runner.Component{procs.New(log)}
 			for _, cfg := range ps {
 				d := Deps{Config: cfg, Bus: b, Log: base.With("pipeline", cfg.Pipeline), Metrics: metrics, Health: health}
 				c, err := build(d)
@@ -79,7 +81,7 @@ func ServiceCommand(name, short string, build func(d Deps) ([]runner.Component, 
 				if err := srv.Start(); err != nil {
 					return Exit(ExitUsage, err)
 				}
-				comps = append([]runner.Component{srv}, comps...)
+				comps = append([]runner.Component{comps[0], srv}, comps[1:]...)
 			}
 			return runner.Run(ctx, log, stopTimeout, comps...)
 		},

@@ -24,6 +24,7 @@ import (
 	"github.com/oneway-sync/oneway/shared/config"
 	"github.com/oneway-sync/oneway/shared/natsbus"
 	"github.com/oneway-sync/oneway/shared/natsbus/natsembed"
+	"github.com/oneway-sync/oneway/shared/procs"
 	"github.com/oneway-sync/oneway/shared/runner"
 	"github.com/oneway-sync/oneway/shared/stage"
 	"github.com/oneway-sync/oneway/shared/stage/stagedb"
@@ -164,7 +165,8 @@ func runUpAll(parent context.Context, cfgs []*config.Pipeline, o upOptions, log 
 
 	metrics := telemetry.NewMetrics(cli.Version, cli.Commit())
 	health := telemetry.NewHealth()
-	var components []runner.Component
+	// One P while one core is enough: see package procs.
+	components := []runner.Component{procs.New(log)}
 	srv, err := startAdmin(o.adminAddr, first.Admin.Addr, metrics, health, log)
 	if err != nil {
 		return err
