@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -92,6 +93,16 @@ func TestStatusJSONAndCommand(t *testing.T) {
 	}
 	if s.Pipeline != "invoices" || s.Reader.Phase != "watermark" || s.Targets[0].Name != "pg" || s.Targets[0].DeadLetters != 0 {
 		t.Fatalf("unexpected status: %+v", s)
+	}
+	// The cores rule (shared/procs): a quiet `oneway up` runs on one P,
+	// which /metrics shows.
+	if _, set := os.LookupEnv("GOMAXPROCS"); !set && runtime.NumCPU() > 1 {
+		testenv.WaitFor(t, 30*time.Second, func() error {
+			if body := httpGet(t, base+"/metrics"); !strings.Contains(body, "\ngo_sched_gomaxprocs_threads 1\n") {
+				return fmt.Errorf("/metrics: %s, want 1 while quiet", lastLine(body, "go_sched_gomaxprocs_threads"))
+			}
+			return nil
+		})
 	}
 	r := testenv.Run(t, time.Minute, "oneway", "status", "--url", base)
 	if r.Code != 0 || !strings.Contains(r.Stdout, "pipeline invoices") || !strings.Contains(r.Stdout, "reader: active, watermark") {

@@ -24,46 +24,47 @@ import (
 	"time"
 )
 
-// Governor switches GOMAXPROCS between 1 and Max by the CPU the process
-// used. Build it with New and set its fields before Run; Run it once, for
+// Governor switches GOMAXPROCS between 1 and the runtime's default (all
+// the cores, or the container's CPU limit) by the CPU the process used. Build it with New and set its fields before Run; Run it once, for
 // the life of the process. Nothing else in the process may set GOMAXPROCS
 // meanwhile.
 //
 // The rule, checked every Interval:
-//   - on one P, it raises to Max when the process used at least RaiseAt
-//     cores over the last RaiseWindow (one P is saturated);
-//   - on Max Ps, it lowers to one when it used at most LowerAt cores in
+//   - on one P, it raises to the default when the process used at least
+//     RaiseAt cores over the last RaiseWindow (one P is saturated);
+//   - on more, it lowers to one when it used at most LowerAt cores in
 //     every interval of the last LowerWindow (a burst keeps every core).
 //
 // Only samples taken since the last switch count, so each level is judged
 // by what the process did on it, and a switch is followed by at least one
 // window at its new level.
 type Governor struct {
-	Max         int
 	Interval    time.Duration
 	RaiseAt     float64
 	RaiseWindow time.Duration
 	LowerAt     float64
 	LowerWindow time.Duration
 
+	all int                          // the runtime's default, as last set
 	cpu func() (time.Duration, bool) // process CPU time (user+system); false when unknown
 	set func(n int) int              // sets GOMAXPROCS to n (0: the runtime's default) and returns it
 	log *slog.Logger
 }
 
-// New returns a Governor with the defaults (Max = the runtime's GOMAXPROCS
-// now, sampling every 500 ms, raise at 0.8 cores over 1 s, lower at 0.5
-// cores over 5 s). log may be nil.
+// New returns a Governor with the defaults: sampling every 500 ms, raise
+// at 0.8 cores over 1 s, lower at 0.8 cores in every interval of 5 s (a
+// pipeline's hand-offs cost more CPU on several Ps than on one, so a load
+// that fits one P measures below a P's worth there too). log may be nil.
 func New(log *slog.Logger) *Governor {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Governor{
-		Max:         runtime.GOMAXPROCS(0),
+		all:         runtime.GOMAXPROCS(0),
 		Interval:    500 * time.Millisecond,
 		RaiseAt:     0.8,
 		RaiseWindow: time.Second,
-		LowerAt:     0.5,
+		LowerAt:     0.8,
 		LowerWindow: 5 * time.Second,
 		cpu:         processCPU,
 		set:         setProcs,
@@ -79,7 +80,7 @@ func (g *Governor) Enabled() bool {
 		return false
 	}
 	_, ok := g.cpu()
-	return g.Max > 1 && ok
+	return g.all > 1 && ok
 }
 
 // Name implements runner.Component.
@@ -94,7 +95,7 @@ func (g *Governor) Run(ctx context.Context) error {
 	}
 	defer g.set(0)
 	cur := g.set(1)
-	g.log.Debug("gomaxprocs", "procs", cur, "max", g.Max)
+	g.log.Debug("gomaxprocs", "procs", cur, "max", g.all)
 	t := time.NewTicker(g.Interval)
 	defer t.Stop()
 	var used []float64 // cores used per interval since the last switch
@@ -104,17 +105,18 @@ func (g *Governor) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case now := <-t.C:
+		case <-t.C:
 			c, _ := g.cpu()
+			now := time.Now()
 			if wall := now.Sub(lastAt); wall > 0 {
 				used = append(used, float64(c-last)/float64(wall))
 			}
 			last, lastAt = c, now
 			if next := g.decide(cur, used); next != cur {
-				g.log.Debug("gomaxprocs", "procs", next, "max", g.Max, "cores_used", used[len(used)-1])
-				if next == g.Max {
-					next = g.set(0) // the runtime's default follows CPU limits
-					g.Max = next
+				g.log.Debug("gomaxprocs", "procs", next, "max", g.all, "cores_used", used[len(used)-1])
+				if next == g.all {
+					next = g.set(0) // the default follows CPU limits that changed meanwhile
+					g.all = next
 				} else {
 					next = g.set(next)
 				}
@@ -133,7 +135,7 @@ func (g *Governor) decide(cur int, used []float64) int {
 	if cur == 1 {
 		n := g.samples(true)
 		if len(used) >= n && mean(used[len(used)-n:]) >= g.RaiseAt {
-			return g.Max
+			return g.all
 		}
 		return 1
 	}

@@ -23,7 +23,7 @@ func unsetGOMAXPROCS(t *testing.T) {
 
 func testGovernor() *Governor {
 	g := New(nil)
-	g.Max = 4
+	g.all = 4
 	g.Interval = 100 * time.Millisecond
 	g.RaiseWindow = 200 * time.Millisecond // 2 samples
 	g.LowerWindow = 500 * time.Millisecond // 5 samples
@@ -42,12 +42,14 @@ func TestDecide(t *testing.T) {
 		{"one P kept busy raises", 1, []float64{0.1, 0.9, 0.85}, 4},
 		{"one P at the threshold raises", 1, []float64{0.8, 0.8}, 4},
 		{"one P half busy stays", 1, []float64{0.5, 0.6, 0.7, 0.75}, 1},
+		{"one P just below the threshold stays", 1, []float64{0.79, 0.79}, 1},
 		{"one P, a busy sample then an idle one stays", 1, []float64{1.0, 0.2}, 1},
 		{"all Ps, a short quiet spell stays", 4, []float64{0.1, 0.1, 0.1, 0.1}, 4},
 		{"all Ps, quiet for the window lowers", 4, []float64{1.8, 0.4, 0.5, 0.3, 0.2, 0.1}, 1},
+		{"all Ps, under a P's worth for the window lowers", 4, []float64{0.8, 0.7, 0.75, 0.6, 0.8}, 1},
 		{"all Ps, busy in the window stays", 4, []float64{0.1, 0.1, 0.1, 0.1, 1.9}, 4},
-		{"all Ps, just above the threshold stays", 4, []float64{0.55, 0.55, 0.55, 0.55, 0.55}, 4},
-		{"all Ps, one interval above the threshold stays", 4, []float64{0.1, 0.1, 0.6, 0.1, 0.1}, 4},
+		{"all Ps, just above the threshold stays", 4, []float64{0.85, 0.85, 0.85, 0.85, 0.85}, 4},
+		{"all Ps, one interval above the threshold stays", 4, []float64{0.1, 0.1, 0.9, 0.1, 0.1}, 4},
 	}
 	g := testGovernor()
 	for _, tc := range tests {
