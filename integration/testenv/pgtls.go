@@ -2,14 +2,7 @@ package testenv
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -21,6 +14,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/oneway-sync/oneway/shared/testkit/testca"
 )
 
 // PGBinDir is where the PostgreSQL 15 server binaries are; set
@@ -68,14 +63,14 @@ func StartTLSPostgres(t testing.TB) *TLSPostgres {
 	}
 	t.Cleanup(func() { _ = os.RemoveAll(dir) })
 
-	ca, caKey := newCA(t, "oneway test CA")
-	other, _ := newCA(t, "some other CA")
-	p := &TLSPostgres{CAFile: filepath.Join(dir, "ca.crt"), OtherCAFile: filepath.Join(dir, "other-ca.crt")}
-	writePEM(t, p.CAFile, "CERTIFICATE", ca.Raw, 0o644)
-	writePEM(t, p.OtherCAFile, "CERTIFICATE", other.Raw, 0o644)
-	certDER, keyDER := serverCert(t, ca, caKey)
-	writePEM(t, filepath.Join(dir, "server.crt"), "CERTIFICATE", certDER, 0o644)
-	writePEM(t, filepath.Join(dir, "server.key"), "EC PRIVATE KEY", keyDER, 0o600)
+	p := &TLSPostgres{}
+	var certFile, keyFile string
+	p.CAFile, certFile, keyFile = testca.Files(t, dir)
+	otherDir := filepath.Join(dir, "other")
+	if err := os.Mkdir(otherDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p.OtherCAFile, _ = testca.New(t, otherDir)
 	if err := os.WriteFile(filepath.Join(dir, "pwfile"), []byte("postgres\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +121,7 @@ func StartTLSPostgres(t testing.TB) *TLSPostgres {
 	p.Port = freeTCPPort(t)
 	opts := fmt.Sprintf("-c port=%d -c listen_addresses=127.0.0.1 -c unix_socket_directories=%s -c ssl=on "+
 		"-c ssl_cert_file=%s -c ssl_key_file=%s -c fsync=off -c shared_buffers=16MB -c max_connections=50",
-		p.Port, dir, filepath.Join(dir, "server.crt"), filepath.Join(dir, "server.key"))
+		p.Port, dir, certFile, keyFile)
 	run("pg_ctl", "-D", data, "-w", "-t", "60", "-l", filepath.Join(dir, "server.log"), "-o", opts, "start")
 	t.Cleanup(func() {
 		cmd := exec.Command(filepath.Join(bin, "pg_ctl"), "-D", data, "-m", "immediate", "-w", "stop")
@@ -159,66 +154,4 @@ func freeTCPPort(t testing.TB) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
-}
-
-func newCA(t testing.TB, name string) (*x509.Certificate, *ecdsa.PrivateKey) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert, key
-}
-
-// serverCert is a certificate for 127.0.0.1 and localhost signed by ca,
-// and its key (SEC 1 DER).
-func serverCert(t testing.TB, ca *x509.Certificate, caKey *ecdsa.PrivateKey) (cert, key []byte) {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: "localhost"},
-		DNSNames:     []string{"localhost"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	cert, err = x509.CreateCertificate(rand.Reader, tmpl, ca, &k.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err = x509.MarshalECPrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert, key
-}
-
-func writePEM(t testing.TB, path, typ string, der []byte, mode os.FileMode) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), mode); err != nil {
-		t.Fatal(err)
-	}
 }

@@ -63,8 +63,7 @@ func ServiceCommand(name, short string, build func(d Deps) ([]runner.Component, 
 			}
 			defer b.Close()
 			metrics, health := telemetry.NewMetrics(Version, Commit()), telemetry.NewHealth()
-			// One P while one core is enough: see package procs.
-			comps := []runner.Component{procs.New(log)}
+			var comps []runner.Component
 			for _, cfg := range ps {
 				d := Deps{Config: cfg, Bus: b, Log: base.With("pipeline", cfg.Pipeline), Metrics: metrics, Health: health}
 				c, err := build(d)
@@ -81,9 +80,10 @@ func ServiceCommand(name, short string, build func(d Deps) ([]runner.Component, 
 				if err := srv.Start(); err != nil {
 					return Exit(ExitUsage, err)
 				}
-				comps = append([]runner.Component{comps[0], srv}, comps[1:]...)
+				comps = append([]runner.Component{srv}, comps...)
 			}
-			return runner.Run(ctx, log, stopTimeout, comps...)
+			// One P while one core is enough: see package procs.
+			return runner.Run(ctx, log, stopTimeout, append([]runner.Component{procs.New(log)}, comps...)...)
 		},
 	}
 	f.Bind(run)
