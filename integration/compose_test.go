@@ -70,7 +70,8 @@ func hostPath(svc types.ServiceConfig, inContainer string) string {
 // Docker engine: each oneway service's Dockerfile exists and builds that
 // service as a static non-root binary, its command, flags and healthcheck
 // are ones the binary accepts, its environment satisfies the pipeline file
-// it mounts, and writers can be scaled.
+// it mounts and logs it in to NATS as its user of the server's config, and
+// writers can be scaled.
 func TestComposeFile(t *testing.T) {
 	p := loadCompose(t)
 	for _, name := range []string{"nats", "postgres", "seeder", "reader", "readback", "stager", "differ", "writer", "status", "oneway"} {
@@ -78,6 +79,7 @@ func TestComposeFile(t *testing.T) {
 			t.Errorf("docker-compose.yml: service %s: %v", name, err)
 		}
 	}
+	users := serverUsers(t, natsConfOf(t, p), composeEnv(t, p, "nats"))
 	for _, name := range composeServices {
 		t.Run(name, func(t *testing.T) {
 			svc, err := p.GetService(name)
@@ -133,9 +135,11 @@ func TestComposeFile(t *testing.T) {
 			if path == "" {
 				t.Fatalf("ONEWAY_CONFIG %s is not under a bind mount", *cfg)
 			}
-			for k, v := range svc.Environment {
-				if v != nil && k != "ONEWAY_CONFIG" {
-					t.Setenv(k, *v)
+			env := composeEnv(t, p, name)
+			checkNATSUser(t, users, env, composeNATSUser[name])
+			for k, v := range env {
+				if k != "ONEWAY_CONFIG" {
+					t.Setenv(k, v)
 				}
 			}
 			if r := testenv.Run(t, time.Minute, bin, "config", "validate", "--config", path); r.Code != 0 {
@@ -149,17 +153,69 @@ func TestComposeFile(t *testing.T) {
 	}
 }
 
+// composeNATSUser is the NATS user of deploy/nats/permissions.conf each of
+// oneway's compose services logs in as.
+var composeNATSUser = map[string]string{"reader": "reader", "readback": "reader", "stager": "stager", "differ": "differ",
+	"writer": "writer", "status": "status", "oneway": "operator"}
+
+// composeEnv is the environment of a compose service (variables the file
+// leaves unset take the file's defaults).
+func composeEnv(t *testing.T, p *types.Project, name string) map[string]string {
+	t.Helper()
+	svc, err := p.GetService(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{}
+	for k, v := range svc.Environment {
+		if v != nil {
+			env[k] = *v
+		}
+	}
+	return env
+}
+
+// natsConfOf is the host path of the config file the compose file's NATS
+// server runs (its command's -c, under a bind mount).
+func natsConfOf(t *testing.T, p *types.Project) string {
+	t.Helper()
+	svc, err := p.GetService("nats")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := []string(svc.Command)
+	if len(cmd) != 2 || cmd[0] != "-c" {
+		t.Fatalf("nats command %v: want -c and the config file", cmd)
+	}
+	path := hostPath(svc, cmd[1])
+	if path == "" {
+		t.Fatalf("nats config %s is not under a bind mount", cmd[1])
+	}
+	return path
+}
+
 // TestComposeStackAsProcesses runs the compose stack's services as local
 // processes with the compose file's own commands and environment — hosts
 // rewritten to a 3-node JetStream cluster and fresh PostgreSQL databases loaded
 // like the postgres container's init script — in staged mode (reader, the
 // target's read-back, stager, differ) with three writers, while the demo simulator changes the
-// System of Record; `oneway verify` then exits 0.
+// System of Record; `oneway verify` then exits 0. Each service logs in as its
+// own NATS user, and the servers refuse nothing.
 func TestComposeStackAsProcesses(t *testing.T) {
 	p := loadCompose(t)
 	// The compose file's single NATS service becomes a 3-node JetStream
-	// cluster of built nats-server processes (deploy/nats/cluster.conf).
-	natsURL := testenv.StartNATSCluster(t).URLs()
+	// cluster of built nats-server processes with the same users
+	// (deploy/nats/cluster-auth.conf, which includes the permissions.conf
+	// of the compose file's server.conf), their passwords from the compose
+	// file's NATS environment.
+	if conf, err := os.ReadFile(natsConfOf(t, p)); err != nil || !strings.Contains(string(conf), "include ./permissions.conf") {
+		t.Fatalf("the compose NATS server's config does not include permissions.conf (%v)", err)
+	}
+	for k, v := range composeEnv(t, p, "nats") {
+		t.Setenv(k, v)
+	}
+	cluster := testenv.StartNATSClusterFrom(t, "cluster-auth.conf")
+	natsURL := cluster.URLs()
 	dbs := map[string]string{
 		"oneway_demo_source": pgtest.NewDatabase(t),
 		"oneway_demo_target": pgtest.NewDatabase(t),
@@ -169,36 +225,38 @@ func TestComposeStackAsProcesses(t *testing.T) {
 	psql(t, dbs["oneway_demo_source"], "-f", filepath.Join(examples, "invoices-source.sql"))
 	psql(t, dbs["oneway_demo_target"], "-f", filepath.Join(examples, "invoices-target.sql"))
 
-	// The services share one environment (x-oneway-env).
-	reader, _ := p.GetService("reader")
-	var configPath string
-	for k, v := range reader.Environment {
-		if v == nil {
-			continue
-		}
-		val := *v
-		switch {
-		case k == "ONEWAY_CONFIG":
-			configPath = hostPath(reader, val)
-			val = configPath
-		case strings.HasPrefix(val, "nats://"):
-			val = natsURL
-		case strings.HasPrefix(val, "postgres://"):
-			u, err := url.Parse(val)
-			if err != nil {
-				t.Fatalf("%s: %v", k, err)
+	// useEnv sets a service's environment (each has its own NATS user),
+	// hosts rewritten, and returns the host path of its pipeline file. A
+	// process started next inherits it.
+	useEnv := func(name string) string {
+		svc, _ := p.GetService(name)
+		var configPath string
+		for k, val := range composeEnv(t, p, name) {
+			switch {
+			case k == "ONEWAY_CONFIG":
+				configPath = hostPath(svc, val)
+				val = configPath
+			case strings.HasPrefix(val, "nats://"):
+				val = natsURL
+			case strings.HasPrefix(val, "postgres://"):
+				u, err := url.Parse(val)
+				if err != nil {
+					t.Fatalf("%s: %v", k, err)
+				}
+				db, ok := dbs[strings.TrimPrefix(u.Path, "/")]
+				if !ok {
+					t.Fatalf("%s names database %s, which the init script does not create", k, u.Path)
+				}
+				val = db
 			}
-			db, ok := dbs[strings.TrimPrefix(u.Path, "/")]
-			if !ok {
-				t.Fatalf("%s names database %s, which the init script does not create", k, u.Path)
-			}
-			val = db
+			t.Setenv(k, val)
 		}
-		t.Setenv(k, val)
+		t.Setenv("ONEWAY_LOG_FORMAT", "text")
+		return configPath
 	}
-	t.Setenv("ONEWAY_LOG_FORMAT", "text")
 
 	start := func(name string) string {
+		useEnv(name)
 		svc, _ := p.GetService(name)
 		bin := binaryOf(svc)
 		args := slices.Clone([]string(svc.Command))
@@ -239,6 +297,8 @@ func TestComposeStackAsProcesses(t *testing.T) {
 	for range 5 {
 		psql(t, dbs["oneway_demo_source"], "-c", sim)
 	}
+	// docker compose run --rm oneway verify
+	configPath := useEnv("oneway")
 	testenv.WaitFor(t, 2*time.Minute, func() error {
 		if r := testenv.Run(t, time.Minute, "oneway", "verify", "--config", configPath); r.Code != 0 {
 			return fmt.Errorf("verify exit %d: %s%s", r.Code, r.Stdout, r.Stderr)
@@ -259,6 +319,12 @@ func TestComposeStackAsProcesses(t *testing.T) {
 	dst := testenv.Connect(t, dbs["oneway_demo_target"])
 	if n := dst.Int(t, "SELECT count(*) FROM public.invoices"); n < 50050 {
 		t.Fatalf("target has %d invoices, want the 50,000 seeded plus 50 simulated", n)
+	}
+	// Each service did its work as its own user, refused nothing.
+	for _, line := range strings.Split(cluster.Log(), "\n") {
+		if strings.Contains(line, "Violation") {
+			t.Errorf("NATS refused a service: %s", line)
+		}
 	}
 }
 

@@ -83,8 +83,10 @@ func parseYAMLDocs(t *testing.T, path string) []obj {
 // TestKubernetesManifests validates deploy/kustomization.yaml and k8s/ without a cluster: the
 // objects, their required fields, probes on the services' own endpoints,
 // resources, container args the binaries accept, the pipeline file loading
-// with the Deployment's environment, and KEDA's ScaledObject pointing at
-// the writer's real stream and durable consumer.
+// with the Deployment's environment, each service logging in to NATS as its
+// user of the file the NATS pods run (with the password both read from
+// the same Secret), and KEDA's ScaledObject pointing at the writer's real
+// stream and durable consumer.
 func TestKubernetesManifests(t *testing.T) {
 	dir := filepath.Join(repoRoot(), "deploy")
 	kust, objs := loadManifests(t, dir)
@@ -109,7 +111,73 @@ func TestKubernetesManifests(t *testing.T) {
 			}
 		}
 	}
-	secret := parseYAMLDocs(t, filepath.Join(dir, "k8s", "secret.example.yaml"))[0]
+	secrets := map[string]obj{} // by name: stringData
+	for _, sec := range parseYAMLDocs(t, filepath.Join(dir, "k8s", "secret.example.yaml")) {
+		secrets[sec.str("metadata", "name")] = asObj(sec.get("stringData"))
+	}
+	// podEnv is a container's environment as its pod would see it, with the
+	// example Secrets' values and fieldRef as nats-0's.
+	podEnv := func(t *testing.T, c obj) map[string]string {
+		env := map[string]string{}
+		for _, ref := range asList(c.get("envFrom")) {
+			name := asObj(ref).str("secretRef", "name")
+			sec, ok := secrets[name]
+			if !ok {
+				t.Fatalf("container %s: envFrom names Secret %q, which secret.example.yaml lacks", c.str("name"), name)
+			}
+			for k, v := range sec {
+				env[k] = v.(string)
+			}
+		}
+		for _, e := range asList(c.get("env")) {
+			e := asObj(e)
+			switch {
+			case e.get("valueFrom", "secretKeyRef") != nil:
+				name, key := e.str("valueFrom", "secretKeyRef", "name"), e.str("valueFrom", "secretKeyRef", "key")
+				v, ok := secrets[name][key].(string)
+				if !ok {
+					t.Fatalf("container %s: %s comes from key %s of Secret %s, which secret.example.yaml lacks", c.str("name"), e.str("name"), key, name)
+				}
+				env[e.str("name")] = v
+			case e.get("valueFrom", "fieldRef") != nil:
+				env[e.str("name")] = "nats-0"
+			default:
+				env[e.str("name")] = e.str("value")
+			}
+		}
+		return env
+	}
+	// The NATS users, from the file the NATS pods run with their environment.
+	if len(byKind["StatefulSet"]) != 1 {
+		t.Fatalf("%d StatefulSets, want the one of NATS", len(byKind["StatefulSet"]))
+	}
+	natsC := asObj(asList(byKind["StatefulSet"][0].get("spec", "template", "spec", "containers"))[0])
+	natsFiles := map[string]string{} // in /etc/nats → under deploy/
+	for _, g := range asList(kust.get("configMapGenerator")) {
+		if asObj(g).str("name") == "nats-config" {
+			for _, f := range asList(asObj(g).get("files")) {
+				key, src, _ := strings.Cut(f.(string), "=")
+				natsFiles["/etc/nats/"+key] = filepath.Join(dir, src)
+			}
+		}
+	}
+	natsArgs := asList(natsC.get("args"))
+	if len(natsArgs) != 2 || natsArgs[0] != "-c" || natsFiles[fmt.Sprint(natsArgs[1])] == "" {
+		t.Fatalf("NATS args %v: want -c and a file of the nats-config ConfigMap %v", natsArgs, natsFiles)
+	}
+	// The generator flattens the files into one directory, as include
+	// paths beside each other expect.
+	flat := t.TempDir()
+	for in, src := range natsFiles {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, filepath.Join(flat, filepath.Base(in)), string(b))
+	}
+	users := serverUsers(t, filepath.Join(flat, filepath.Base(fmt.Sprint(natsArgs[1]))), podEnv(t, natsC))
+	// The user each Deployment's service logs in as.
+	natsUser := map[string]string{"reader": "reader", "readback-pg": "reader", "stager": "stager", "differ": "differ", "writer": "writer"}
 
 	pdbSelectors := map[string]bool{}
 	for _, p := range byKind["PodDisruptionBudget"] {
@@ -165,16 +233,13 @@ func TestKubernetesManifests(t *testing.T) {
 					t.Errorf("%s: args %v are not accepted: %s", svc, args, r.Stderr)
 				}
 				// The pipeline file, with the pod's environment.
-				for _, e := range asList(c.get("env")) {
-					e := asObj(e)
-					v := e.str("value")
-					if e.str("name") == "ONEWAY_CONFIG" {
+				env := podEnv(t, c)
+				checkNATSUser(t, users, env, natsUser[o.str("metadata", "name")])
+				for k, v := range env {
+					if k == "ONEWAY_CONFIG" {
 						v = filepath.Join(repoRoot(), "deploy", "examples", filepath.Base(v))
 					}
-					t.Setenv(e.str("name"), v)
-				}
-				for k, v := range asObj(secret.get("stringData")) {
-					t.Setenv(k, v.(string))
+					t.Setenv(k, v)
 				}
 				cfg, err := config.Load(os.Getenv("ONEWAY_CONFIG"))
 				if err != nil {

@@ -56,20 +56,29 @@ type NATSNode struct {
 }
 
 // NATSCluster is a 3-node JetStream cluster of nats-server processes on
-// 127.0.0.1, each started from deploy/nats/cluster.conf.
+// 127.0.0.1, each started from a file of deploy/nats.
 type NATSCluster struct {
 	t         testing.TB
 	bin, conf string
 	Nodes     []*NATSNode
 }
 
-// StartNATSCluster starts three nodes and waits until JetStream has a meta
-// leader. The nodes are killed when the test ends.
+// StartNATSCluster starts three nodes from deploy/nats/cluster.conf and
+// waits until JetStream has a meta leader. The nodes are killed when the
+// test ends.
 func StartNATSCluster(t testing.TB) *NATSCluster {
+	t.Helper()
+	return StartNATSClusterFrom(t, "cluster.conf")
+}
+
+// StartNATSClusterFrom is StartNATSCluster from another file of deploy/nats
+// that includes cluster.conf, such as cluster-auth.conf. The nodes inherit
+// the test's environment (the variables the file reads).
+func StartNATSClusterFrom(t testing.TB, name string) *NATSCluster {
 	t.Helper()
 	bin := NATSServerBin(t)
 	_, file, _, _ := runtime.Caller(0)
-	conf := filepath.Join(filepath.Dir(file), "..", "..", "deploy", "nats", "cluster.conf")
+	conf := filepath.Join(filepath.Dir(file), "..", "..", "deploy", "nats", name)
 	ports := freePorts(t, 9)
 	routes := make([]string, 3)
 	for i := range routes {
@@ -151,6 +160,16 @@ func (c *NATSCluster) URLs() string {
 		urls[i] = n.ClientURL
 	}
 	return strings.Join(urls, ",")
+}
+
+// Log returns what every node has logged since it last started, each
+// node's under a line naming it.
+func (c *NATSCluster) Log() string {
+	var b strings.Builder
+	for _, n := range c.Nodes {
+		fmt.Fprintf(&b, "--- nats-server %s\n%s", n.Name, n.log.String())
+	}
+	return b.String()
 }
 
 // Node returns the node of that server name.
