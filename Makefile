@@ -3,7 +3,9 @@ SHELL := /bin/bash
 BIN := $(CURDIR)/bin
 MODULES := $(shell go list -m -f '{{.Dir}}' 2>/dev/null)
 PROTOC_GEN_GO_VERSION := v1.36.12
-GOTEST_FLAGS ?= -race -count=1 -timeout 15m
+# The timeout is per test binary: integration's takes about 12.5 minutes
+# here, so 15 would leave a slower machine too little room.
+GOTEST_FLAGS ?= -race -count=1 -timeout 25m
 # Tests use this PostgreSQL server (override it, or set it in the environment).
 export ONEWAY_TEST_POSTGRES_URL ?= $(PG_URL)/postgres?sslmode=disable
 
