@@ -235,6 +235,11 @@ func TestKubernetesManifests(t *testing.T) {
 				// The pipeline file, with the pod's environment.
 				env := podEnv(t, c)
 				checkNATSUser(t, users, env, natsUser[o.str("metadata", "name")])
+				for k := range env {
+					if strings.HasPrefix(k, "ONEWAY_NATS_") && strings.HasSuffix(k, "_PASSWORD") && k != "ONEWAY_NATS_PASSWORD" {
+						t.Errorf("%s: the pod gets %s, a NATS user's password that is not its own", svc, k)
+					}
+				}
 				for k, v := range env {
 					if k == "ONEWAY_CONFIG" {
 						v = filepath.Join(repoRoot(), "deploy", "examples", filepath.Base(v))
