@@ -254,6 +254,42 @@ func TestStagedPoliciesAndRepairs(t *testing.T) {
 	}
 }
 
+// A row that a push inserted and that is deleted by hand before the
+// target's read-back reads the table again is recreated: the read-back's
+// list never held it, so only the writer's applied report, which the
+// read-back merges into its next cycle, tells it the row is gone.
+func TestStagedRowDeletedBeforeReadBackSawIt(t *testing.T) {
+	src := testenv.Connect(t, pgtest.NewDatabase(t))
+	src.Exec(t, testenv.InvoicesDDL)
+	testenv.SeedInvoices(t, src, 1, 200)
+	dst := testenv.Connect(t, pgtest.NewDatabase(t))
+	dst.Exec(t, targetDDL)
+	_, natsURL := bustest.StartJetStream(t)
+	// A read-back every 4 s: the delete below lands long before its next
+	// read.
+	cfg := stagedConfig(t, natsURL, src.URL, "", "1h",
+		stagedTarget("a", dst.URL, "4s", "    recreate_deleted: true\n"))
+	testenv.Start(t, "oneway", "up", "--config", cfg, "--data-dir", t.TempDir(), "--admin-addr", "off")
+	testenv.WaitFor(t, time.Minute, func() error { return countIs(dst, 200) })
+	for _, id := range []int{201, 202} {
+		testenv.SeedInvoices(t, src, id, id)
+		testenv.WaitFor(t, time.Minute, func() error { return countIs(dst, int64(id)) })
+		dst.Exec(t, fmt.Sprintf("DELETE FROM public.invoices WHERE id = %d", id))
+		if id == 201 {
+			// 201 is recreated before 202 is pushed: 202's delete is
+			// found by a later cycle, against a list of the loaded rows.
+			testenv.WaitFor(t, time.Minute, func() error { return countIs(dst, 201) })
+		}
+	}
+	testenv.WaitFor(t, time.Minute, func() error {
+		if n := dst.Int(t, "SELECT count(*) FROM public.invoices WHERE id IN (201, 202)"); n != 2 {
+			return fmt.Errorf("%d of the rows 201 and 202 recreated", n)
+		}
+		return nil
+	})
+	mustVerify(t, cfg, 0)
+}
+
 // A target whose trigger trims a string never converges to the source's
 // padded value: the differ pushes that version max_pushes_per_version
 // times, then dead-letters the key naming the column, and pushes it no

@@ -429,11 +429,15 @@ func (r *Reader) newCapture(source capture.Source, store *capture.Store) capture
 	}
 	switch c.Pattern {
 	case config.PatternSynthetic, config.PatternWindow:
-		return &capture.Cycle{Source: source, Layout: layout, Store: store,
+		cyc := &capture.Cycle{Source: source, Layout: layout, Store: store,
 			ObjectName: bus.CaptureObject(r.cfg.Pipeline, r.side.name, "hashes"),
 			Window:     c.Window.Duration, BatchSize: c.BatchSize, Interval: c.PollInterval.Duration,
 			Lookback: c.Lookback.Duration, Log: r.log, Retry: r.retryPolicy(),
 			Published: &publishedOn{js: r.bus.JS, stream: bus.StreamName(r.cfg.Pipeline), subject: r.side.subject}}
+		if r.side.applied != "" {
+			cyc.Reported = &publishedOn{js: r.bus.JS, stream: bus.StreamName(r.cfg.Pipeline), subject: r.side.applied}
+		}
+		return cyc
 	default:
 		return &capture.Watermark{Source: source, Layout: layout, BatchSize: c.BatchSize,
 			Interval: c.PollInterval.Duration, Lookback: c.Lookback.Duration,

@@ -25,6 +25,10 @@ type side struct {
 	src config.Source
 	// subject is where its batches go.
 	subject string
+	// applied is, for a read-back, the target's applied subject, whose
+	// reports a synthetic or window cycle merges (capture.Cycle.Reported);
+	// "" for the source.
+	applied string
 	// service labels its logs, metrics and health: "reader" or
 	// "readback-<t>".
 	service string
@@ -57,7 +61,8 @@ func readbackSide(cfg *config.Pipeline, target string) (side, error) {
 	src := config.Source{Kind: t.Kind, URL: t.URL, Table: t.Table,
 		Key: cfg.Source.Key, Columns: cfg.Source.Columns, Capture: capt}
 	name := "target." + target
-	return side{name: name, src: src, subject: bus.TargetSubject(cfg.Pipeline, target), service: "readback-" + target}, nil
+	return side{name: name, src: src, subject: bus.TargetSubject(cfg.Pipeline, target), service: "readback-" + target,
+		applied: bus.AppliedSubject(cfg.Pipeline, target)}, nil
 }
 
 // origin is the Origin of the side's batches: "source", or "target.<t>".

@@ -125,6 +125,10 @@ type Position struct {
 	// cycle began: every change it did not see has a watermark at or after
 	// it, so a switch to a watermark pattern starts there.
 	DoneBound string `json:"done_bound,omitempty"`
+	// Reported is, for a target's read-back, the stream sequence up to
+	// which the last completed cycle read the writers' applied reports
+	// before its read began (see reported.go).
+	Reported uint64 `json:"reported,omitempty"`
 	// Slot is the replication slot of the cdc pattern, and LSN its stream
 	// position: in the snapshot phase the point the stream continues from
 	// once the pages are done (empty before the slot exists), in the stream

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -66,6 +67,10 @@ type Cycle struct {
 	// resumes after a restart (nil: not read back, and the keys inserted
 	// before the restart and deleted meanwhile are not deleted).
 	Published Published
+	// Reported, for a target's read-back in staged mode, reads the
+	// writers' applied reports on the target (see reported.go); nil for a
+	// source.
+	Reported Published
 
 	// Of the last cycle attempt.
 	lastBound   string
@@ -114,6 +119,13 @@ func (c *Cycle) Run(ctx context.Context, pos Position, last *onewayv1.Batch, emi
 	// What the attempts of the current cycle inserted.
 	pub := &runs{dir: dir}
 	defer pub.reset()
+	// What the writers reported applied since the last cycle's read began.
+	repDir := filepath.Join(dir, "reported")
+	if err := os.Mkdir(repDir, 0o700); err != nil {
+		return fmt.Errorf("hash list directory: %w", err)
+	}
+	rep := &runs{dir: repDir}
+	defer rep.reset()
 	if dirty != nil && c.Published != nil {
 		if err := c.readPublished(ctx, pos.Lineage, pos.Cycle, pub); err != nil {
 			return fmt.Errorf("read back what cycle %d published: %w", pos.Cycle, err)
@@ -124,6 +136,7 @@ func (c *Cycle) Run(ctx context.Context, pos Position, last *onewayv1.Batch, emi
 		next := filepath.Join(dir, "next-"+strconv.Itoa(n))
 		started := time.Now()
 		var lastSent []byte
+		var reported uint64
 		err := retry.Do(ctx, c.Retry, func(ctx context.Context) error {
 			dirty = maxOrd(dirty, maxOrd(lastSent, pub.hi))
 			if !bytes.Equal(dirty, pos.Dirty) {
@@ -133,8 +146,16 @@ func (c *Cycle) Run(ctx context.Context, pos Position, last *onewayv1.Batch, emi
 					return err
 				}
 			}
+			rep.reset()
+			reported = pos.Reported
+			if c.Reported != nil {
+				var err error
+				if reported, err = c.readReported(ctx, pos.Reported, rep); err != nil {
+					return fmt.Errorf("read the applied reports: %w", err)
+				}
+			}
 			var err error
-			lastSent, err = c.cycle(ctx, pos, hasPrev, prev, pub, next, emit)
+			lastSent, err = c.cycle(ctx, pos, hasPrev, prev, pub, rep, next, emit)
 			return err
 		})
 		if err != nil {
@@ -147,7 +168,7 @@ func (c *Cycle) Run(ctx context.Context, pos Position, last *onewayv1.Batch, emi
 		cycle := pos.Cycle
 		lineage := pos.Lineage
 		nextPos := pos
-		nextPos.Cycle, nextPos.Dirty, nextPos.DoneBound = pos.Cycle+1, nil, bound
+		nextPos.Cycle, nextPos.Dirty, nextPos.DoneBound, nextPos.Reported = pos.Cycle+1, nil, bound, reported
 		commit := func(ctx context.Context) error {
 			if err := c.Store.PutFile(ctx, c.ObjectName, lineage, cycle, next); err != nil {
 				return err
@@ -183,6 +204,7 @@ func (c *Cycle) Run(ctx context.Context, pos Position, last *onewayv1.Batch, emi
 		}
 		hasPrev = true
 		pub.reset()
+		rep.reset()
 		pos, dirty = nextPos, nil
 		select {
 		case <-ctx.Done():
@@ -193,10 +215,11 @@ func (c *Cycle) Run(ctx context.Context, pos Position, last *onewayv1.Batch, emi
 }
 
 // cycle runs one attempt of a cycle: it reads the source, merges it with
-// prev and with what the earlier attempts published (pub), writes next and
-// emits the changes, recording what it inserts in pub. It returns the
-// largest order key it sent (nil if none), also on error.
-func (c *Cycle) cycle(ctx context.Context, pos Position, hasPrev bool, prev string, pub *runs, next string, emit func(Page) error) (lastSent []byte, err error) {
+// prev, with what the earlier attempts published (pub) and with the keys
+// the writers reported applied (rep), writes next and emits the changes,
+// recording what it inserts in pub. It returns the largest order key it
+// sent (nil if none), also on error.
+func (c *Cycle) cycle(ctx context.Context, pos Position, hasPrev bool, prev string, pub, rep *runs, next string, emit func(Page) error) (lastSent []byte, err error) {
 	c.lastRows, c.lastChanges = 0, 0
 	lookback := c.Lookback.Seconds()
 	// The time bound before the read: every change this cycle does not see
@@ -223,7 +246,7 @@ func (c *Cycle) cycle(ctx context.Context, pos Position, hasPrev bool, prev stri
 	if err := pub.end(); err != nil {
 		return nil, err
 	}
-	published, err := openPubSet(pub.paths)
+	published, err := openPubSet(append(slices.Clone(pub.paths), rep.paths...))
 	if err != nil {
 		return nil, err
 	}
@@ -293,7 +316,17 @@ func (c *Cycle) cycle(ctx context.Context, pos Position, hasPrev bool, prev stri
 		lastSent = ords[len(ords)-1]
 		return nil
 	}
+	var lastOrd []byte
 	err = merge(rows, old, published, pos.Dirty, out, &c.Layout, func(ev mergeEvent) error {
+		if bytes.Equal(ev.ord, reportHi) {
+			// A reported key gone (they come last): it takes the largest
+			// order key found so far, which then bounds what was sent.
+			ev.ord = maxOrd(lastOrd, rows.last)
+			if ev.ord == nil {
+				ev.ord = []byte{}
+			}
+		}
+		lastOrd = ev.ord
 		page = append(page, ev)
 		if len(page) >= c.BatchSize {
 			return flush()

@@ -87,6 +87,10 @@ func merge(rows rowIter, old entryIter, pub *pubSet, dirty []byte, out *listWrit
 				if err := fn(mergeEvent{kind: evGone, ord: cur.ord, key: cur.key, hash: cur.hash, force: inDirty(cur.ord)}); err != nil {
 					return err
 				}
+				// A reported key (reported.go) may be the same: gone once.
+				if err := pub.seen(cur.ord, cur.key); err != nil {
+					return err
+				}
 				if err := advance(); err != nil {
 					return err
 				}

@@ -1,0 +1,118 @@
+package capture
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"maps"
+	"slices"
+
+	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
+	"github.com/oneway-sync/oneway/shared/event"
+)
+
+// What the writers reported applied (a target's read-back in staged mode).
+//
+// A cycle reports a delete only for a key its list holds (or that an
+// earlier attempt inserted). A read-back's target also gets rows from the
+// writers, which the stage learns from their applied reports: a row a
+// writer inserted after the read-back's last read and that was deleted by
+// hand before its next one is in neither the list nor the read, so its
+// delete would never be sent, the stage would keep the report's live
+// record, and the differ would never recreate the row. So before each
+// read, the cycle reads the reports on the target's applied subject
+// published since the last completed cycle's read began
+// (Position.Reported): a writer publishes a report after its transaction
+// committed, so the read that starts afterwards sees what each reported.
+// The keys whose last report left a row are merged like the keys an
+// interrupted attempt published (see published.go): one the read does not
+// return is gone, and its delete is sent; one the read returns is sent
+// as any key the list lacks (an insert), or compared with the list when
+// the list holds it; one the list holds and the read does not is gone
+// once.
+//
+// They form one batch spanning every order key (reportHi): the reports
+// carry key values, not the order keys of the target's scan. Memory holds
+// the keys reported since the last cycle, not the table; their gone
+// findings come last and take the largest order key found before them.
+
+// reportHi is the order key the reported keys' batch ends at: above any
+// scan's (order keys are 8-byte integers and text, which never holds
+// 0xFF).
+var reportHi = bytes.Repeat([]byte{0xFF}, 64)
+
+// readReported adds to rs, as one batch, the packed key values of the keys
+// whose last report on c.Reported after stream sequence after left a row
+// in the target, and returns the sequence it read up to (after when the
+// subject holds nothing newer). Reports that do not decode, or lack a key
+// column (another layout), are skipped: the stager dead-letters them.
+func (c *Cycle) readReported(ctx context.Context, after uint64, rs *runs) (uint64, error) {
+	last, err := c.Reported.LastSeq(ctx)
+	if err != nil || last <= after {
+		return after, err
+	}
+	live := map[string]bool{}
+	var msgs, skipped int
+	for seq := after + 1; seq <= last; seq++ {
+		b, at, ok, err := c.Reported.At(ctx, seq)
+		if err != nil {
+			return after, err
+		}
+		if !ok || at > last {
+			break
+		}
+		seq = at
+		if b == nil {
+			skipped++
+			continue
+		}
+		keyIdx, err := batchKeyIdx(&c.Layout, b)
+		if err != nil {
+			skipped++
+			continue
+		}
+		if err := reportedKeys(keyIdx, b.GetChanges(), live); err != nil {
+			skipped++
+			continue
+		}
+		msgs++
+	}
+	keys := make([][]byte, 0, len(live))
+	for _, k := range slices.Sorted(maps.Keys(live)) {
+		if live[k] {
+			keys = append(keys, []byte(k))
+		}
+	}
+	c.Log.Debug("applied reports read", "from_seq", after+1, "to_seq", last, "messages", msgs, "live_keys", len(keys))
+	if skipped > 0 {
+		c.Log.Warn("applied reports skipped: they do not decode or lack a key column", "messages", skipped)
+	}
+	if err := rs.add([]byte{}, reportHi, keys); err != nil {
+		return after, err
+	}
+	return last, rs.end()
+}
+
+var errMissingKey = errors.New("a reported change lacks a key value")
+
+// reportedKeys notes in live, for each change of a report, whether it left
+// a row (OP_DELETE: no) under its packed key values; a later change of a
+// key overrides an earlier one.
+func reportedKeys(keyIdx []int, changes []*onewayv1.Change, live map[string]bool) error {
+	var vals [][]byte
+	key := make([][]byte, len(keyIdx))
+	for _, ch := range changes {
+		var err error
+		if vals, err = event.Row(ch.GetRow(), vals[:0]); err != nil {
+			return err
+		}
+		for i, j := range keyIdx {
+			if j >= len(vals) || vals[j] == nil {
+				return errMissingKey
+			}
+			key[i] = vals[j]
+		}
+		live[string(event.PackRow(key))] = ch.GetOp() != onewayv1.Op_OP_DELETE
+	}
+	return nil
+}
