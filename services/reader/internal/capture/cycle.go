@@ -72,6 +72,10 @@ type Cycle struct {
 	// source.
 	Reported Published
 
+	// reportKeys, when > 0, replaces the package's bound on the reported
+	// keys one cycle merges (tests).
+	reportKeys int
+
 	// Of the last cycle attempt.
 	lastBound   string
 	lastRows    int

@@ -31,10 +31,19 @@ import (
 // the list holds it; one the list holds and the read does not is gone
 // once.
 //
+// A cycle takes the reports of at most reportKeys keys (whole messages;
+// the rest waits for the next cycle, whose read comes later still): a
+// read-back that starts on a long stream of reports, or after an upgrade
+// from a version without them (Reported 0), works through them over a few
+// cycles instead of holding every key at once.
+//
 // They form one batch spanning every order key (reportHi): the reports
 // carry key values, not the order keys of the target's scan. Memory holds
 // the keys reported since the last cycle, not the table; their gone
 // findings come last and take the largest order key found before them.
+
+// reportKeys bounds the reported keys one cycle merges (about 100 MB).
+const reportKeys = 1 << 20
 
 // reportHi is the order key the reported keys' batch ends at: above any
 // scan's (order keys are 8-byte integers and text, which never holds
@@ -44,16 +53,27 @@ var reportHi = bytes.Repeat([]byte{0xFF}, 64)
 // readReported adds to rs, as one batch, the packed key values of the keys
 // whose last report on c.Reported after stream sequence after left a row
 // in the target, and returns the sequence it read up to (after when the
-// subject holds nothing newer). Reports that do not decode, or lack a key
-// column (another layout), are skipped: the stager dead-letters them.
+// subject holds nothing newer): the subject's last, or that of the last
+// message it took once it had reportKeys keys (c.reportKeys in tests).
+// Reports that do not decode, or lack a key column (another layout), are
+// skipped: the stager dead-letters them.
 func (c *Cycle) readReported(ctx context.Context, after uint64, rs *runs) (uint64, error) {
 	last, err := c.Reported.LastSeq(ctx)
 	if err != nil || last <= after {
 		return after, err
 	}
+	limit := reportKeys
+	if c.reportKeys > 0 {
+		limit = c.reportKeys
+	}
 	live := map[string]bool{}
 	var msgs, skipped int
+	upTo := last
 	for seq := after + 1; seq <= last; seq++ {
+		if len(live) >= limit {
+			upTo = seq - 1 // the rest in the next cycle
+			break
+		}
 		b, at, ok, err := c.Reported.At(ctx, seq)
 		if err != nil {
 			return after, err
@@ -83,14 +103,14 @@ func (c *Cycle) readReported(ctx context.Context, after uint64, rs *runs) (uint6
 			keys = append(keys, []byte(k))
 		}
 	}
-	c.Log.Debug("applied reports read", "from_seq", after+1, "to_seq", last, "messages", msgs, "live_keys", len(keys))
+	c.Log.Debug("applied reports read", "from_seq", after+1, "to_seq", upTo, "messages", msgs, "live_keys", len(keys))
 	if skipped > 0 {
 		c.Log.Warn("applied reports skipped: they do not decode or lack a key column", "messages", skipped)
 	}
 	if err := rs.add([]byte{}, reportHi, keys); err != nil {
 		return after, err
 	}
-	return last, rs.end()
+	return upTo, rs.end()
 }
 
 var errMissingKey = errors.New("a reported change lacks a key value")

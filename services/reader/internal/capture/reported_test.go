@@ -67,3 +67,42 @@ func TestCycleMergesAppliedReports(t *testing.T) {
 		t.Fatalf("a later report: %s", got)
 	}
 }
+
+// A cycle takes the reports of a bounded number of keys; the next cycle
+// takes the rest.
+func TestCycleBoundsAppliedReports(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.exec(t, "CREATE TABLE public.t (id integer PRIMARY KEY, v text)",
+		"INSERT INTO public.t SELECT g, 'v' || g FROM generate_series(1, 3) g")
+	c := e.cycle(t, Spec{Table: pgconn.Table{Schema: "public", Name: "t"}, Key: []string{"id"}}, 0)
+	reports := &sliceStream{}
+	c.Reported, c.reportKeys = reports, 2
+	pos, _ := run(t, c, firstCycle(t), nil, 1)
+
+	report := func(ids ...string) *onewayv1.Batch {
+		b := &onewayv1.Batch{Pipeline: "p", Origin: "applied.pg", Columns: c.Layout.Columns}
+		for _, id := range ids {
+			b.Changes = append(b.Changes, &onewayv1.Change{Op: onewayv1.Op_OP_UPSERT, Row: event.PackRow([][]byte{[]byte(id), []byte("w" + id)})})
+		}
+		return b
+	}
+	// Rows the writers inserted, all deleted by hand since: whole messages
+	// up to two keys per cycle.
+	reports.batches = append(reports.batches, report("7", "8"), report("9"), report("10"))
+	pos, batches := run(t, c, pos, nil, 1)
+	if got, want := describe(batches), "delete 7, delete 8"; !sameSet(got, want) {
+		t.Fatalf("first cycle: %s, want %s", got, want)
+	}
+	if pos.Reported != 2 {
+		t.Fatalf("first cycle read the reports up to %d, want 2 (the first message's)", pos.Reported)
+	}
+	pos, batches = run(t, c, pos, nil, 1)
+	if got, want := describe(batches), "delete 9, delete 10"; !sameSet(got, want) {
+		t.Fatalf("second cycle: %s, want %s", got, want)
+	}
+	_, batches = run(t, c, pos, nil, 1)
+	if len(batches) != 0 {
+		t.Fatalf("third cycle: %s", describe(batches))
+	}
+}
