@@ -87,25 +87,42 @@ type pubBatch struct {
 // columns at keyIdx (in key order).
 func pubKeys(keyIdx []int, changes []*onewayv1.Change) ([][]byte, error) {
 	var keys [][]byte
-	var vals [][]byte
-	key := make([][]byte, len(keyIdx))
+	var k changeKeys
 	for _, ch := range changes {
 		if op := ch.GetOp(); op != onewayv1.Op_OP_INSERT && op != onewayv1.Op_OP_UPSERT {
 			continue
 		}
-		var err error
-		if vals, err = event.Row(ch.GetRow(), vals[:0]); err != nil {
+		packed, err := k.of(keyIdx, ch)
+		if err != nil {
 			return nil, errs.Permanent(fmt.Errorf("published change: %w", err))
 		}
-		for i, j := range keyIdx {
-			if j >= len(vals) {
-				return nil, errs.Permanentf("published change has %d values, its key column is at %d", len(vals), j)
-			}
-			key[i] = vals[j]
-		}
-		keys = append(keys, event.PackRow(key))
+		keys = append(keys, packed)
 	}
 	return keys, nil
+}
+
+// changeKeys takes the key values out of changes' rows, reusing its
+// buffers from one change to the next.
+type changeKeys struct {
+	vals, key [][]byte
+}
+
+// of returns the packed key values (in key order, as Layout.packKey) of
+// ch, whose row holds the key columns at keyIdx (in key order). k.key then
+// holds the values (nil for a NULL) until the next call.
+func (k *changeKeys) of(keyIdx []int, ch *onewayv1.Change) ([]byte, error) {
+	var err error
+	if k.vals, err = event.Row(ch.GetRow(), k.vals[:0]); err != nil {
+		return nil, err
+	}
+	k.key = k.key[:0]
+	for _, j := range keyIdx {
+		if j >= len(k.vals) {
+			return nil, fmt.Errorf("change has %d values, its key column is at %d", len(k.vals), j)
+		}
+		k.key = append(k.key, k.vals[j])
+	}
+	return event.PackRow(k.key), nil
 }
 
 // batchKeyIdx returns where a published batch holds the layout's key

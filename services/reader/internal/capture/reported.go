@@ -8,7 +8,6 @@ import (
 	"slices"
 
 	onewayv1 "github.com/oneway-sync/oneway/proto/oneway/v1"
-	"github.com/oneway-sync/oneway/shared/event"
 )
 
 // What the writers reported applied (a target's read-back in staged mode).
@@ -119,20 +118,16 @@ var errMissingKey = errors.New("a reported change lacks a key value")
 // a row (OP_DELETE: no) under its packed key values; a later change of a
 // key overrides an earlier one.
 func reportedKeys(keyIdx []int, changes []*onewayv1.Change, live map[string]bool) error {
-	var vals [][]byte
-	key := make([][]byte, len(keyIdx))
+	var k changeKeys
 	for _, ch := range changes {
-		var err error
-		if vals, err = event.Row(ch.GetRow(), vals[:0]); err != nil {
+		packed, err := k.of(keyIdx, ch)
+		if err != nil {
 			return err
 		}
-		for i, j := range keyIdx {
-			if j >= len(vals) || vals[j] == nil {
-				return errMissingKey
-			}
-			key[i] = vals[j]
+		if slices.ContainsFunc(k.key, func(v []byte) bool { return v == nil }) {
+			return errMissingKey
 		}
-		live[string(event.PackRow(key))] = ch.GetOp() != onewayv1.Op_OP_DELETE
+		live[string(packed)] = ch.GetOp() != onewayv1.Op_OP_DELETE
 	}
 	return nil
 }
