@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/oneway-sync/oneway/integration/testenv"
 	"github.com/oneway-sync/oneway/shared/testkit/pgtest"
@@ -211,6 +212,23 @@ func TestNATSPermissions(t *testing.T) {
 			}
 			return nil
 		})
+		// An operator deletes every durable consumer: each service sees
+		// its fetches fail, asks for its consumer's info (its own grant),
+		// learns the consumer is gone and creates it again, so later
+		// changes still arrive.
+		durables := []string{"writer-invoices-pg"}
+		if staged {
+			durables = append(durables, "stager-invoices", "differ-invoices")
+		}
+		deleteConsumers(t, natsURL, durables...)
+		src.Exec(t, `UPDATE public.invoices SET status = 'void', updated_at = now() WHERE id % 11 = 0`)
+		testenv.WaitFor(t, 2*time.Minute, func() error {
+			violations.check(t)
+			if n := dst.Int(t, `SELECT count(*) FROM public.invoices WHERE status = 'void'`); n != 3500/11 {
+				return fmt.Errorf("%d void invoices in the target, want %d (after the consumers were deleted)", n, 3500/11)
+			}
+			return nil
+		})
 		if staged {
 			// A row deleted by hand is seen by the read-back and recreated.
 			// (Not a key just updated above: the differ waits out a push it
@@ -251,6 +269,28 @@ func TestNATSPermissions(t *testing.T) {
 	}
 	t.Run("direct", func(t *testing.T) { run(t, false) })
 	t.Run("staged", func(t *testing.T) { run(t, true) })
+}
+
+// deleteConsumers deletes the pipeline's durable consumers, as the
+// operator.
+func deleteConsumers(t *testing.T, natsURL string, durables ...string) {
+	t.Helper()
+	nc, err := nats.Connect(natsURL, nats.UserInfo("operator", natsPassword("operator")), nats.CustomInboxPrefix("_INBOX_operator"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, d := range durables {
+		if err := js.DeleteConsumer(ctx, "ONEWAY_INVOICES", d); err != nil {
+			t.Fatalf("delete consumer %s as the operator: %v", d, err)
+		}
+	}
 }
 
 // checkRefusals: each user is refused what its service has no business
