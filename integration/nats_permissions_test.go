@@ -155,10 +155,14 @@ func startService(t *testing.T, bin, cfg, user string, violations *violationLog,
 // TestNATSPermissions runs pipelines on a server that has only the users
 // of deploy/nats/permissions.conf, each service logged in as its own user:
 // a direct pipeline (reader, writer) and a staged one (reader, stager,
-// differ, writer, and the target's read-back) converge, a row deleted by
-// hand in the staged target is recreated, with no permission violation logged, the
-// status user reads the status and the operator lists the dead letters. A file that grants too little stalls them;
-// the refusals below keep it from granting everything.
+// differ, writer, and the target's read-back) converge, and go on
+// converging through the faults whose recovery takes grants of its own:
+// every durable consumer deleted, the stream deleted, the synthetic reader
+// restarted (it downloads its hash list); a row deleted by hand in the
+// staged target is recreated. No permission violation may be logged. The
+// status user reads the status and the operator lists the dead letters. A
+// file that grants too little stalls them or logs a violation; the
+// refusals below keep it from granting everything.
 func TestNATSPermissions(t *testing.T) {
 	run := func(t *testing.T, staged bool) {
 		natsURL, violations := startPermissionedNATS(t)
@@ -167,12 +171,12 @@ func TestNATSPermissions(t *testing.T) {
 		testenv.SeedInvoices(t, src, 1, 3000)
 		dst := testenv.Connect(t, pgtest.NewDatabase(t))
 		var cfg, stageURL string
-		services := []string{"reader", "writer"}
+		services := []string{"writer"}
 		if staged {
 			dst.Exec(t, testenv.InvoicesDDL)
 			stageURL = pgtest.NewDatabase(t)
 			cfg = stagedConfig(t, natsURL, src.URL, stageURL, "2s", stagedTarget("pg", dst.URL, "500ms", "    recreate_deleted: true\n"))
-			services = []string{"reader", "stager", "differ", "writer"}
+			services = []string{"stager", "differ", "writer"}
 		} else {
 			// The synthetic pattern keeps its hash lists in the object
 			// store: the reader's grants for it are exercised too.
@@ -188,12 +192,19 @@ func TestNATSPermissions(t *testing.T) {
 			}
 			writeFile(t, cfg, synthetic)
 		}
+		// The synthetic reader keeps its hash lists in the object store:
+		// the source's reader in direct mode, the target's read-back (which
+		// runs as the reader's user) in staged mode.
+		startSynthetic := func() *testenv.Proc { return startService(t, "reader", cfg, "reader", violations) }
+		if staged {
+			startService(t, "reader", cfg, "reader", violations)
+			startSynthetic = func() *testenv.Proc {
+				return startService(t, "reader", cfg, "reader", violations, "--readback", "pg")
+			}
+		}
+		synthetic := startSynthetic()
 		for _, svc := range services {
 			startService(t, svc, cfg, svc, violations)
-		}
-		if staged {
-			// The target's read-back runs as the reader's user.
-			startService(t, "reader", cfg, "reader", violations, "--readback", "pg")
 		}
 		testenv.WaitFor(t, 2*time.Minute, func() error {
 			violations.check(t)
@@ -226,6 +237,31 @@ func TestNATSPermissions(t *testing.T) {
 			violations.check(t)
 			if n := dst.Int(t, `SELECT count(*) FROM public.invoices WHERE status = 'void'`); n != 3500/11 {
 				return fmt.Errorf("%d void invoices in the target, want %d (after the consumers were deleted)", n, 3500/11)
+			}
+			return nil
+		})
+		// An operator deletes the pipeline's stream: the services create
+		// it again, the reader moves its sequences above every version
+		// published before and reads the source again (see chaosDelete),
+		// all within their users' grants.
+		deleteStream(t, natsURL)
+		src.Exec(t, `UPDATE public.invoices SET status = 'refunded', updated_at = now() WHERE id % 13 = 0`)
+		testenv.WaitFor(t, 2*time.Minute, func() error {
+			violations.check(t)
+			if n := dst.Int(t, `SELECT count(*) FROM public.invoices WHERE status = 'refunded'`); n != 3500/13 {
+				return fmt.Errorf("%d refunded invoices in the target, want %d (after the stream was deleted)", n, 3500/13)
+			}
+			return nil
+		})
+		// The synthetic reader restarted downloads its last hash list from
+		// the object store.
+		synthetic.Stop(t, 30*time.Second)
+		startSynthetic()
+		src.Exec(t, `UPDATE public.invoices SET status = 'disputed', updated_at = now() WHERE id % 17 = 0`)
+		testenv.WaitFor(t, 2*time.Minute, func() error {
+			violations.check(t)
+			if n := dst.Int(t, `SELECT count(*) FROM public.invoices WHERE status = 'disputed'`); n != 3500/17 {
+				return fmt.Errorf("%d disputed invoices in the target, want %d (after the reader restarted)", n, 3500/17)
 			}
 			return nil
 		})
@@ -271,9 +307,8 @@ func TestNATSPermissions(t *testing.T) {
 	t.Run("staged", func(t *testing.T) { run(t, true) })
 }
 
-// deleteConsumers deletes the pipeline's durable consumers, as the
-// operator.
-func deleteConsumers(t *testing.T, natsURL string, durables ...string) {
+// asOperator runs f with a JetStream context logged in as the operator.
+func asOperator(t *testing.T, natsURL string, f func(ctx context.Context, js jetstream.JetStream)) {
 	t.Helper()
 	nc, err := nats.Connect(natsURL, nats.UserInfo("operator", natsPassword("operator")), nats.CustomInboxPrefix("_INBOX_operator"))
 	if err != nil {
@@ -286,11 +321,30 @@ func deleteConsumers(t *testing.T, natsURL string, durables ...string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	for _, d := range durables {
-		if err := js.DeleteConsumer(ctx, "ONEWAY_INVOICES", d); err != nil {
-			t.Fatalf("delete consumer %s as the operator: %v", d, err)
+	f(ctx, js)
+}
+
+// deleteConsumers deletes the pipeline's durable consumers, as the
+// operator.
+func deleteConsumers(t *testing.T, natsURL string, durables ...string) {
+	t.Helper()
+	asOperator(t, natsURL, func(ctx context.Context, js jetstream.JetStream) {
+		for _, d := range durables {
+			if err := js.DeleteConsumer(ctx, "ONEWAY_INVOICES", d); err != nil {
+				t.Fatalf("delete consumer %s as the operator: %v", d, err)
+			}
 		}
-	}
+	})
+}
+
+// deleteStream deletes the pipeline's stream, as the operator.
+func deleteStream(t *testing.T, natsURL string) {
+	t.Helper()
+	asOperator(t, natsURL, func(ctx context.Context, js jetstream.JetStream) {
+		if err := js.DeleteStream(ctx, "ONEWAY_INVOICES"); err != nil {
+			t.Fatalf("delete the stream as the operator: %v", err)
+		}
+	})
 }
 
 // checkRefusals: each user is refused what its service has no business
@@ -306,7 +360,7 @@ func checkRefusals(t *testing.T, natsURL string) {
 		{user: "writer", subject: "$JS.API.STREAM.DELETE.ONEWAY_INVOICES"}, // drop the stream
 		{user: "writer", subject: "$KV.ONEWAY_STATE.invoices.reader.source.position"},
 		{user: "reader", subject: "oneway.invoices.push.pg"},
-		{user: "reader", subject: "$JS.API.STREAM.PURGE.ONEWAY_INVOICES"},
+		{user: "reader", subject: "$JS.API.STREAM.DELETE.ONEWAY_INVOICES"},
 		{user: "reader", subject: "$JS.API.CONSUMER.DELETE.ONEWAY_INVOICES.writer-invoices-pg"},
 		{user: "stager", subject: "oneway.invoices.push.pg"},
 		{user: "differ", subject: "oneway.invoices.source"},
