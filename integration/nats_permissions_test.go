@@ -83,12 +83,20 @@ func startPermissionedNATS(t *testing.T) (string, *violationLog) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return startNATSWithUsers(t, string(perms), "")
+}
+
+// startNATSWithUsers runs a JetStream server whose only users are those of
+// the authorization block perms (users natsUsers, each with userPrefix),
+// included from the server's config.
+func startNATSWithUsers(t *testing.T, perms, userPrefix string) (string, *violationLog) {
+	t.Helper()
 	dir := t.TempDir()
-	writeFile(t, filepath.Join(dir, "permissions.conf"), string(perms))
+	writeFile(t, filepath.Join(dir, "permissions.conf"), perms)
 	conf := filepath.Join(dir, "server.conf")
 	writeFile(t, conf, fmt.Sprintf("host: 127.0.0.1\nport: 4222\njetstream { store_dir: %q }\ninclude ./permissions.conf\n", filepath.Join(dir, "js")))
 	for _, u := range natsUsers {
-		t.Setenv("ONEWAY_NATS_"+strings.ToUpper(u)+"_PASSWORD", natsPassword(u))
+		t.Setenv("ONEWAY_NATS_"+strings.ToUpper(userPrefix+u)+"_PASSWORD", natsPassword(userPrefix+u))
 	}
 	opts, err := server.ProcessConfigFile(conf)
 	if err != nil {
@@ -310,7 +318,14 @@ func TestNATSPermissions(t *testing.T) {
 // asOperator runs f with a JetStream context logged in as the operator.
 func asOperator(t *testing.T, natsURL string, f func(ctx context.Context, js jetstream.JetStream)) {
 	t.Helper()
-	nc, err := nats.Connect(natsURL, nats.UserInfo("operator", natsPassword("operator")), nats.CustomInboxPrefix("_INBOX_operator"))
+	asOperatorOf(t, natsURL, "", f)
+}
+
+// asOperatorOf is asOperator for the users of a prefix.
+func asOperatorOf(t *testing.T, natsURL, userPrefix string, f func(ctx context.Context, js jetstream.JetStream)) {
+	t.Helper()
+	user := userPrefix + "operator"
+	nc, err := nats.Connect(natsURL, nats.UserInfo(user, natsPassword(user)), nats.CustomInboxPrefix("_INBOX_"+user))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -322,6 +337,72 @@ func asOperator(t *testing.T, natsURL string, f func(ctx context.Context, js jet
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	f(ctx, js)
+}
+
+// TestGeneratedNATSPermissions runs a pipeline of another name with two
+// targets on a server whose only users are those `oneway permissions`
+// writes for its file (with a user prefix): the generator's grants, not
+// only the shipped file's, let every service do its work, with no
+// violation, through the deletion of the writers' consumers.
+func TestGeneratedNATSPermissions(t *testing.T) {
+	src := testenv.Connect(t, pgtest.NewDatabase(t))
+	src.Exec(t, testenv.InvoicesDDL)
+	testenv.SeedInvoices(t, src, 1, 2000)
+	dst := testenv.Connect(t, pgtest.NewDatabase(t))
+	dst2 := testenv.Connect(t, pgtest.NewDatabase(t))
+	// The NATS URL is not known before the server runs on the generated
+	// users: the file names it by variable.
+	cfg := testenv.Config(t, "${TEST_NATS_URL}", src.URL, dst.URL, fmt.Sprintf(`  - name: copy
+    kind: postgres
+    url: %q
+    table: public.invoices
+`, dst2.URL))
+	b, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	orders := strings.Replace(string(b), "pipeline: invoices\n", "pipeline: orders\n", 1)
+	if orders == string(b) {
+		t.Fatal("the test's config has no pipeline name to replace")
+	}
+	writeFile(t, cfg, orders)
+	t.Setenv("TEST_NATS_URL", "nats://127.0.0.1:1")
+	r := testenv.Run(t, time.Minute, "oneway", "permissions", "--config", cfg, "--user-prefix", "orders_")
+	if r.Code != 0 {
+		t.Fatalf("oneway permissions: exit %d\n%s", r.Code, r.Stderr)
+	}
+	for _, want := range []string{"writer-orders-pg", "writer-orders-copy", "oneway.orders.source", "ORDERS_WRITER"} {
+		if !strings.Contains(r.Stdout, want) {
+			t.Fatalf("oneway permissions wrote no %s:\n%s", want, r.Stdout)
+		}
+	}
+	natsURL, violations := startNATSWithUsers(t, r.Stdout, "orders_")
+	t.Setenv("TEST_NATS_URL", natsURL)
+	for _, svc := range []string{"reader", "writer"} {
+		startService(t, svc, cfg, "orders_"+svc, violations)
+	}
+	converged := func(n int64) func() error {
+		return func() error {
+			violations.check(t)
+			for _, db := range []*testenv.DB{dst, dst2} {
+				if err := countIs(db, n); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	}
+	testenv.WaitFor(t, 2*time.Minute, converged(2000))
+	asOperatorOf(t, natsURL, "orders_", func(ctx context.Context, js jetstream.JetStream) {
+		for _, d := range []string{"writer-orders-pg", "writer-orders-copy"} {
+			if err := js.DeleteConsumer(ctx, "ONEWAY_ORDERS", d); err != nil {
+				t.Fatalf("delete consumer %s as the operator: %v", d, err)
+			}
+		}
+	})
+	testenv.SeedInvoices(t, src, 2001, 2200)
+	testenv.WaitFor(t, 2*time.Minute, converged(2200))
+	violations.check(t)
 }
 
 // deleteConsumers deletes the pipeline's durable consumers, as the

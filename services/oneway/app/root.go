@@ -16,6 +16,6 @@ func Root() *cobra.Command {
 inserts, updates and, by policy, deletes flow from the SoR to every target
 over NATS JetStream, and arrive eventually, even across crashes and outages.`,
 	}
-	root.AddCommand(upCommand(), demoCommand(), statusCommand(), verifyCommand(), diffCommand(), approveCommand(), dlqCommand(), resyncCommand(), replayCommand(), cli.ConfigCommand(), cli.VersionCommand(), cli.HealthcheckCommand())
+	root.AddCommand(upCommand(), demoCommand(), statusCommand(), verifyCommand(), diffCommand(), approveCommand(), dlqCommand(), resyncCommand(), replayCommand(), permissionsCommand(), cli.ConfigCommand(), cli.VersionCommand(), cli.HealthcheckCommand())
 	return root
 }
