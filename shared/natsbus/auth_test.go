@@ -1,8 +1,11 @@
 package natsbus_test
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -68,4 +71,105 @@ func TestAuthOptions(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A setup request the server's permissions refuse fails with the
+// violation and what to do about it, instead of being retried for minutes
+// as if JetStream were not ready (a refused request gets no reply, so it
+// times out like one to a server that is still electing its leader); the
+// refusal is logged as an error naming the user. A user granted the
+// request is unaffected.
+func TestSetupRefusedByPermissions(t *testing.T) {
+	t.Parallel()
+	perms := func(publish ...string) *server.Permissions {
+		return &server.Permissions{
+			Publish:   &server.SubjectPermission{Allow: publish},
+			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
+		}
+	}
+	s, err := server.NewServer(&server.Options{
+		Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true,
+		JetStream: true, StoreDir: t.TempDir(),
+		Users: []*server.User{
+			{Username: "full", Password: "pw-full", Permissions: perms("$JS.API.>")},
+			// May read stream info, not create a stream.
+			{Username: "limited", Password: "pw-limited", Permissions: perms("$JS.API.INFO", "$JS.API.STREAM.INFO.>")},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	t.Cleanup(s.Shutdown)
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("server not ready")
+	}
+	tests := []struct {
+		user    string
+		wantErr []string // nil: EnsureStream succeeds
+		wantLog []string
+	}{
+		{user: "full"},
+		{user: "limited",
+			wantErr: []string{"stream ONEWAY_REFUSED_LIMITED", "Permissions Violation for Publish to \"$JS.API.STREAM.CREATE.ONEWAY_REFUSED_LIMITED\"", "oneway permissions"},
+			wantLog: []string{"NATS refused this user an operation", "user=limited", "STREAM.CREATE.ONEWAY_REFUSED_LIMITED"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.user, func(t *testing.T) {
+			var logs syncBuffer
+			log := slog.New(slog.NewTextHandler(&logs, nil))
+			// Shorter than the setup's retries (about two minutes): without
+			// the refusal recognised, EnsureStream ends in this context's
+			// deadline.
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			b, err := natsbus.Connect(ctx, s.ClientURL(), "refused-test", log,
+				natsbus.AuthOptions(config.NATSAuth{User: tt.user, Password: config.Opaque("pw-" + tt.user)})...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			_, err = b.EnsureStream(ctx, natsbus.StreamSpec{Pipeline: "refused_" + tt.user, MaxBytes: 1 << 20, Replicas: 1, DuplicateWindow: time.Minute})
+			if tt.wantErr == nil {
+				if err != nil {
+					t.Fatalf("EnsureStream as %s: %v", tt.user, err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("EnsureStream as %s succeeded", tt.user)
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("EnsureStream as %s retried until the context ended: %v", tt.user, err)
+			}
+			for _, want := range tt.wantErr {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not say %q", err, want)
+				}
+			}
+			for _, want := range tt.wantLog {
+				if !strings.Contains(logs.String(), want) {
+					t.Errorf("the log does not say %q:\n%s", want, logs.String())
+				}
+			}
+		})
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for the connection's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

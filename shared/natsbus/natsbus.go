@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -31,7 +32,42 @@ type Bus struct {
 	NC  *nats.Conn
 	JS  jetstream.JetStream
 	log *slog.Logger
+	// refused holds the permission violations the server reported on NC
+	// (a connection made by Connect; New's never records one).
+	refused *refusals
 }
+
+// refusals remembers the last permission violation a server reported on a
+// connection. The server reports a refused publish asynchronously, and a
+// refused request gets no reply: it times out like one to a server that
+// is not ready, and only this tells the two apart. Safe for concurrent use.
+type refusals struct {
+	mu   sync.Mutex
+	last error
+	at   time.Time
+}
+
+func (r *refusals) record(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.last, r.at = err, time.Now()
+}
+
+// since is the last violation reported at or after t; nil if none.
+func (r *refusals) since(t time.Time) error {
+	if r == nil {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.last == nil || r.at.Before(t) {
+		return nil
+	}
+	return r.last
+}
+
+// grantHint says what to do about a permission violation.
+const grantHint = "the NATS server's authorization does not grant this user what the service needs: `oneway permissions --config FILE` writes every grant the services need"
 
 // Connect dials url and sets up JetStream. The connection reconnects
 // forever; disconnects and reconnects are logged. name identifies the client
@@ -40,6 +76,7 @@ func Connect(ctx context.Context, url, name string, log *slog.Logger, extra ...n
 	if url == "" {
 		return nil, errors.New("connect to NATS: no URL configured")
 	}
+	denied := &refusals{}
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
@@ -51,7 +88,14 @@ func Connect(ctx context.Context, url, name string, log *slog.Logger, extra ...n
 			}
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "server", c.ConnectedUrlRedacted()) }),
-		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { log.Warn("nats async error", "error", err) }),
+		nats.ErrorHandler(func(c *nats.Conn, _ *nats.Subscription, err error) {
+			if errors.Is(err, nats.ErrPermissionViolation) {
+				denied.record(err)
+				log.Error("NATS refused this user an operation", "user", c.Opts.User, "error", err, "hint", grantHint)
+				return
+			}
+			log.Warn("nats async error", "error", err)
+		}),
 	}
 	nc, err := nats.Connect(url, append(opts, extra...)...)
 	if err != nil {
@@ -78,7 +122,12 @@ func Connect(ctx context.Context, url, name string, log *slog.Logger, extra ...n
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	return New(nc, log)
+	b, err := New(nc, log)
+	if err != nil {
+		return nil, err
+	}
+	b.refused = denied
+	return b, nil
 }
 
 // refused reports an error a retry cannot fix: bad credentials or TLS.

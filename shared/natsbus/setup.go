@@ -3,6 +3,7 @@ package natsbus
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -24,16 +25,26 @@ const setupTimeout = 5 * time.Second
 // setup runs one JetStream setup request, retrying while JetStream is not
 // ready (timeouts, no responders, 503s, a cluster without enough peers yet)
 // and failing at once on a request JetStream refuses for good (a 4xx API
-// error: bad config, a name in use with other settings).
+// error: bad config, a name in use with other settings) or the server's
+// permissions refused (a violation reported while the request waited: it
+// gets no reply, and a retry gets none either).
 func (b *Bus) setup(ctx context.Context, what string, op func(ctx context.Context) error) error {
 	p := setupPolicy
 	p.OnRetry = func(err error, wait time.Duration) {
 		b.log.Warn("JetStream not ready; retrying", "what", what, "error", err, "wait", wait)
 	}
 	return retry.Do(ctx, p, func(ctx context.Context) error {
+		start := time.Now()
 		ctx, cancel := context.WithTimeout(ctx, setupTimeout)
 		defer cancel()
-		return classifySetup(op(ctx))
+		err := op(ctx)
+		if err == nil {
+			return nil
+		}
+		if v := b.refused.since(start); v != nil {
+			return errs.Permanent(fmt.Errorf("%s: %w (%s)", what, v, grantHint))
+		}
+		return classifySetup(err)
 	})
 }
 
