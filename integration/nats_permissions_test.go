@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -57,6 +58,13 @@ func (l *violationLog) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return strings.Join(l.lines, "\n")
+}
+
+// forget drops the violations of user: those a test caused on purpose.
+func (l *violationLog) forget(user string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = slices.DeleteFunc(l.lines, func(line string) bool { return strings.Contains(line, `/user:`+user+`"`) })
 }
 
 // check fails the test at once when the server refused anything.
@@ -203,9 +211,13 @@ func TestNATSPermissions(t *testing.T) {
 		// The synthetic reader keeps its hash lists in the object store:
 		// the source's reader in direct mode, the target's read-back (which
 		// runs as the reader's user) in staged mode.
-		startSynthetic := func() *testenv.Proc { return startService(t, "reader", cfg, "reader", violations) }
+		var source *testenv.Proc // the source's reader
+		startSynthetic := func() *testenv.Proc {
+			source = startService(t, "reader", cfg, "reader", violations)
+			return source
+		}
 		if staged {
-			startService(t, "reader", cfg, "reader", violations)
+			source = startService(t, "reader", cfg, "reader", violations)
 			startSynthetic = func() *testenv.Proc {
 				return startService(t, "reader", cfg, "reader", violations, "--readback", "pg")
 			}
@@ -264,7 +276,7 @@ func TestNATSPermissions(t *testing.T) {
 		// The synthetic reader restarted downloads its last hash list from
 		// the object store.
 		synthetic.Stop(t, 30*time.Second)
-		startSynthetic()
+		_ = startSynthetic()
 		src.Exec(t, `UPDATE public.invoices SET status = 'disputed', updated_at = now() WHERE id % 17 = 0`)
 		testenv.WaitFor(t, 2*time.Minute, func() error {
 			violations.check(t)
@@ -304,9 +316,43 @@ func TestNATSPermissions(t *testing.T) {
 			}
 			return nil
 		})
-		// An operator lists the dead letters (none).
-		if r := testenv.Run(t, time.Minute, "oneway", "dlq", "list", "--config", asUser(t, cfg, "operator")); r.Code != 0 {
-			t.Fatalf("dlq list as the operator: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
+		// The operator's commands: list the dead letters (none), replay the
+		// target's history, and in staged mode look at the next push, ask
+		// for a scan and approve held deletes (none held: exit 1); last,
+		// with the reader stopped, a resync.
+		operator := asUser(t, cfg, "operator")
+		commands := []struct {
+			args []string
+			code int
+		}{
+			{[]string{"dlq", "list"}, 0},
+			{[]string{"replay", "--target", "pg", "--all"}, 0},
+		}
+		if staged {
+			commands = append(commands, []struct {
+				args []string
+				code int
+			}{
+				{[]string{"diff", "--dry-run"}, 0},
+				{[]string{"diff", "--scan"}, 0},
+				{[]string{"approve", "--target", "pg"}, 1},
+			}...)
+		}
+		for _, c := range commands {
+			if r := testenv.Run(t, 2*time.Minute, "oneway", append(c.args, "--config", operator)...); r.Code != c.code {
+				t.Fatalf("oneway %s as the operator: exit %d, want %d\n%s%s", strings.Join(c.args, " "), r.Code, c.code, r.Stdout, r.Stderr)
+			}
+			violations.check(t)
+		}
+		// A user without the grants for a replay is told so, at once.
+		r := testenv.Run(t, time.Minute, "oneway", "replay", "--target", "pg", "--all", "--config", asUser(t, cfg, "status"))
+		if last := lastLine(r.Stderr, "oneway: "); r.Code == 0 || !strings.Contains(last, "Permissions Violation") || !strings.Contains(last, "oneway permissions") {
+			t.Fatalf("oneway replay as the status user: exit %d, want an error naming the refusal and the fix, got %q\n%s%s", r.Code, last, r.Stdout, r.Stderr)
+		}
+		violations.forget("status")
+		source.Stop(t, 30*time.Second)
+		if r := testenv.Run(t, 2*time.Minute, "oneway", "resync", "--config", operator); r.Code != 0 {
+			t.Fatalf("oneway resync as the operator: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 		}
 		violations.check(t)
 		checkRefusals(t, natsURL)

@@ -66,6 +66,18 @@ func (r *refusals) since(t time.Time) error {
 	return r.last
 }
 
+// Refused is the last permission violation the server reported on this
+// connection at or after t, with what to do about it; nil if none (always
+// for a Bus made by New). A refused publish or request fails no call: it
+// gets no reply, so a caller that waits on one asks this to tell a refusal
+// from a slow server.
+func (b *Bus) Refused(t time.Time) error {
+	if v := b.refused.since(t); v != nil {
+		return fmt.Errorf("%w (%s)", v, grantHint)
+	}
+	return nil
+}
+
 // grantHint says what to do about a permission violation.
 const grantHint = "the NATS server's authorization does not grant this user what the service needs: `oneway permissions --config FILE` writes every grant the services need"
 

@@ -41,8 +41,8 @@ func (b *Bus) setup(ctx context.Context, what string, op func(ctx context.Contex
 		if err == nil {
 			return nil
 		}
-		if v := b.refused.since(start); v != nil {
-			return errs.Permanent(fmt.Errorf("%s: %w (%s)", what, v, grantHint))
+		if v := b.Refused(start); v != nil {
+			return errs.Permanent(fmt.Errorf("%s: %w", what, v))
 		}
 		return classifySetup(err)
 	})

@@ -180,6 +180,7 @@ type replayRun struct {
 	cons     jetstream.Consumer
 	durable  string
 	subject  string
+	began    time.Time
 	end      uint64 // last source message when the replay began
 	total    uint64 // messages to replay up to end
 	done     chan error
@@ -195,9 +196,9 @@ func (w *Writer) startReplay(ctx context.Context, from ReplayFrom, tgt target.Wr
 	if err != nil {
 		return nil, err
 	}
-	r := &replayRun{w: w, stream: st, subject: bus.SourceSubject(w.cfg.Pipeline)}
+	r := &replayRun{w: w, stream: st, subject: bus.SourceSubject(w.cfg.Pipeline), began: time.Now()}
 	if r.end, err = r.lastSourceSeq(ctx); err != nil {
-		return nil, err
+		return nil, r.refused(err)
 	}
 	cfg := jetstream.ConsumerConfig{
 		Durable:           "replay-" + w.cfg.Pipeline + "-" + w.target.Name + "-" + strconv.FormatInt(time.Now().UnixNano(), 36),
@@ -218,7 +219,7 @@ func (w *Writer) startReplay(ctx context.Context, from ReplayFrom, tgt target.Wr
 	}
 	r.durable = cfg.Durable
 	if r.cons, err = w.bus.JS.CreateConsumer(ctx, st.CachedInfo().Config.Name, cfg); err != nil {
-		return nil, fmt.Errorf("replay: create consumer: %w", err)
+		return nil, r.refused(fmt.Errorf("replay: create consumer: %w", err))
 	}
 	ci, err := r.cons.Info(ctx)
 	if err != nil {
@@ -247,6 +248,15 @@ func (w *Writer) startReplay(ctx context.Context, from ReplayFrom, tgt target.Wr
 	return r, nil
 }
 
+// refused is err, with the permission violation that caused it when the
+// server refused this replay a request (which then timed out, unanswered).
+func (r *replayRun) refused(err error) error {
+	if v := r.w.bus.Refused(r.began); v != nil {
+		return fmt.Errorf("%w: %w", err, v)
+	}
+	return err
+}
+
 // lastSourceSeq is the stream sequence of the last message on the source
 // subject (0 when there is none).
 func (r *replayRun) lastSourceSeq(ctx context.Context) (uint64, error) {
@@ -269,6 +279,10 @@ func (r *replayRun) waitAcked(ctx context.Context, end uint64, progress func(Rep
 		ci, err := r.cons.Info(ctx)
 		if err != nil && ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if v := r.w.bus.Refused(r.began); v != nil {
+			// Its fetches or acks refused: nothing would ever move.
+			return fmt.Errorf("replay: %w", v)
 		}
 		if err == nil {
 			left := ci.NumPending + uint64(ci.NumAckPending)

@@ -285,7 +285,7 @@ func users(ps []Pipeline) []user {
 		operator.add(bus.StreamSubjects(p)...)
 		operator.add(api+"STREAM.*."+s, api+"STREAM.MSG.*."+s,
 			api+"DIRECT.GET."+s, api+"DIRECT.GET."+s+".>",
-			api+"CONSUMER.*."+s, api+"CONSUMER.*."+s+".>",
+			api+"CONSUMER.*."+s, api+"CONSUMER.*."+s+".>", api+"CONSUMER.MSG.NEXT."+s+".>",
 			"$JS.ACK."+s+".>", "$JS.FC."+s+".>")
 		operator.add(kv(p)...)
 	}

@@ -127,7 +127,8 @@ func TestWriteLoadsAsServerConfig(t *testing.T) {
 				has("stager", "oneway."+p.Name+".staged", "$JS.API.CONSUMER.INFO."+st+".stager-"+p.Name)
 				has("differ", "oneway."+p.Name+".push.*", "$JS.API.CONSUMER.INFO."+st+".differ-"+p.Name)
 				has("status", "$JS.API.CONSUMER.INFO."+st+".*")
-				has("operator", "oneway."+p.Name+".>", "$JS.API.STREAM.*."+st)
+				has("operator", "oneway."+p.Name+".>", "$JS.API.STREAM.*."+st,
+					"$JS.API.CONSUMER.MSG.NEXT."+st+".>") // replay's consumer: MSG.NEXT is two tokens, beyond CONSUMER.*
 			}
 			// No grant is wider than a pipeline, and the reader may not
 			// delete the stream or another service's consumer.
