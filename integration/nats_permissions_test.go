@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -301,6 +302,37 @@ func TestNATSPermissions(t *testing.T) {
 			})
 		}
 		mustVerify(t, cfg, 0)
+		operator := asUser(t, cfg, "operator")
+		if !staged {
+			// Changes the target rejects are dead-lettered by the writer;
+			// the operator shows one and drops it, and retries the other
+			// once the target is fixed.
+			dst.Exec(t, `ALTER TABLE public.invoices ADD CONSTRAINT no_negative CHECK (amount >= 0)`)
+			src.Exec(t, `UPDATE public.invoices SET amount = -5, updated_at = now() WHERE id IN (1234, 1235)`)
+			var rows []dlqEntry
+			testenv.WaitFor(t, time.Minute, func() error {
+				violations.check(t)
+				if rows = dlqList(t, operator, ""); len(rows) != 2 {
+					return fmt.Errorf("%d dead letters, want 2", len(rows))
+				}
+				return nil
+			})
+			slices.SortFunc(rows, func(a, b dlqEntry) int { return strings.Compare(a.key, b.key) })
+			mustDLQ(t, operator, "", "show", "--seq", strconv.FormatUint(rows[0].seq, 10))
+			mustDLQ(t, operator, "", "drop", "--seq", strconv.FormatUint(rows[1].seq, 10), "--yes")
+			dst.Exec(t, `ALTER TABLE public.invoices DROP CONSTRAINT no_negative`)
+			mustDLQ(t, operator, "", "retry", "--all")
+			testenv.WaitFor(t, time.Minute, func() error {
+				violations.check(t)
+				if got := dst.String(t, "SELECT amount::text FROM public.invoices WHERE id = 1234"); got != "-5.00" {
+					return fmt.Errorf("amount of 1234 = %s after the retry, want -5.00", got)
+				}
+				return nil
+			})
+			if got := dst.String(t, "SELECT amount::text FROM public.invoices WHERE id = 1235"); got == "-5.00" {
+				t.Fatal("the dropped dead letter of 1235 was applied")
+			}
+		}
 
 		// The status service's user reads the pipeline's state.
 		addr := freeAddr(t)
@@ -320,7 +352,6 @@ func TestNATSPermissions(t *testing.T) {
 		// target's history, and in staged mode look at the next push, ask
 		// for a scan and approve held deletes (none held: exit 1); last,
 		// with the reader stopped, a resync.
-		operator := asUser(t, cfg, "operator")
 		commands := []struct {
 			args []string
 			code int
