@@ -9,7 +9,7 @@ GOTEST_FLAGS ?= -race -count=1 -timeout 25m
 # Tests use this PostgreSQL server (override it, or set it in the environment).
 export ONEWAY_TEST_POSTGRES_URL ?= $(PG_URL)/postgres?sslmode=disable
 
-.PHONY: all images build demo demo-db verify test fuzz chaos bench proto proto-check tidy check-tidy lint up help clean
+.PHONY: all images build demo demo-db verify test fuzz chaos bench permissions proto proto-check tidy check-tidy lint up help clean
 
 all: build
 
@@ -59,6 +59,9 @@ proto: $(BIN)/protoc-gen-go ## regenerate proto/oneway/v1/*.pb.go (needs protoc)
 
 images: ## build the service images (needs a Docker engine)
 	@for svc in reader writer stager differ oneway; do docker build -f services/$$svc/Dockerfile -t oneway/$$svc:dev . || exit 1; done
+
+permissions: ## rewrite deploy/nats/permissions.conf: `oneway permissions` for deploy/examples/invoices-staged.yaml
+	cd services/oneway && go test ./internal/natsperm -run TestShippedFile -count=1 -update
 
 proto-check: proto ## fail when the committed *.pb.go differ from the .proto files
 	git diff --exit-code -- proto/

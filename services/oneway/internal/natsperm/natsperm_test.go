@@ -52,7 +52,7 @@ func TestShippedFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(got.Bytes(), want) {
-		t.Fatalf("deploy/nats/permissions.conf is not what `oneway permissions --config %s` writes: run `go test ./internal/natsperm -run TestShippedFile -update` in services/oneway\n--- written:\n%s", example, got.String())
+		t.Fatalf("deploy/nats/permissions.conf is not what `oneway permissions --config %s` writes: run `make permissions`\n--- written:\n%s", example, got.String())
 	}
 }
 
