@@ -45,12 +45,45 @@ type refusals struct {
 	mu   sync.Mutex
 	last error
 	at   time.Time
+	// logged is when each violation (by its text, which names the
+	// subject) was last logged, and how many were not logged since.
+	logged map[string]*refusalLog
+	now    func() time.Time // time.Now when nil (tests set it)
 }
 
-func (r *refusals) record(err error) {
+type refusalLog struct {
+	at         time.Time
+	suppressed int
+}
+
+// refusalLogEvery is how often one violation is logged again: a loop that
+// is refused (a fetch every 250 ms) must not flood the log.
+const refusalLogEvery = time.Minute
+
+// record notes err and reports whether to log it, and how many of the same
+// went unlogged before it.
+func (r *refusals) record(err error) (log bool, suppressed int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.last, r.at = err, time.Now()
+	now := time.Now()
+	if r.now != nil {
+		now = r.now()
+	}
+	r.last, r.at = err, now
+	if r.logged == nil || len(r.logged) > 1000 {
+		r.logged = map[string]*refusalLog{}
+	}
+	l := r.logged[err.Error()]
+	if l != nil && now.Sub(l.at) < refusalLogEvery {
+		l.suppressed++
+		return false, 0
+	}
+	if l == nil {
+		l = &refusalLog{}
+		r.logged[err.Error()] = l
+	}
+	suppressed, l.at, l.suppressed = l.suppressed, now, 0
+	return true, suppressed
 }
 
 // since is the last violation reported at or after t; nil if none.
@@ -102,8 +135,10 @@ func Connect(ctx context.Context, url, name string, log *slog.Logger, extra ...n
 		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "server", c.ConnectedUrlRedacted()) }),
 		nats.ErrorHandler(func(c *nats.Conn, _ *nats.Subscription, err error) {
 			if errors.Is(err, nats.ErrPermissionViolation) {
-				denied.record(err)
-				log.Error("NATS refused this user an operation", "user", c.Opts.User, "error", err, "hint", grantHint)
+				if ok, suppressed := denied.record(err); ok {
+					log.Error("NATS refused this user an operation", "user", c.Opts.User, "error", err,
+						"refused_since_last_logged", suppressed, "hint", grantHint)
+				}
 				return
 			}
 			log.Warn("nats async error", "error", err)
