@@ -244,6 +244,19 @@ func TestNATSPermissions(t *testing.T) {
 			}
 			return nil
 		})
+		// changesArrive sets status on the invoices whose id is a multiple
+		// of mod and waits for the target to have them all.
+		changesArrive := func(status string, mod int64, after string) {
+			t.Helper()
+			src.Exec(t, fmt.Sprintf(`UPDATE public.invoices SET status = '%s', updated_at = now() WHERE id %% %d = 0`, status, mod))
+			testenv.WaitFor(t, 2*time.Minute, func() error {
+				violations.check(t)
+				if n := dst.Int(t, fmt.Sprintf(`SELECT count(*) FROM public.invoices WHERE status = '%s'`, status)); n != 3500/mod {
+					return fmt.Errorf("%d %s invoices in the target, want %d (%s)", n, status, 3500/mod, after)
+				}
+				return nil
+			})
+		}
 		// An operator deletes every durable consumer: each service sees
 		// its fetches fail, asks for its consumer's info (its own grant),
 		// learns the consumer is gone and creates it again, so later
@@ -253,39 +266,18 @@ func TestNATSPermissions(t *testing.T) {
 			durables = append(durables, "stager-invoices", "differ-invoices")
 		}
 		deleteConsumers(t, natsURL, durables...)
-		src.Exec(t, `UPDATE public.invoices SET status = 'void', updated_at = now() WHERE id % 11 = 0`)
-		testenv.WaitFor(t, 2*time.Minute, func() error {
-			violations.check(t)
-			if n := dst.Int(t, `SELECT count(*) FROM public.invoices WHERE status = 'void'`); n != 3500/11 {
-				return fmt.Errorf("%d void invoices in the target, want %d (after the consumers were deleted)", n, 3500/11)
-			}
-			return nil
-		})
+		changesArrive("void", 11, "after the consumers were deleted")
 		// An operator deletes the pipeline's stream: the services create
 		// it again, the reader moves its sequences above every version
 		// published before and reads the source again (see chaosDelete),
 		// all within their users' grants.
 		deleteStream(t, natsURL)
-		src.Exec(t, `UPDATE public.invoices SET status = 'refunded', updated_at = now() WHERE id % 13 = 0`)
-		testenv.WaitFor(t, 2*time.Minute, func() error {
-			violations.check(t)
-			if n := dst.Int(t, `SELECT count(*) FROM public.invoices WHERE status = 'refunded'`); n != 3500/13 {
-				return fmt.Errorf("%d refunded invoices in the target, want %d (after the stream was deleted)", n, 3500/13)
-			}
-			return nil
-		})
+		changesArrive("refunded", 13, "after the stream was deleted")
 		// The synthetic reader restarted downloads its last hash list from
 		// the object store.
 		synthetic.Stop(t, 30*time.Second)
 		_ = startSynthetic()
-		src.Exec(t, `UPDATE public.invoices SET status = 'disputed', updated_at = now() WHERE id % 17 = 0`)
-		testenv.WaitFor(t, 2*time.Minute, func() error {
-			violations.check(t)
-			if n := dst.Int(t, `SELECT count(*) FROM public.invoices WHERE status = 'disputed'`); n != 3500/17 {
-				return fmt.Errorf("%d disputed invoices in the target, want %d (after the reader restarted)", n, 3500/17)
-			}
-			return nil
-		})
+		changesArrive("disputed", 17, "after the reader restarted")
 		if staged {
 			// A row deleted by hand is seen by the read-back and recreated.
 			// (Not a key just updated above: the differ waits out a push it
