@@ -95,18 +95,26 @@ func startPermissionedNATS(t *testing.T) (string, *violationLog) {
 	return startNATSWithUsers(t, string(perms), "")
 }
 
+// setNATSPasswords puts the password of each of natsUsers, with
+// userPrefix, in the environment, where a server config including the
+// users reads it. (Not from a parallel test: call it before.)
+func setNATSPasswords(t *testing.T, userPrefix string) {
+	t.Helper()
+	for _, u := range natsUsers {
+		t.Setenv("ONEWAY_NATS_"+strings.ToUpper(userPrefix+u)+"_PASSWORD", natsPassword(userPrefix+u))
+	}
+}
+
 // startNATSWithUsers runs a JetStream server whose only users are those of
-// the authorization block perms (users natsUsers, each with userPrefix),
-// included from the server's config.
+// the authorization block perms (users natsUsers, each with userPrefix,
+// their passwords set by setNATSPasswords), included from the server's
+// config.
 func startNATSWithUsers(t *testing.T, perms, userPrefix string) (string, *violationLog) {
 	t.Helper()
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "permissions.conf"), perms)
 	conf := filepath.Join(dir, "server.conf")
 	writeFile(t, conf, fmt.Sprintf("host: 127.0.0.1\nport: 4222\njetstream { store_dir: %q }\ninclude ./permissions.conf\n", filepath.Join(dir, "js")))
-	for _, u := range natsUsers {
-		t.Setenv("ONEWAY_NATS_"+strings.ToUpper(userPrefix+u)+"_PASSWORD", natsPassword(userPrefix+u))
-	}
 	opts, err := server.ProcessConfigFile(conf)
 	if err != nil {
 		t.Fatalf("load the server config with deploy/nats/permissions.conf: %v", err)
@@ -181,7 +189,11 @@ func startService(t *testing.T, bin, cfg, user string, violations *violationLog,
 // file that grants too little stalls them or logs a violation; the
 // refusals below keep it from granting everything.
 func TestNATSPermissions(t *testing.T) {
+	setNATSPasswords(t, "")
 	run := func(t *testing.T, staged bool) {
+		// The two pipelines share nothing (server, databases, ports) and
+		// mostly wait: they run side by side.
+		t.Parallel()
 		natsURL, violations := startPermissionedNATS(t)
 		src := testenv.Connect(t, pgtest.NewDatabase(t))
 		src.Exec(t, testenv.InvoicesDDL)
@@ -445,6 +457,7 @@ func TestGeneratedNATSPermissions(t *testing.T) {
 			t.Fatalf("oneway permissions wrote no %s:\n%s", want, r.Stdout)
 		}
 	}
+	setNATSPasswords(t, "orders_")
 	natsURL, violations := startNATSWithUsers(t, r.Stdout, "orders_")
 	t.Setenv("TEST_NATS_URL", natsURL)
 	for _, svc := range []string{"reader", "writer"} {
