@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"time"
@@ -63,7 +64,12 @@ func ServiceCommand(name, short string, build func(d Deps) ([]runner.Component, 
 			}
 			defer b.Close()
 			metrics, health := telemetry.NewMetrics(Version, Commit()), telemetry.NewHealth()
-			var comps []runner.Component
+			// Not ready while NATS refuses this user something: a grant is
+			// missing (logged with the fix).
+			permsReady, permsRefused := health.Register("nats-permissions")
+			comps := []runner.Component{runner.Func("nats-permissions", func(ctx context.Context) error {
+				return b.WatchRefusals(ctx, time.Second, time.Minute, permsReady, permsRefused)
+			})}
 			for _, cfg := range ps {
 				d := Deps{Config: cfg, Bus: b, Log: base.With("pipeline", cfg.Pipeline), Metrics: metrics, Health: health}
 				c, err := build(d)

@@ -3,6 +3,7 @@ package natsbus_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
@@ -172,4 +173,69 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// WatchRefusals reports not ready while the server refuses the user
+// something, and ready again once a window passed without a refusal.
+func TestWatchRefusals(t *testing.T) {
+	t.Parallel()
+	s, err := server.NewServer(&server.Options{
+		Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true,
+		Users: []*server.User{{Username: "svc", Password: "pw-svc", Permissions: &server.Permissions{
+			Publish:   &server.SubjectPermission{Allow: []string{"allowed"}},
+			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
+		}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	t.Cleanup(s.Shutdown)
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("server not ready")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	b, err := natsbus.Connect(ctx, s.ClientURL(), "watch-test", newLogger(t),
+		natsbus.AuthOptions(config.NATSAuth{User: "svc", Password: config.Opaque("pw-svc")})...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	var mu sync.Mutex
+	state := "unknown"
+	set := func(v string) func() {
+		return func() {
+			mu.Lock()
+			state = v
+			mu.Unlock()
+		}
+	}
+	is := func(want string) func() error {
+		return func() error {
+			mu.Lock()
+			defer mu.Unlock()
+			if state != want {
+				return fmt.Errorf("state %s, want %s", state, want)
+			}
+			return nil
+		}
+	}
+	done := make(chan error, 1)
+	go func() {
+		done <- b.WatchRefusals(ctx, 10*time.Millisecond, 2*time.Second, set("ready"), set("refused"))
+	}()
+	waitFor(t, 10*time.Second, is("ready"))
+	if err := b.NC.Publish("allowed", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.NC.Publish("forbidden", nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, is("refused"))
+	waitFor(t, 10*time.Second, is("ready")) // the window passed
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("WatchRefusals returned %v when its context ended", err)
+	}
 }

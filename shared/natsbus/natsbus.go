@@ -476,3 +476,27 @@ func (b *Bus) PublishMsg(ctx context.Context, msg *nats.Msg, msgID string) (*jet
 	}
 	return ack, nil
 }
+
+// WatchRefusals reports on the connection's permissions for a readiness
+// probe: every `every` it calls notReady while the server refused this
+// user an operation within the last `window`, and ready otherwise (ready
+// and notReady as telemetry.Health.Register returns them). A service stuck
+// on a missing grant after its start (a refused fetch, publish or ack is
+// retried, not fatal) then shows on /readyz, not only in its log. It
+// returns nil when ctx ends.
+func (b *Bus) WatchRefusals(ctx context.Context, every, window time.Duration, ready, notReady func()) error {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if b.refused.since(time.Now().Add(-window)) != nil {
+			notReady()
+		} else {
+			ready()
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
