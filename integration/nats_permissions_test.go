@@ -396,14 +396,9 @@ func TestNATSPermissions(t *testing.T) {
 	t.Run("staged", func(t *testing.T) { run(t, true) })
 }
 
-// asOperator runs f with a JetStream context logged in as the operator.
-func asOperator(t *testing.T, natsURL string, f func(ctx context.Context, js jetstream.JetStream)) {
-	t.Helper()
-	asOperatorOf(t, natsURL, "", f)
-}
-
-// asOperatorOf is asOperator for the users of a prefix.
-func asOperatorOf(t *testing.T, natsURL, userPrefix string, f func(ctx context.Context, js jetstream.JetStream)) {
+// asOperator runs f with a JetStream context logged in as the operator of
+// the users with userPrefix.
+func asOperator(t *testing.T, natsURL, userPrefix string, f func(ctx context.Context, js jetstream.JetStream)) {
 	t.Helper()
 	user := userPrefix + "operator"
 	nc, err := nats.Connect(natsURL, nats.UserInfo(user, natsPassword(user)), nats.CustomInboxPrefix("_INBOX_"+user))
@@ -475,7 +470,7 @@ func TestGeneratedNATSPermissions(t *testing.T) {
 		}
 	}
 	testenv.WaitFor(t, 2*time.Minute, converged(2000))
-	asOperatorOf(t, natsURL, "orders_", func(ctx context.Context, js jetstream.JetStream) {
+	asOperator(t, natsURL, "orders_", func(ctx context.Context, js jetstream.JetStream) {
 		for _, d := range []string{"writer-orders-pg", "writer-orders-copy"} {
 			if err := js.DeleteConsumer(ctx, "ONEWAY_ORDERS", d); err != nil {
 				t.Fatalf("delete consumer %s as the operator: %v", d, err)
@@ -491,7 +486,7 @@ func TestGeneratedNATSPermissions(t *testing.T) {
 // operator.
 func deleteConsumers(t *testing.T, natsURL string, durables ...string) {
 	t.Helper()
-	asOperator(t, natsURL, func(ctx context.Context, js jetstream.JetStream) {
+	asOperator(t, natsURL, "", func(ctx context.Context, js jetstream.JetStream) {
 		for _, d := range durables {
 			if err := js.DeleteConsumer(ctx, "ONEWAY_INVOICES", d); err != nil {
 				t.Fatalf("delete consumer %s as the operator: %v", d, err)
@@ -503,7 +498,7 @@ func deleteConsumers(t *testing.T, natsURL string, durables ...string) {
 // deleteStream deletes the pipeline's stream, as the operator.
 func deleteStream(t *testing.T, natsURL string) {
 	t.Helper()
-	asOperator(t, natsURL, func(ctx context.Context, js jetstream.JetStream) {
+	asOperator(t, natsURL, "", func(ctx context.Context, js jetstream.JetStream) {
 		if err := js.DeleteStream(ctx, "ONEWAY_INVOICES"); err != nil {
 			t.Fatalf("delete the stream as the operator: %v", err)
 		}

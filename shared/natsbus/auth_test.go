@@ -17,6 +17,21 @@ import (
 	"github.com/oneway-sync/oneway/shared/testkit/testca"
 )
 
+// startServer runs a NATS server with o until the test ends.
+func startServer(t *testing.T, o *server.Options) *server.Server {
+	t.Helper()
+	s, err := server.NewServer(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	t.Cleanup(s.Shutdown)
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("server not ready")
+	}
+	return s
+}
+
 // TestAuthOptions connects to a real server that requires TLS and a user
 // and password: the right settings connect; a wrong password, or a CA that
 // did not sign the server's certificate, fail at once with a clear error
@@ -26,19 +41,11 @@ func TestAuthOptions(t *testing.T) {
 	dir := t.TempDir()
 	caFile, srvTLS := testca.New(t, dir)
 	otherCA, _ := testca.New(t, t.TempDir())
-	s, err := server.NewServer(&server.Options{
+	s := startServer(t, &server.Options{
 		Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true,
 		Username: "svc", Password: "s3cret-pw",
 		TLS: true, TLSConfig: srvTLS, TLSTimeout: 2,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	defer s.Shutdown()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("server not ready")
-	}
 	url := s.ClientURL()
 	for _, tc := range []struct {
 		name string
@@ -88,7 +95,7 @@ func TestSetupRefusedByPermissions(t *testing.T) {
 			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
 		}
 	}
-	s, err := server.NewServer(&server.Options{
+	s := startServer(t, &server.Options{
 		Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true,
 		JetStream: true, StoreDir: t.TempDir(),
 		Users: []*server.User{
@@ -97,14 +104,6 @@ func TestSetupRefusedByPermissions(t *testing.T) {
 			{Username: "limited", Password: "pw-limited", Permissions: perms("$JS.API.INFO", "$JS.API.STREAM.INFO.>")},
 		},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	t.Cleanup(s.Shutdown)
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("server not ready")
-	}
 	tests := []struct {
 		user    string
 		wantErr []string // nil: EnsureStream succeeds
@@ -179,21 +178,13 @@ func (s *syncBuffer) String() string {
 // something, and ready again once a window passed without a refusal.
 func TestWatchRefusals(t *testing.T) {
 	t.Parallel()
-	s, err := server.NewServer(&server.Options{
+	s := startServer(t, &server.Options{
 		Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true,
 		Users: []*server.User{{Username: "svc", Password: "pw-svc", Permissions: &server.Permissions{
 			Publish:   &server.SubjectPermission{Allow: []string{"allowed"}},
 			Subscribe: &server.SubjectPermission{Allow: []string{"_INBOX.>"}},
 		}}},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	t.Cleanup(s.Shutdown)
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("server not ready")
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	b, err := natsbus.Connect(ctx, s.ClientURL(), "watch-test", newLogger(t),

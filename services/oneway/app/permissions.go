@@ -27,14 +27,7 @@ deploy/examples/invoices-staged.yaml.`,
 			if err != nil {
 				return err
 			}
-			ps := make([]natsperm.Pipeline, len(cfgs))
-			for i, c := range cfgs {
-				ps[i].Name = c.Pipeline
-				for _, t := range c.Targets {
-					ps[i].Targets = append(ps[i].Targets, t.Name)
-				}
-			}
-			return natsperm.Write(cmd.OutOrStdout(), ps, natsperm.Options{File: f.ConfigPath, UserPrefix: prefix})
+			return natsperm.Write(cmd.OutOrStdout(), natsperm.FromConfigs(cfgs), natsperm.Options{File: f.ConfigPath, UserPrefix: prefix})
 		},
 	}
 	f.Bind(cmd)

@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"github.com/oneway-sync/oneway/shared/bus"
+	"github.com/oneway-sync/oneway/shared/config"
 )
 
 // Pipeline is what the grants depend on: the pipeline's name and its
@@ -22,6 +23,18 @@ import (
 type Pipeline struct {
 	Name    string
 	Targets []string
+}
+
+// FromConfigs is what the grants of loaded pipeline configs depend on.
+func FromConfigs(cfgs []*config.Pipeline) []Pipeline {
+	ps := make([]Pipeline, len(cfgs))
+	for i, c := range cfgs {
+		ps[i].Name = c.Pipeline
+		for _, t := range c.Targets {
+			ps[i].Targets = append(ps[i].Targets, t.Name)
+		}
+	}
+	return ps
 }
 
 // Options shape the output.

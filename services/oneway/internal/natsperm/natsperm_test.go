@@ -29,16 +29,8 @@ func TestShippedFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ps []Pipeline
-	for _, c := range cfgs {
-		p := Pipeline{Name: c.Pipeline}
-		for _, tg := range c.Targets {
-			p.Targets = append(p.Targets, tg.Name)
-		}
-		ps = append(ps, p)
-	}
 	var got bytes.Buffer
-	if err := Write(&got, ps, Options{File: example}); err != nil {
+	if err := Write(&got, FromConfigs(cfgs), Options{File: example}); err != nil {
 		t.Fatal(err)
 	}
 	shipped := filepath.Join(root, "deploy", "nats", "permissions.conf")
